@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mageagent.settings")
+django_asgi_app = get_asgi_application()  # before importing consumers (they import models)
+
+import litellm  # noqa: E402, F401  (a 3 s import: pay it at start, not in the first request)
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from tasks.ws_urls import websocket_urlpatterns  # noqa: E402
+
+from .logging import redact_daphne_access_log  # noqa: E402
+
+redact_daphne_access_log()
+
+application = ProtocolTypeRouter({
+    "http": django_asgi_app,
+    "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+})

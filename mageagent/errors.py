@@ -1,0 +1,131 @@
+"""The one error contract: {"error": {"code", "message", "details"}} for every 4xx/5xx.
+
+Services raise DomainError subclasses; DRF and plain Django views render them here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class DomainError(Exception):
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str = "", *, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code.replace("_", " ")
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+class ValidationFailed(DomainError):
+    code, status = "validation_error", 400
+
+
+class AuthenticationFailed(DomainError):
+    code, status = "authentication_failed", 401
+
+
+class NotFound(DomainError):
+    code, status = "not_found", 404
+
+
+class Conflict(DomainError):
+    code, status = "conflict", 409
+
+
+class PayloadTooLarge(DomainError):
+    code, status = "payload_too_large", 413
+
+
+class RateLimited(DomainError):
+    code, status = "rate_limited", 429
+
+
+class BudgetExceeded(DomainError):
+    code, status = "budget_exceeded", 402
+
+
+class Unavailable(DomainError):
+    code, status = "unavailable", 503
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def error_response(code: str, message: str, status: int,
+                   details: dict[str, Any] | None = None) -> JsonResponse:
+    return JsonResponse(error_body(code, message, details), status=status)
+
+
+_DRF_CODES = {
+    drf.ValidationError: "validation_error",
+    drf.ParseError: "validation_error",
+    drf.UnsupportedMediaType: "validation_error",
+    drf.AuthenticationFailed: "authentication_failed",
+    drf.NotAuthenticated: "authentication_failed",
+    drf.PermissionDenied: "not_found",
+    drf.NotFound: "not_found",
+    drf.MethodNotAllowed: "method_not_allowed",
+    drf.NotAcceptable: "not_acceptable",
+    drf.Throttled: "rate_limited",
+}
+
+
+def _first_message(detail: Any) -> str:
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            inner = _first_message(value)
+            return inner if key == "non_field_errors" else f"{key}: {inner}"
+        return "invalid input"
+    if isinstance(detail, list):
+        return _first_message(detail[0]) if detail else "invalid input"
+    return str(detail)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status,
+                        headers=exc.headers)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(error_body("payload_too_large", "the request body is too large"), status=413)
+    if isinstance(exc, Http404):
+        exc = drf.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = drf.NotFound()
+    if isinstance(exc, drf.APIException):
+        code = next((c for t, c in _DRF_CODES.items() if isinstance(exc, t)), "error")
+        status = exc.status_code
+        if isinstance(exc, (drf.PermissionDenied,)):
+            status = 404  # never reveal that another tenant's object exists
+        if isinstance(exc, drf.NotAuthenticated):
+            status = 401
+        details = exc.detail if isinstance(exc.detail, dict) else {}
+        headers = {}
+        if isinstance(exc, drf.Throttled) and exc.wait is not None:
+            headers["Retry-After"] = str(int(exc.wait) + 1)
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="mageagent"'
+        return Response(error_body(code, _first_message(exc.detail), details), status=status,
+                        headers=headers)
+    logger.exception("unhandled error in %s", context.get("view"))
+    return Response(error_body("internal_error", "internal server error"), status=500)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return error_response("not_found", "not found", 404)
+
+
+def handler500(request: HttpRequest) -> JsonResponse:
+    return error_response("internal_error", "internal server error", 500)

@@ -1,0 +1,43 @@
+"""Root-path operations endpoints: /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tasks import events
+from tasks.runtime.heartbeat import live_workers
+
+from . import metrics
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        events.sync_client().ping()
+        checks["redis"] = "ok"
+        workers = live_workers()
+        checks["workers"] = f"{len(workers)} live" if workers else "none"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+        checks["workers"] = "unknown"
+    ready = checks["database"] == "ok" and checks["redis"] == "ok" and checks["workers"] != "none"
+    if ready:
+        return JsonResponse({"status": "ready", "checks": checks})
+    return JsonResponse({"error": {"code": "unavailable", "message": "not ready", "details": checks}}, status=503)
+
+
+def prometheus(request: HttpRequest) -> HttpResponse:
+    metrics.refresh_queue_gauges()
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,327 @@
+"""Django settings for MageAgent. Everything deployment-specific comes from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+from .env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("MAGEAGENT_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-insecure-secret-key-change-me" if DEBUG else "")
+if not SECRET_KEY:
+    from .env import ConfigError
+
+    raise ConfigError("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is false")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "django_celery_results",
+    "django_celery_beat",
+    "mageagent.tenancy",
+    "tasks",
+    "routing",
+    "tools",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mageagent.urls"
+ASGI_APPLICATION = "mageagent.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "mageagent" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'mageagent.sqlite3'}")
+_db = environ.Env.db_url_config(DATABASE_URL)
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    # A pool keeps worker threads from opening (and PostgreSQL from forking) a backend
+    # per task; connections go back to it when Django closes them.
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("MAGEAGENT_DB_POOL_MIN", 2, minimum=0),
+        "max_size": env_int("MAGEAGENT_DB_POOL_MAX", 20, minimum=1),
+        "timeout": env_float("MAGEAGENT_DB_POOL_TIMEOUT", 30.0, minimum=0.1),
+    }
+elif _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web, worker and beat processes read while one writes.
+    _db.setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE",
+         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+    )
+    _db["TEST"] = {"NAME": env_str("MAGEAGENT_TEST_DB_NAME", str(VAR_DIR / "test.sqlite3"))}
+if _db["ENGINE"] == "django.db.backends.postgresql" and env_str("MAGEAGENT_TEST_DB_NAME", ""):
+    _db["TEST"] = {"NAME": env_str("MAGEAGENT_TEST_DB_NAME", "")}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: broker, channel layer, event log, cache ------------------------------------
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "ma:cache",
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        # The pub/sub layer: fan-out is one PUBLISH per event. JSON serialization lets the
+        # event log's Lua script publish an event into a group atomically with appending it
+        # (see tasks/events.py), so a subscriber can never see an event the log lacks.
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "ma:ch", "serializer_format": "json"},
+    }
+}
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAGEAGENT_MAX_BODY_BYTES", 2_621_440, minimum=1024)
+
+# --- Internationalisation, static -------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- DRF -------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["mageagent.tenancy.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["mageagent.tenancy.auth.IsTenant"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "EXCEPTION_HANDLER": "mageagent.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "MageAgent API",
+    "DESCRIPTION": "Asynchronous LLM tasks: enqueue, follow (poll, SSE, WebSocket), cancel.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/mageagent/api/v1",
+}
+
+# --- Celery ------------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = None  # tasks report through the Task row and the event log
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = False  # the reconciler re-enqueues; no poison loops
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("MAGEAGENT_WORKER_PREFETCH", 1, minimum=1)
+CELERY_TASK_DEFAULT_QUEUE = env_str("MAGEAGENT_QUEUE", "mageagent")
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Unacked messages come back after this; longer than any task may run.
+    "visibility_timeout": env_int("MAGEAGENT_VISIBILITY_TIMEOUT", 3600, minimum=60),
+    "queue_order_strategy": "priority",
+    "priority_steps": list(range(10)),
+    "sep": ":",
+}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
+# No "task-sent" event: it doubles the cost of every enqueue; Flower sees tasks on receipt.
+CELERY_TASK_SEND_SENT_EVENT = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_POOL = env_str("MAGEAGENT_WORKER_POOL", "threads")
+CELERY_WORKER_CONCURRENCY = env_int("MAGEAGENT_WORKER_CONCURRENCY", 1000, minimum=1)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Where operators find Flower (linked from the admin queue page); empty hides the link.
+FLOWER_URL = env_str("MAGEAGENT_FLOWER_URL", "")
+
+# --- MageAgent --------------------------------------------------------------------------
+MAGEAGENT = {
+    "TASK_MAX_ATTEMPTS": env_int("MAGEAGENT_TASK_MAX_ATTEMPTS", 3, minimum=1),
+    "RETRY_BACKOFF_S": env_float("MAGEAGENT_RETRY_BACKOFF_S", 2.0, minimum=0.0),
+    "TASK_SOFT_TIME_LIMIT_S": env_float("MAGEAGENT_TASK_SOFT_TIME_LIMIT", 300.0, minimum=1.0),
+    "TASK_HARD_TIME_LIMIT_S": env_float("MAGEAGENT_TASK_HARD_TIME_LIMIT", 330.0, minimum=1.0),
+    "EVENT_TTL_S": env_int("MAGEAGENT_EVENT_TTL", 86400, minimum=60),
+    "CHUNK_COALESCE_MS": env_float("MAGEAGENT_CHUNK_COALESCE_MS", 50.0, minimum=0.0),
+    "SSE_PING_S": env_float("MAGEAGENT_SSE_PING_S", 15.0, minimum=0.05),
+    "CANCEL_WAIT_S": env_float("MAGEAGENT_CANCEL_WAIT_S", 1.0, minimum=0.0),
+    "WORKER_HEARTBEAT_S": env_float("MAGEAGENT_WORKER_HEARTBEAT_S", 5.0, minimum=0.5),
+    "RECONCILE_QUEUED_AFTER_S": env_int("MAGEAGENT_RECONCILE_QUEUED_AFTER", 120, minimum=5),
+    "RETENTION_COMPLETED_DAYS": env_float("MAGEAGENT_RETENTION_COMPLETED_DAYS", 1.0, minimum=0.0),
+    "RETENTION_COMPLETED_MAX": env_int("MAGEAGENT_RETENTION_COMPLETED_MAX", 1000, minimum=0),
+    "RETENTION_FAILED_DAYS": env_float("MAGEAGENT_RETENTION_FAILED_DAYS", 1.0, minimum=0.0),
+    "RETENTION_FAILED_MAX": env_int("MAGEAGENT_RETENTION_FAILED_MAX", 5000, minimum=0),
+    "IDEMPOTENCY_TTL_S": env_int("MAGEAGENT_IDEMPOTENCY_TTL", 86400, minimum=60),
+    "MAX_PROMPT_CHARS": env_int("MAGEAGENT_MAX_PROMPT_CHARS", 400_000, minimum=1),
+    "API_KEY_CACHE_S": env_float("MAGEAGENT_API_KEY_CACHE_S", 5.0, minimum=0.0),
+    "DEFAULT_MODEL": env_str("MAGEAGENT_DEFAULT_MODEL", "gpt-4o-mini"),
+    "LLM_API_BASE": env_str("MAGEAGENT_LLM_API_BASE", ""),
+    "LLM_API_KEY": env_str("MAGEAGENT_LLM_API_KEY", ""),
+    "LLM_CONFIG": env_str("MAGEAGENT_LLM_CONFIG", ""),
+    "LLM_TIMEOUT_S": env_float("MAGEAGENT_LLM_TIMEOUT_S", 120.0, minimum=1.0),
+    "LLM_MAX_CONNECTIONS": env_int("MAGEAGENT_LLM_MAX_CONNECTIONS", 2000, minimum=1),
+    "SYSTEM_PROMPT": env_str("MAGEAGENT_SYSTEM_PROMPT", "You are a helpful AI assistant."),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("MAGEAGENT_LOG_LEVEL", "INFO")},
+    "loggers": {
+        # Keep ?token= URLs out of the access log (see mageagent/logging.py).
+        "django.channels.server": {"level": "WARNING"},
+        "LiteLLM": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {"task": "mageagent.housekeeping.reconcile",
+                  "schedule": env_float("MAGEAGENT_RECONCILE_EVERY_S", 30.0, minimum=1.0)},
+    "prune": {"task": "mageagent.housekeeping.prune",
+              "schedule": env_float("MAGEAGENT_PRUNE_EVERY_S", 3600.0, minimum=10.0)},
+}
+
+# --- Tools ------------------------------------------------------------------------------
+# The tools a task may request (dotted paths of tools.registry.Tool subclasses) and their
+# knobs. A tool whose backend is missing (no bubblewrap, no search provider, ...) stays
+# registered but reports itself unavailable in GET /tools and cannot be requested.
+MAGEAGENT_TOOLS: list[str] = env_list("MAGEAGENT_TOOLS", [
+    "tools.builtin.code_execution.CodeExecutionTool",
+    "tools.builtin.graphrag_search.GraphragSearchTool",
+    "tools.builtin.web_search.WebSearchTool",
+    "tools.builtin.file_processing.FileProcessingTool",
+])
+MAGEAGENT.update({
+    "MAX_TOOL_ROUNDS": env_int("MAGEAGENT_MAX_TOOL_ROUNDS", 4, minimum=1),
+    "TOOL_OUTPUT_MAX_CHARS": env_int("MAGEAGENT_TOOL_OUTPUT_MAX_CHARS", 20_000, minimum=100),
+    # code_execution: bubblewrap sandbox limits (per run)
+    "SANDBOX_BWRAP": env_str("MAGEAGENT_SANDBOX_BWRAP", "bwrap"),
+    "SANDBOX_CPU_S": env_int("MAGEAGENT_SANDBOX_CPU_S", 10, minimum=1),
+    "SANDBOX_WALL_S": env_float("MAGEAGENT_SANDBOX_WALL_S", 30.0, minimum=0.5),
+    "SANDBOX_MEMORY_MB": env_int("MAGEAGENT_SANDBOX_MEMORY_MB", 256, minimum=32),
+    "SANDBOX_MAX_PROCS": env_int("MAGEAGENT_SANDBOX_MAX_PROCS", 32, minimum=2),
+    "SANDBOX_OUTPUT_BYTES": env_int("MAGEAGENT_SANDBOX_OUTPUT_BYTES", 65_536, minimum=1024),
+    "SANDBOX_TMP_MB": env_int("MAGEAGENT_SANDBOX_TMP_MB", 64, minimum=1),
+    "SANDBOX_CONCURRENCY": env_int("MAGEAGENT_SANDBOX_CONCURRENCY", 8, minimum=1),
+    "SANDBOX_UID_BASE": env_int("MAGEAGENT_SANDBOX_UID_BASE", 1_500_000, minimum=1000),
+    "SANDBOX_RO_BINDS": env_list("MAGEAGENT_SANDBOX_RO_BINDS", []),
+    # Interpreters inside the sandbox (under /usr); empty: the first of /usr/bin, /usr/local/bin.
+    "SANDBOX_PYTHON": env_str("MAGEAGENT_SANDBOX_PYTHON", ""),
+    "SANDBOX_NODE": env_str("MAGEAGENT_SANDBOX_NODE", ""),
+    "SANDBOX_BASH": env_str("MAGEAGENT_SANDBOX_BASH", ""),
+    # graphrag_search / context.useGraphRAG: the built-in knowledge base, or an external service
+    "KNOWLEDGE_CHUNK_CHARS": env_int("MAGEAGENT_KNOWLEDGE_CHUNK_CHARS", 1200, minimum=200),
+    "KNOWLEDGE_MAX_BYTES": env_int("MAGEAGENT_KNOWLEDGE_MAX_BYTES", 10 * 1024 * 1024, minimum=1024),
+    "GRAPHRAG_URL": env_str("MAGEAGENT_GRAPHRAG_URL", ""),
+    "GRAPHRAG_API_KEY": env_str("MAGEAGENT_GRAPHRAG_API_KEY", ""),
+    "GRAPHRAG_TIMEOUT_S": env_float("MAGEAGENT_GRAPHRAG_TIMEOUT_S", 10.0, minimum=0.1),
+    # web_search: searxng | brave | tavily; empty picks the first one configured
+    "WEB_SEARCH_PROVIDER": env_str("MAGEAGENT_WEB_SEARCH_PROVIDER", ""),
+    "SEARXNG_URL": env_str("MAGEAGENT_SEARXNG_URL", ""),
+    "BRAVE_API_KEY": env_str("BRAVE_API_KEY", ""),
+    "BRAVE_URL": env_str("MAGEAGENT_BRAVE_URL", "https://api.search.brave.com/res/v1/web/search"),
+    "TAVILY_API_KEY": env_str("TAVILY_API_KEY", ""),
+    "TAVILY_URL": env_str("MAGEAGENT_TAVILY_URL", "https://api.tavily.com/search"),
+    "WEB_SEARCH_TIMEOUT_S": env_float("MAGEAGENT_WEB_SEARCH_TIMEOUT_S", 15.0, minimum=0.1),
+    # file_processing: uploads and SSRF-safe URL fetching
+    "FILES_DIR": env_str("MAGEAGENT_FILES_DIR", str(VAR_DIR / "files")),
+    "FILES_MAX_BYTES": env_int("MAGEAGENT_FILES_MAX_BYTES", 20 * 1024 * 1024, minimum=1024),
+    "FETCH_MAX_BYTES": env_int("MAGEAGENT_FETCH_MAX_BYTES", 20 * 1024 * 1024, minimum=1024),
+    "FETCH_TIMEOUT_S": env_float("MAGEAGENT_FETCH_TIMEOUT_S", 20.0, minimum=0.1),
+    "FETCH_MAX_REDIRECTS": env_int("MAGEAGENT_FETCH_MAX_REDIRECTS", 5, minimum=0),
+    # Exact host names (as written in URLs) that may resolve to private addresses.
+    "FETCH_ALLOWED_HOSTS": env_list("MAGEAGENT_FETCH_ALLOWED_HOSTS", []),
+    "TESSERACT": env_str("MAGEAGENT_TESSERACT", "tesseract"),
+    "SUMMARIZE_MODEL": env_str("MAGEAGENT_SUMMARIZE_MODEL", ""),
+})
+# --- end Tools ----------------------------------------------------------------------------
+
+# --- Routing ------------------------------------------------------------------------------
+# Model catalog, routing policy, deployments, rate limits and budgets (routing/).
+# The policy below is the default; a company's CompanyRoutingPolicy overrides its keys.
+MAGEAGENT_ROUTING = {
+    # litellm providers whose chat models seed the catalog (litellm's bundled map, offline).
+    "CATALOG_PROVIDERS": env_list("MAGEAGENT_ROUTING_CATALOG_PROVIDERS", [
+        "openai", "anthropic", "gemini", "cohere_chat", "openrouter", "mistral", "deepseek", "xai", "groq",
+        "together_ai", "deepinfra", "perplexity"]),
+    "CATALOG_CACHE_S": env_float("MAGEAGENT_ROUTING_CATALOG_CACHE_S", 10.0, minimum=0.0),
+    # Failed deployments sit out this long (litellm Router cooldowns, shared through Redis).
+    "COOLDOWN_S": env_float("MAGEAGENT_ROUTING_COOLDOWN_S", 30.0, minimum=0.0),
+    "ALLOWED_FAILS": env_int("MAGEAGENT_ROUTING_ALLOWED_FAILS", 0, minimum=0),
+    "REDIS_NAMESPACE": env_str("MAGEAGENT_ROUTING_REDIS_NAMESPACE", "ma:llm"),
+    # rpm/tpm limits refill continuously; a deployment may burst this many seconds' worth.
+    "RATE_LIMIT_BURST_S": env_float("MAGEAGENT_ROUTING_RATE_LIMIT_BURST_S", 60.0, minimum=0.001),
+    # A budgeted task's answer is capped at this many tokens, so its reservation bounds its cost.
+    "BUDGET_MAX_OUTPUT_TOKENS": env_int("MAGEAGENT_ROUTING_BUDGET_MAX_OUTPUT_TOKENS", 4096, minimum=1),
+    # Budget limits are read on every enqueue; a changed budget applies within this time.
+    "BUDGET_CACHE_S": env_float("MAGEAGENT_ROUTING_BUDGET_CACHE_S", 5.0, minimum=0.0),
+    "RESERVATION_TTL_S": env_int("MAGEAGENT_ROUTING_RESERVATION_TTL_S", 3600, minimum=10),
+    "POLICY": {
+        # Complexity class -> the tier it needs (1 economy, 2 balanced, 3 premium).
+        "tiers": {"simple": 1, "moderate": 2, "complex": 3},
+        # Added to the complexity model's logits: positive values lean to that class.
+        "complexity_bias": {"simple": 0.0, "moderate": 0.0, "complex": 0.0},
+        "expected_output_tokens": {"simple": 256, "moderate": 1024, "complex": 2048},
+        "tools_min_tier": 2,
+        "long_context_tokens": 100_000,
+        # Preferred models per characteristic, best first and across providers (so the
+        # next one is a cross-provider fallback); other models of the tier follow by cost.
+        "prefer": {
+            "simple": ["gpt-4o-mini", "gemini/gemini-2.5-flash-lite", "command-r7b-12-2024",
+                       "mistral/mistral-small-latest", "deepseek-chat"],
+            "moderate": ["gpt-4.1-mini", "gemini/gemini-2.5-flash", "claude-haiku-4-5", "deepseek-chat",
+                         "mistral/mistral-medium-latest"],
+            "complex": ["gpt-4.1", "claude-sonnet-4-5", "gemini/gemini-2.5-pro", "command-a-03-2025",
+                        "mistral/mistral-large-latest"],
+            "tools": ["gpt-4.1-mini", "claude-haiku-4-5", "gemini/gemini-2.5-flash", "gpt-4.1",
+                      "claude-sonnet-4-5"],
+            "long_context": ["gemini/gemini-2.5-flash", "gpt-4.1-mini", "gemini/gemini-2.5-pro", "gpt-4.1",
+                             "claude-sonnet-4-6"],
+        },
+        "max_candidates": 4,
+        # A model named in the request falls back only to its own deployments unless true.
+        "explicit_fallbacks": False,
+    },
+}
+LOGGING["loggers"]["LiteLLM Router"] = {"level": "WARNING"}  # its INFO lines are per request
+# --- end Routing --------------------------------------------------------------------------

@@ -1,0 +1,95 @@
+"""API-key authentication shared by DRF views, the SSE view and the WebSocket consumers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from mageagent.errors import AuthenticationFailed
+
+from .models import ApiKey
+from .services import key_digest
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Who is calling: the key's company and app. Staff sessions see every company."""
+
+    company_id: int | None
+    company_slug: str
+    app_id: int | None
+    app_slug: str
+    key_id: int | None = None
+    is_staff: bool = False
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+
+# A tiny per-process cache: the key lookup is on every request's path. Revocation takes
+# effect within API_KEY_CACHE_S seconds.
+_cache: dict[str, tuple[float, Tenant | None]] = {}
+
+
+def tenant_for_key(raw_key: str) -> Tenant | None:
+    digest = key_digest(raw_key)
+    now = time.monotonic()
+    hit = _cache.get(digest)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    key = (
+        ApiKey.objects.select_related("app__company")
+        .filter(digest=digest, revoked_at__isnull=True, app__is_active=True, app__company__is_active=True)
+        .first()
+    )
+    tenant = None
+    if key is not None:
+        tenant = Tenant(
+            company_id=key.app.company_id, company_slug=key.app.company.slug,
+            app_id=key.app_id, app_slug=key.app.slug, key_id=key.pk,
+        )
+    if len(_cache) > 10_000:
+        _cache.clear()
+    _cache[digest] = (now + settings.MAGEAGENT["API_KEY_CACHE_S"], tenant)
+    return tenant
+
+
+def raw_key_from(headers: dict[str, str], query_token: str | None) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    if headers.get("x-api-key"):
+        return headers["x-api-key"].strip()
+    return query_token or None
+
+
+def staff_tenant() -> Tenant:
+    return Tenant(company_id=None, company_slug="*", app_id=None, app_slug="*", is_staff=True)
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[Tenant, str] | None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        raw = raw_key_from(headers, None)
+        if raw is None:
+            return None
+        tenant = tenant_for_key(raw)
+        if tenant is None:
+            raise AuthenticationFailed("invalid or revoked API key")
+        return tenant, raw
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="mageagent"'
+
+
+class IsTenant(BasePermission):
+    def has_permission(self, request: Request, view: object) -> bool:
+        if isinstance(request.user, Tenant):
+            return True
+        raise AuthenticationFailed("an API key is required (Authorization: Bearer <key>)")

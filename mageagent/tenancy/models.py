@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Company(models.Model):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "companies"
+        ordering = ("slug",)
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class App(models.Model):
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="apps")
+    slug = models.SlugField(max_length=64)
+    name = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("company__slug", "slug")
+        constraints = [models.UniqueConstraint(fields=("company", "slug"), name="app_unique_slug")]
+
+    def __str__(self) -> str:
+        return f"{self.company.slug}/{self.slug}"
+
+
+class ApiKey(models.Model):
+    """Only a SHA-256 digest of the key is stored; the raw key is shown once, at creation."""
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, db_index=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ("-created_at",)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.app})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.staticfiles.views import serve as static_serve
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from routing.apis import ModelListApi, RouteApi
+from tasks.apis import QueueMetricsApi, TaskCancelApi, TaskDetailApi, TaskEventsApi, TaskListCreateApi
+from tasks.streaming import task_stream_view
+from tools.apis import ToolListApi
+
+from . import health
+
+api = [
+    path("tasks", TaskListCreateApi.as_view()),
+    path("tasks/<str:task_id>", TaskDetailApi.as_view()),
+    path("tasks/<str:task_id>/cancel", TaskCancelApi.as_view()),
+    path("tasks/<str:task_id>/events", TaskEventsApi.as_view()),
+    path("tasks/<str:task_id>/stream", task_stream_view),
+    path("queue/metrics", QueueMetricsApi.as_view()),
+    path("models", ModelListApi.as_view()),
+    path("route", RouteApi.as_view()),
+    path("tools", ToolListApi.as_view()),
+    path("", include("tools.urls")),
+    path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[],
+                                                permission_classes=[]), name="docs"),
+]
+
+urlpatterns = [
+    path("mageagent/api/v1/", include(api)),
+    path("admin/", admin.site.urls),
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("metrics", health.prometheus),
+    # daphne serves no files: the admin's few static files come from the apps' static dirs
+    # (through the finders, so no collectstatic is needed), off the API's path.
+    re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}),
+]
+
+handler404 = "mageagent.errors.handler404"
+handler500 = "mageagent.errors.handler500"

@@ -1,0 +1,178 @@
+"""Staff admin: the catalog (enable, tier, price and capability overrides), company
+policies, budgets with their live use, daily spend, and every task's routing decision."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet, Sum
+from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from .budgets import budget_context, budget_usage
+from .catalog import catalog_refresh
+from .models import Budget, CompanyRoutingPolicy, Model, RoutedTask, Spend
+from .selectors import spend_total
+
+
+def _pretty(value: Any) -> SafeString:
+    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>',
+                       json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+@admin.register(Model)
+class ModelAdmin(admin.ModelAdmin):
+    list_display = ("id", "provider", "effective_tier", "quality_tier", "enabled", "auto_route", "context_window",
+                    "input_per_mtok", "output_per_mtok", "supports_tools", "in_source")
+    list_editable = ("quality_tier", "enabled", "auto_route")
+    list_filter = ("provider", "enabled", "auto_route", "default_tier", "quality_tier", "supports_tools",
+                   "supports_vision", "in_source")
+    search_fields = ("id",)
+    list_per_page = 100
+    actions = ("enable", "disable", "refresh_catalog")
+    readonly_fields = ("provider", "context_window", "max_output_tokens", "input_cost_per_token",
+                       "output_cost_per_token", "supports_tools", "supports_vision", "supports_json", "default_tier",
+                       "in_source", "refreshed_at")
+    fieldsets = (
+        (None, {"fields": ("id", "provider", "enabled", "auto_route", "quality_tier", "default_tier", "notes")}),
+        ("From litellm's model map (refreshed)", {"fields": (
+            "context_window", "max_output_tokens", "input_cost_per_token", "output_cost_per_token",
+            "supports_tools", "supports_vision", "supports_json", "in_source", "refreshed_at")}),
+        ("Overrides (kept across refreshes)", {"fields": (
+            "input_cost_override", "output_cost_override", "context_window_override", "supports_tools_override",
+            "supports_vision_override", "supports_json_override")}),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> tuple[str, ...]:
+        return self.readonly_fields + (("id",) if obj is not None else ())
+
+    @admin.display(description="tier")
+    def effective_tier(self, obj: Model) -> int | None:
+        return obj.tier
+
+    @admin.display(description="$ in / Mtok")
+    def input_per_mtok(self, obj: Model) -> float:
+        price = obj.input_cost_override if obj.input_cost_override is not None else obj.input_cost_per_token
+        return round(price * 1e6, 4)
+
+    @admin.display(description="$ out / Mtok")
+    def output_per_mtok(self, obj: Model) -> float:
+        price = obj.output_cost_override if obj.output_cost_override is not None else obj.output_cost_per_token
+        return round(price * 1e6, 4)
+
+    @admin.action(description="Enable the selected models")
+    def enable(self, request: HttpRequest, queryset: QuerySet[Model]) -> None:
+        for model in queryset:  # save() so every process's catalog cache hears of it
+            model.enabled = True
+            model.save(update_fields=["enabled"])
+
+    @admin.action(description="Disable the selected models")
+    def disable(self, request: HttpRequest, queryset: QuerySet[Model]) -> None:
+        for model in queryset:
+            model.enabled = False
+            model.save(update_fields=["enabled"])
+
+    @admin.action(description="Refresh the whole catalog from litellm (keeps overrides)")
+    def refresh_catalog(self, request: HttpRequest, queryset: QuerySet[Model]) -> None:
+        counts = catalog_refresh()
+        self.message_user(request, f"catalog refreshed: {counts}", messages.SUCCESS)
+
+
+@admin.register(CompanyRoutingPolicy)
+class CompanyRoutingPolicyAdmin(admin.ModelAdmin):
+    list_display = ("company", "allowed_models", "blocked_models", "updated_at")
+    search_fields = ("company__slug",)
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = ("company", "app", "period", "limit_usd", "enabled", "spent_usd", "live_use")
+    list_filter = ("period", "enabled", "company")
+    list_select_related = ("company", "app")
+
+    @admin.display(description="spent (ledger)")
+    def spent_usd(self, obj: Budget) -> str:
+        today = datetime.now(UTC).date()
+        since = today if obj.period == "day" else today.replace(day=1)
+        return f"${spend_total(company_id=obj.company_id, app_id=obj.app_id, since=since):.6f}"
+
+    @admin.display(description="spent + reserved now (Redis)")
+    def live_use(self, obj: Budget) -> str:
+        try:
+            ctx = budget_context(company_id=obj.company_id, app_id=obj.app_id)
+            use = next((u for u in budget_usage(ctx) if u["period"] == obj.period
+                        and u["scope"] == ("app" if obj.app_id else "company")), None)
+        except Exception:
+            return "unavailable"
+        return "—" if use is None else f"${use['spent_usd']:.6f} + ${use['reserved_usd']:.6f}"
+
+
+@admin.register(Spend)
+class SpendAdmin(admin.ModelAdmin):
+    list_display = ("day", "company", "app", "cost_usd", "prompt_tokens", "completion_tokens", "calls", "tasks")
+    list_filter = ("company", "app")
+    list_select_related = ("company", "app")
+    date_hierarchy = "day"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Spend | None = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        response = super().changelist_view(request, extra_context)
+        cl = getattr(response, "context_data", {}).get("cl") if hasattr(response, "context_data") else None
+        if cl is not None:
+            total = cl.queryset.aggregate(total=Sum("cost_usd"))["total"] or 0
+            response.context_data["title"] = f"Spend (total of the rows shown: ${total:.6f})"
+        return response
+
+
+@admin.register(RoutedTask)
+class RoutedTaskAdmin(admin.ModelAdmin):
+    list_display = ("id", "company", "status", "routed_model", "reason", "estimated", "actual", "fallbacks",
+                    "created_at")
+    list_filter = ("status", "company")
+    list_select_related = ("company",)
+    date_hierarchy = "created_at"
+    fields = ("id", "company", "app", "status", "model", "routing_record")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: RoutedTask | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: RoutedTask | None = None) -> bool:
+        return False
+
+    @admin.display(description="model")
+    def routed_model(self, obj: RoutedTask) -> str:
+        routing = obj.routing or {}
+        return routing.get("model_used") or routing.get("model") or "—"
+
+    @admin.display(description="reason")
+    def reason(self, obj: RoutedTask) -> str:
+        return (obj.routing or {}).get("reason", "—")
+
+    @admin.display(description="est. $")
+    def estimated(self, obj: RoutedTask) -> Any:
+        return (obj.routing or {}).get("estimated_cost_usd")
+
+    @admin.display(description="actual $")
+    def actual(self, obj: RoutedTask) -> Any:
+        return (obj.routing or {}).get("actual_cost_usd")
+
+    @admin.display(description="fallbacks")
+    def fallbacks(self, obj: RoutedTask) -> int:
+        return len((obj.routing or {}).get("fallbacks") or [])
+
+    @admin.display(description="routing")
+    def routing_record(self, obj: RoutedTask) -> SafeString:
+        return _pretty(obj.routing)

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class RoutingConfig(AppConfig):
+    name = "routing"
+    verbose_name = "Routing"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
+        from .models import CompanyRoutingPolicy, Model
+        from .selectors import catalog_invalidate
+
+        for model in (Model, CompanyRoutingPolicy):
+            post_save.connect(catalog_invalidate, sender=model, dispatch_uid=f"routing-invalidate-{model.__name__}")
+            post_delete.connect(catalog_invalidate, sender=model, dispatch_uid=f"routing-del-{model.__name__}")

@@ -1,0 +1,136 @@
+"""The model catalog's source: litellm's bundled model map (offline), plus the default
+quality tier of each model. `catalog_refresh` writes it into routing.Model without
+touching what staff own (enabled, auto_route, quality_tier, the *_override columns)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from .complexity import DATA_DIR
+
+SOURCE_FIELDS = ("provider", "context_window", "max_output_tokens", "input_cost_per_token", "output_cost_per_token",
+                 "supports_tools", "supports_vision", "supports_json", "default_tier", "in_source")
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    id: str
+    provider: str
+    context_window: int | None
+    max_output_tokens: int | None
+    input_cost_per_token: float
+    output_cost_per_token: float
+    supports_tools: bool
+    supports_vision: bool
+    supports_json: bool
+    default_tier: int | None
+    auto_route: bool
+
+
+@cache
+def _tier_rules() -> tuple[list[tuple[re.Pattern[str], int]], list[tuple[float, int]], re.Pattern[str]]:
+    raw = json.loads((DATA_DIR / "tiers.json").read_text())
+    families = [(re.compile(pattern), int(tier)) for pattern, tier in raw["families"]]
+    prices = [(float(limit), int(tier)) for limit, tier in raw["price_tiers"]]
+    return families, prices, re.compile(raw["not_auto_routed"])
+
+
+def default_tier(model_id: str, input_cost: float, output_cost: float) -> int | None:
+    """The family's tier when the name says it (gpt-4o-mini, claude-opus, gemini-pro...),
+    else one from the blended price; None when the map has no price (never auto-routed)."""
+    families, prices, _ = _tier_rules()
+    name = model_id.rsplit("/", 1)[-1].lower()
+    for pattern, tier in families:
+        if pattern.search(name):
+            return tier
+    if not input_cost and not output_cost:
+        return None
+    blended = (input_cost + 3 * output_cost) / 4 * 1e6
+    for limit, tier in prices:
+        if blended < limit:
+            return tier
+    return 3
+
+
+def _auto_routable(model_id: str, info: dict[str, Any], tier: int | None) -> bool:
+    _, _, excluded = _tier_rules()
+    priced = bool(info.get("input_cost_per_token") or info.get("output_cost_per_token"))
+    return tier is not None and priced and not excluded.search(model_id.lower())
+
+
+def catalog_source(providers: list[str] | None = None) -> list[SourceModel]:
+    import litellm
+
+    wanted = set(providers or settings.MAGEAGENT_ROUTING["CATALOG_PROVIDERS"])
+    out = []
+    for model_id, info in litellm.model_cost.items():
+        provider = info.get("litellm_provider")
+        if info.get("mode") != "chat" or provider not in wanted or model_id.startswith("ft:"):
+            continue
+        input_cost = float(info.get("input_cost_per_token") or 0.0)
+        output_cost = float(info.get("output_cost_per_token") or 0.0)
+        tier = default_tier(model_id, input_cost, output_cost)
+        out.append(SourceModel(
+            id=model_id, provider=provider,
+            context_window=_int(info.get("max_input_tokens") or info.get("max_tokens")),
+            max_output_tokens=_int(info.get("max_output_tokens") or info.get("max_tokens")),
+            input_cost_per_token=input_cost, output_cost_per_token=output_cost,
+            supports_tools=bool(info.get("supports_function_calling")),
+            supports_vision=bool(info.get("supports_vision")),
+            supports_json=bool(info.get("supports_response_schema") or info.get("supports_json_mode")),
+            default_tier=tier, auto_route=_auto_routable(model_id, info, tier),
+        ))
+    return out
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def catalog_refresh(*, providers: list[str] | None = None, model_cls: Any = None) -> dict[str, int]:
+    """Create new models, update litellm-owned columns of known ones, and mark the ones
+    litellm dropped (`in_source=False`; they stay, with their overrides, until staff
+    delete them). `model_cls` lets the data migration pass its historical model."""
+    if model_cls is None:
+        from .models import Model as model_cls
+    source = {m.id: m for m in catalog_source(providers)}
+    with transaction.atomic():
+        existing = {m.id: m for m in model_cls.objects.all()}
+        new = [model_cls(id=s.id, enabled=True, auto_route=s.auto_route, in_source=True,
+                         **{f: getattr(s, f) for f in SOURCE_FIELDS if f != "in_source"})
+               for model_id, s in source.items() if model_id not in existing]
+        changed = []
+        for model_id, row in existing.items():
+            s = source.get(model_id)
+            values = ({f: getattr(s, f) for f in SOURCE_FIELDS if f != "in_source"} | {"in_source": True}
+                      if s is not None else {"in_source": False})
+            if any(getattr(row, f) != v for f, v in values.items()):
+                for f, v in values.items():
+                    setattr(row, f, v)
+                changed.append(row)
+        model_cls.objects.bulk_create(new, batch_size=500, ignore_conflicts=True)
+        model_cls.objects.bulk_update(changed, SOURCE_FIELDS, batch_size=500)
+    from .selectors import catalog_invalidate
+
+    catalog_invalidate()
+    return {"created": len(new), "updated": len(changed), "total": len(existing) + len(new),
+            "dropped_by_source": sum(1 for i in existing if i not in source)}
+
+
+def catalog_ensure() -> None:
+    """Seed an empty catalog on first use (a database flushed by tests, or migrated
+    before this app's data migration existed)."""
+    from .models import Model
+
+    if not Model.objects.exists():
+        catalog_refresh()

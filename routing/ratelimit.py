@@ -1,0 +1,103 @@
+"""Per-deployment rpm/tpm limits shared by every worker: two token buckets per
+deployment in Redis, checked and taken in one Lua script, so concurrent workers can never
+both take the last request or token. A call that does not fit waits (asyncio.sleep on
+the worker's loop, for exactly as long as the bucket needs to refill) and tries again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+
+from tasks import events
+
+# KEYS: rpm bucket, tpm bucket. ARGV: rpm, tpm, tokens, burst seconds, mode (take | adjust).
+# Returns the seconds to wait ("0" when taken). Buckets refill continuously at limit/60
+# per second up to limit * burst / 60; `adjust` books a correction of tokens (the actual
+# use minus the estimate) without waiting.
+_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, tpm, need = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
+local function level(key, limit)
+  local cap = math.max(limit * burst / 60, 1)
+  local v = redis.call('HMGET', key, 'level', 'ts')
+  local lvl, ts = tonumber(v[1]), tonumber(v[2])
+  if not lvl then return cap, cap end
+  return math.min(cap, lvl + (now - ts) * limit / 60), cap
+end
+local function store(key, value)
+  redis.call('HSET', key, 'level', value, 'ts', now)
+  redis.call('EXPIRE', key, 600)
+end
+if ARGV[5] == 'adjust' then
+  if tpm > 0 then local l = level(KEYS[2], tpm); store(KEYS[2], l - need) end
+  return '0'
+end
+local wait, rl, tl, cap = 0, 0, 0, 0
+if rpm > 0 then
+  rl = level(KEYS[1], rpm)
+  if rl < 1 then wait = math.max(wait, (1 - rl) * 60 / rpm) end
+end
+if tpm > 0 then
+  tl, cap = level(KEYS[2], tpm)
+  need = math.min(need, cap)
+  if tl < need then wait = math.max(wait, (need - tl) * 60 / tpm) end
+end
+if wait > 0 then return tostring(wait) end
+if rpm > 0 then store(KEYS[1], rl - 1) end
+if tpm > 0 then store(KEYS[2], tl - need) end
+return '0'
+"""
+
+
+_scripts: dict[int, Any] = {}
+
+
+def _script() -> Any:
+    client = events.async_client()
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(_SCRIPT)
+    return script
+
+
+def _keys(deployment_id: str) -> list[str]:
+    ns = settings.MAGEAGENT_ROUTING["REDIS_NAMESPACE"]
+    return [f"{ns}:rl:{deployment_id}:rpm", f"{ns}:rl:{deployment_id}:tpm"]
+
+
+async def rate_limit_try(deployment_id: str, *, rpm: int | None, tpm: int | None, tokens: int,
+                         burst_s: float | None = None) -> float:
+    """Take one request and `tokens` tokens if they fit now; else the seconds to wait."""
+    burst = burst_s if burst_s is not None else settings.MAGEAGENT_ROUTING["RATE_LIMIT_BURST_S"]
+    raw = await _script()(keys=_keys(deployment_id), args=[rpm or 0, tpm or 0, max(tokens, 0), burst, "take"])
+    return float(raw)
+
+
+async def rate_limit_acquire(deployment_id: str, *, rpm: int | None, tpm: int | None, tokens: int,
+                             burst_s: float | None = None,
+                             on_wait: Callable[[float], Awaitable[None]] | None = None) -> float:
+    """Wait until the deployment has room for one more call; returns the time waited."""
+    if not rpm and not tpm:
+        return 0.0
+    waited = 0.0
+    while True:
+        wait = await rate_limit_try(deployment_id, rpm=rpm, tpm=tpm, tokens=tokens, burst_s=burst_s)
+        if wait <= 0:
+            return waited
+        if on_wait is not None and waited == 0.0:
+            await on_wait(wait)
+        # A few ms past the refill moment: another worker may take it first, then we wait again.
+        await asyncio.sleep(wait + 0.005)
+        waited += wait
+
+
+async def rate_limit_adjust(deployment_id: str, *, tpm: int | None, tokens: int) -> None:
+    """Book the difference between the tokens a call used and the estimate it took."""
+    if tpm and tokens:
+        await _script()(keys=_keys(deployment_id),
+                        args=[0, tpm, tokens, settings.MAGEAGENT_ROUTING["RATE_LIMIT_BURST_S"], "adjust"])

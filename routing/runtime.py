@@ -1,0 +1,193 @@
+"""Routing during one attempt of a task, on the worker's event loop.
+
+tasks/runtime/pipeline.py asks `begin_call` for where to send each provider call; it
+picks the current candidate's healthy deployment (litellm Router), waits for the
+deployment's rate limit, and reserves the call's worst-case cost against the budgets.
+`end_call` books what the call used (the provider's usage, or a tokenizer count of what
+was streamed when the stream broke), settles the reservation and reports failures so
+cooldowns apply. `fallback` decides whether an error moves the attempt on: retryable and
+auth errors go to the next deployment or candidate (cross-provider by construction),
+context-window-exceeded to a larger-context model; anything else fails the attempt.
+Built in the Celery thread (executor.py), so nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mageagent.errors import BudgetExceeded
+from tasks import events
+from tasks.runtime.llm import Deployment, ProviderError
+
+from .budgets import BudgetContext, abudget_reserve, abudget_settle, task_reservation_id
+from .deployments import DeploymentSpec, registry
+from .pricing import count_tokens
+from .ratelimit import rate_limit_acquire, rate_limit_adjust
+from .services import Candidate, RoutingDecision
+
+logger = logging.getLogger(__name__)
+Emit = Callable[..., Awaitable[None]]
+
+
+@dataclass
+class CallTarget:
+    candidate: Candidate
+    deployment: DeploymentSpec
+    runtime: Deployment
+    prompt_tokens: int
+    max_tokens: int | None
+    reserved_usd: float = 0.0
+    probe: bool = False
+
+    @property
+    def model(self) -> str:
+        return self.candidate.spec.id
+
+
+class AttemptRouter:
+    def __init__(self, *, task_id: str, decision: RoutingDecision, budget: BudgetContext,
+                 base_messages: int) -> None:
+        self.task_id, self.decision, self.budget = task_id, decision, budget
+        self.queue: list[Candidate] = list(decision.options)
+        self.larger = list(decision.larger)
+        self.base_messages = base_messages
+        self.extra_tokens = 0  # tokens of tool-round messages added after the first call
+        self.counted_messages = base_messages
+        self.tried: set[str] = set()
+        self.pending: tuple[Candidate, DeploymentSpec] | None = None
+        self.calls: list[dict[str, Any]] = []
+        self.fallbacks: list[dict[str, Any]] = []
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.cost_usd = 0.0
+        self.usage_reported = True
+        self.last: CallTarget | None = None
+        self.rid = task_reservation_id(task_id)
+
+    # --- choosing where the next call goes ------------------------------------------------
+    async def _next(self) -> tuple[Candidate, DeploymentSpec, bool] | None:
+        reg = registry()
+        while self.queue:
+            cand = self.queue[0]
+            dep = await reg.pick(cand.spec.id, cand.deployments, self.tried)
+            if dep is not None:
+                return cand, dep, False
+            self.queue.pop(0)
+        if not self.tried and self.decision.options and self.decision.options[0].deployments:
+            # Every candidate is cooling down: trying the first beats failing untried.
+            cand = self.decision.options[0]
+            return cand, cand.deployments[0], True
+        return None
+
+    def _prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+        if len(messages) > self.counted_messages:
+            added = messages[self.counted_messages:]
+            self.extra_tokens += count_tokens("gpt-4o", messages=added)
+            self.counted_messages = len(messages)
+        return self.decision.estimated_prompt_tokens + self.extra_tokens
+
+    async def begin_call(self, messages: list[dict[str, Any]], emit: Emit) -> CallTarget:
+        if self.pending is not None:
+            (cand, dep), probe = self.pending, False
+            self.pending = None
+        else:
+            found = await self._next()
+            if found is None:
+                served = any(c.deployments for c in self.decision.options)
+                raise ProviderError("no_deployment", "no deployment of the candidate models is available",
+                                    retryable=served)
+            cand, dep, probe = found
+        spec = cand.spec
+        prompt_tokens = self._prompt_tokens(messages)
+        cap = self.decision.max_tokens and min(self.decision.max_tokens, spec.max_output_tokens)
+        output = cap or self.decision.estimated_output_tokens
+        target = CallTarget(cand, dep, dep.runtime(), prompt_tokens, cap or None, probe=probe)
+
+        async def on_wait(seconds: float) -> None:
+            await emit(events.encode("step", name="rate_limited",
+                                     detail={"model": spec.id, "deployment": dep.id, "wait_s": round(seconds, 3)}))
+
+        await rate_limit_acquire(dep.id, rpm=dep.rpm, tpm=dep.tpm, tokens=prompt_tokens + output, on_wait=on_wait)
+        if self.budget.active:
+            target.reserved_usd = spec.cost_usd(prompt_tokens, output)
+            try:
+                await abudget_reserve(self.budget, rid=self.rid, amount_usd=target.reserved_usd)
+            except BudgetExceeded as exc:
+                raise ProviderError("budget_exceeded", exc.message, status=402) from exc
+        self.tried.add(dep.id)
+        self.last = target
+        return target
+
+    # --- after the call ---------------------------------------------------------------------
+    async def end_call(self, target: CallTarget, *, usage: dict[str, Any] | None, streamed: str,
+                       error: ProviderError | None = None) -> None:
+        spec = target.candidate.spec
+        if usage and usage.get("completion_tokens") is not None:
+            prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        else:  # the stream broke (or was cancelled) before the provider reported usage
+            self.usage_reported = False
+            prompt = target.prompt_tokens if (streamed or error is None) else 0
+            completion = count_tokens("gpt-4o", text=streamed) if streamed else 0
+        cost = spec.cost_usd(prompt, completion)
+        self.usage["prompt_tokens"] += prompt
+        self.usage["completion_tokens"] += completion
+        self.cost_usd += cost
+        self.calls.append({"model": spec.id, "deployment": target.deployment.id, "prompt_tokens": prompt,
+                           "completion_tokens": completion, "cost_usd": round(cost, 10),
+                           "error": error.code if error else None})
+        try:
+            if self.budget.active:
+                await abudget_settle(self.budget, rid=self.rid, actual_usd=cost)
+            estimate = target.prompt_tokens + (target.max_tokens or self.decision.estimated_output_tokens)
+            await rate_limit_adjust(target.deployment.id, tpm=target.deployment.tpm,
+                                    tokens=prompt + completion - estimate)
+        except Exception:
+            logger.exception("could not settle the budget or rate limit of task %s", self.task_id)
+        if error is not None:
+            registry().report_failure(target.deployment, error)
+
+    async def fallback(self, error: ProviderError) -> dict[str, Any] | None:
+        """Where the attempt goes after `error`, as the `fallback` event's detail; None
+        when the error ends the attempt (it is not a provider fault, or nothing is left)."""
+        current = self.last
+        if current is None:
+            return None
+        if error.code == "context_window_exceeded":
+            window = current.candidate.spec.context_window
+            self.queue = [c for c in self.larger if c.spec.context_window > window]
+            reason = "context window exceeded: rerouted to a larger-context model"
+        elif error.retryable or error.code == "provider_auth_error":
+            reason = "provider error: next deployment or candidate"
+        else:
+            return None
+        found = await self._next()
+        if found is None or found[2]:
+            return None
+        cand, dep, _ = found
+        self.pending = (cand, dep)
+        detail = {"from": current.model, "from_deployment": current.deployment.id, "to": cand.spec.id,
+                  "to_deployment": dep.id, "error": error.code, "status": error.status, "reason": reason}
+        self.fallbacks.append(detail)
+        return detail
+
+    async def close(self) -> None:
+        """Give back a reservation no call settled (the attempt stopped between calls)."""
+        if self.budget.active:
+            try:
+                await abudget_settle(self.budget, rid=self.rid, actual_usd=0.0)
+            except Exception:
+                logger.exception("could not release the budget reservation of task %s", self.task_id)
+
+    # --- the record -------------------------------------------------------------------------
+    @property
+    def model_label(self) -> str:
+        spec = (self.last.candidate.spec if self.last else self.decision.options[0].spec)
+        name = spec.id.split("/", 1)[1] if spec.id.startswith(f"{spec.provider}/") else spec.id
+        return f"{spec.provider}/{name}"
+
+    def record(self) -> dict[str, Any]:
+        return {"model_used": self.last.model if self.last else None, "actual_usage": dict(self.usage),
+                "actual_cost_usd": round(self.cost_usd, 10), "usage_reported": self.usage_reported,
+                "fallbacks": list(self.fallbacks), "calls": list(self.calls)}

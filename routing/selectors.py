@@ -1,0 +1,192 @@
+"""Reads of the routing app. The catalog and company policies are read on every task,
+so each process keeps them for CATALOG_CACHE_S seconds (and drops them at once when a
+row changes in this process)."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q, Sum
+
+from .models import Budget, CompanyRoutingPolicy, Model, Spend
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A catalog model with the staff overrides applied."""
+
+    id: str
+    provider: str
+    context_window: int
+    max_output_tokens: int
+    input_cost_per_token: float
+    output_cost_per_token: float
+    supports_tools: bool
+    supports_vision: bool
+    supports_json: bool
+    tier: int | None
+    enabled: bool
+    auto_route: bool
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.input_cost_per_token + completion_tokens * self.output_cost_per_token
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "provider": self.provider, "context_window": self.context_window,
+                "max_output_tokens": self.max_output_tokens,
+                "input_cost_per_mtok": round(self.input_cost_per_token * 1e6, 6),
+                "output_cost_per_mtok": round(self.output_cost_per_token * 1e6, 6),
+                "supports_tools": self.supports_tools, "supports_vision": self.supports_vision,
+                "supports_json": self.supports_json, "tier": self.tier, "enabled": self.enabled}
+
+
+def spec_from_row(m: Model) -> ModelSpec:
+    def pick(override, value):
+        return (value if override is None else override)
+    return ModelSpec(
+        id=m.id, provider=m.provider,
+        context_window=int(pick(m.context_window_override, m.context_window) or 8192),
+        max_output_tokens=int(m.max_output_tokens or 4096),
+        input_cost_per_token=float(pick(m.input_cost_override, m.input_cost_per_token) or 0.0),
+        output_cost_per_token=float(pick(m.output_cost_override, m.output_cost_per_token) or 0.0),
+        supports_tools=bool(pick(m.supports_tools_override, m.supports_tools)),
+        supports_vision=bool(pick(m.supports_vision_override, m.supports_vision)),
+        supports_json=bool(pick(m.supports_json_override, m.supports_json)),
+        tier=m.tier, enabled=m.enabled, auto_route=m.auto_route,
+    )
+
+
+class _Catalog:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loaded_at = -1e9
+        self.models: dict[str, ModelSpec] = {}
+        self.aliases: dict[str, str] = {}
+        self.policies: dict[int, CompanyRoutingPolicy | None] = {}
+
+    def get(self) -> _Catalog:
+        if time.monotonic() - self.loaded_at > settings.MAGEAGENT_ROUTING["CATALOG_CACHE_S"] or not self.models:
+            with self.lock:
+                if time.monotonic() - self.loaded_at > settings.MAGEAGENT_ROUTING["CATALOG_CACHE_S"] \
+                        or not self.models:
+                    self._load()
+        return self
+
+    def _load(self) -> None:
+        from .catalog import catalog_ensure
+        from .deployments import catalog_sync_config
+
+        catalog_ensure()
+        catalog_sync_config()
+        models = {m.id: spec_from_row(m) for m in Model.objects.all()}
+        aliases: dict[str, str] = {}
+        for model_id, spec in models.items():
+            tail = model_id.rsplit("/", 1)[-1]
+            aliases.setdefault(tail, model_id)
+            aliases.setdefault(f"{spec.provider}/{tail}", model_id)
+        self.models, self.aliases, self.policies = models, aliases, {}
+        self.loaded_at = time.monotonic()
+
+    def invalidate(self) -> None:
+        self.loaded_at = -1e9
+
+
+catalog = _Catalog()
+
+
+def catalog_invalidate(**_: Any) -> None:
+    catalog.invalidate()
+
+
+def model_get(name: str) -> ModelSpec | None:
+    """A catalog model by id, or by the name a caller may use for it
+    ('openai/gpt-4o' for 'gpt-4o', 'gemini-2.5-pro' for 'gemini/gemini-2.5-pro')."""
+    cat = catalog.get()
+    spec = cat.models.get(name)
+    if spec is None and name in cat.aliases:
+        spec = cat.models.get(cat.aliases[name])
+    if spec is None and "/" in name:
+        spec = cat.models.get(name.split("/", 1)[1])
+    return spec
+
+
+def models_all() -> dict[str, ModelSpec]:
+    return catalog.get().models
+
+
+def company_policy(company_id: int | None) -> CompanyRoutingPolicy | None:
+    if company_id is None:
+        return None
+    cat = catalog.get()
+    if company_id not in cat.policies:
+        cat.policies[company_id] = CompanyRoutingPolicy.objects.filter(company_id=company_id).first()
+    return cat.policies[company_id]
+
+
+def policy_for(company_id: int | None) -> dict[str, Any]:
+    """The settings policy with the company's overrides merged in (dicts merge per key)."""
+    policy = copy.deepcopy(settings.MAGEAGENT_ROUTING["POLICY"])
+    row = company_policy(company_id)
+    for key, value in ((row.policy or {}) if row else {}).items():
+        if isinstance(value, dict) and isinstance(policy.get(key), dict):
+            policy[key].update(value)
+        else:
+            policy[key] = value
+    return policy
+
+
+def model_allowed(company_id: int | None, model_id: str) -> bool:
+    row = company_policy(company_id)
+    if row is None:
+        return True
+    if any(fnmatch.fnmatchcase(model_id, p) for p in row.blocked_models or []):
+        return False
+    allowed = row.allowed_models or []
+    return not allowed or any(fnmatch.fnmatchcase(model_id, p) for p in allowed)
+
+
+def model_list(*, company_id: int | None = None) -> list[dict[str, Any]]:
+    """What the caller may use: enabled models its company's policy allows."""
+    return [spec.public() for spec in sorted(models_all().values(), key=lambda s: (s.provider, s.id))
+            if spec.enabled and model_allowed(company_id, spec.id)]
+
+
+# --- budgets and spend --------------------------------------------------------------------
+_budgets: dict[tuple[int, int | None], tuple[float, list[Budget]]] = {}
+
+
+def budgets_for(*, company_id: int, app_id: int | None) -> list[Budget]:
+    """The budgets that apply to an app, cached per process for BUDGET_CACHE_S: they are
+    read on every enqueue. A new or changed budget applies within that time; enforcement
+    itself is the atomic reservation in Redis, never this cache."""
+    now = time.monotonic()
+    hit = _budgets.get((company_id, app_id))
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    budgets = list(Budget.objects.filter(Q(app__isnull=True) | Q(app_id=app_id), company_id=company_id, enabled=True))
+    if len(_budgets) > 10_000:
+        _budgets.clear()
+    _budgets[(company_id, app_id)] = (now + settings.MAGEAGENT_ROUTING["BUDGET_CACHE_S"], budgets)
+    return budgets
+
+
+def spend_total(*, company_id: int, app_id: int | None, since: date) -> Decimal:
+    qs = Spend.objects.filter(company_id=company_id, day__gte=since)
+    if app_id is not None:
+        qs = qs.filter(app_id=app_id)
+    return qs.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
+
+
+def spend_summary(*, company_id: int, since: date) -> dict[str, Any]:
+    row = Spend.objects.filter(company_id=company_id, day__gte=since).aggregate(
+        cost=Sum("cost_usd"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), tasks=Sum("tasks"))
+    return {"cost_usd": float(row["cost"] or 0), "prompt_tokens": row["prompt"] or 0,
+            "completion_tokens": row["completion"] or 0, "tasks": row["tasks"] or 0}

@@ -1,0 +1,239 @@
+"""Which model runs a task: validation of a requested model, and the routing policy.
+
+Auto-routing filters the catalog by hard constraints (enabled and auto-routable, allowed
+for the company, context window >= prompt + context + expected answer, tool support
+when tools are requested, deployable, not cooling down), then ranks what is left by the
+task's characteristics: the tier its complexity needs (simple -> economy, moderate ->
+balanced, complex -> premium, tools -> at least balanced), the policy's preferred models
+for those characteristics, then estimated cost. The ranked list's head runs the task;
+the rest (spread over providers) are its fallbacks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from mageagent.errors import ValidationFailed
+from tasks.runtime.llm import Deployment
+
+from .complexity import LABELS, complexity_estimate
+from .deployments import DeploymentSpec, registry
+from .pricing import count_tokens
+from .selectors import ModelSpec, model_allowed, model_get, models_all, policy_for
+
+TIER_NAMES = {1: "economy", 2: "balanced", 3: "premium"}
+
+
+@dataclass
+class Candidate:
+    spec: ModelSpec
+    deployments: list[DeploymentSpec]
+    estimated_cost_usd: float
+
+
+@dataclass
+class RoutingDecision:
+    model: str
+    provider: str
+    reason: str
+    candidates: list[str] = field(default_factory=list)
+    deployment: Deployment | None = None
+    estimated_tokens: int = 0
+    estimated_prompt_tokens: int = 0
+    estimated_output_tokens: int = 0
+    estimated_cost_usd: float = 0.0
+    tier: int | None = None
+    characteristics: list[str] = field(default_factory=list)
+    complexity: dict[str, Any] | None = None
+    max_tokens: int | None = None  # the answer's cap (budgeted tasks: what bounds their cost)
+    options: list[Candidate] = field(default_factory=list, repr=False)
+    larger: list[Candidate] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "provider": self.provider, "reason": self.reason,
+                "candidates": list(self.candidates), "estimated_tokens": self.estimated_tokens,
+                "estimated_prompt_tokens": self.estimated_prompt_tokens,
+                "estimated_output_tokens": self.estimated_output_tokens,
+                "estimated_cost_usd": round(self.estimated_cost_usd, 8), "tier": self.tier,
+                "characteristics": list(self.characteristics), "complexity": self.complexity,
+                "max_tokens": self.max_tokens}
+
+
+def model_validate(*, tenant: Any, model: str | None) -> None:
+    if not model:
+        return
+    spec = model_get(model)
+    if spec is None:
+        raise ValidationFailed(f"unknown model {model!r}; GET /models lists the catalog", details={"model": model})
+    if not spec.enabled:
+        raise ValidationFailed(f"model {model!r} is disabled", details={"model": model})
+    if not model_allowed(getattr(tenant, "company_id", None), spec.id):
+        raise ValidationFailed(f"model {model!r} is not allowed for this company", details={"model": model})
+
+
+def _prompt_tokens(prompt: str, context_text: str) -> int:
+    messages = [{"role": "system", "content": settings.MAGEAGENT["SYSTEM_PROMPT"]}]
+    if context_text:
+        messages.append({"role": "system", "content": f"Context:\n{context_text}"})
+    messages.append({"role": "user", "content": prompt})
+    return count_tokens("gpt-4o", messages=messages)
+
+
+def _unknown_spec(model: str) -> ModelSpec:
+    provider = model.split("/", 1)[0] if "/" in model else "openai"
+    return ModelSpec(id=model, provider=provider, context_window=128_000, max_output_tokens=4096,
+                     input_cost_per_token=0.0, output_cost_per_token=0.0, supports_tools=True, supports_vision=False,
+                     supports_json=False, tier=None, enabled=True, auto_route=False)
+
+
+def model_select(*, prompt: str, model: str | None, tools: list[str], context_text: str = "",
+                 company_id: int | None = None, budgeted: bool = False) -> RoutingDecision:
+    policy = policy_for(company_id)
+    reg = registry()
+    prompt_tokens = _prompt_tokens(prompt, context_text)
+    bias = [float(policy["complexity_bias"].get(label, 0.0)) for label in LABELS]
+    complexity = complexity_estimate(prompt, bias=bias)
+    output_tokens = int(policy["expected_output_tokens"][complexity.label])
+    cap = settings.MAGEAGENT_ROUTING["BUDGET_MAX_OUTPUT_TOKENS"] if budgeted else None
+    long_context = prompt_tokens >= int(policy["long_context_tokens"])
+    traits = [complexity.label] + (["tools"] if tools else []) + (["long_context"] if long_context else [])
+    need = max(int(policy["tiers"][complexity.label]), int(policy["tools_min_tier"]) if tools else 0)
+
+    def cost(spec: ModelSpec) -> float:
+        return spec.cost_usd(prompt_tokens, min(cap, spec.max_output_tokens) if cap else output_tokens)
+
+    def candidate(spec: ModelSpec) -> Candidate:
+        return Candidate(spec, reg.deployments(spec.id, spec.provider), cost(spec))
+
+    def room(spec: ModelSpec) -> bool:
+        return spec.context_window >= prompt_tokens + output_tokens
+
+    def fits(spec: ModelSpec) -> bool:
+        return room(spec) and _usable(spec, company_id, bool(tools), reg)
+
+    if model:
+        spec = model_get(model) or _unknown_spec(model)
+        others = [s for s in models_all().values() if s.id != spec.id and s.auto_route and fits(s)
+                  and (s.tier or 0) >= (spec.tier or 0)] if policy["explicit_fallbacks"] else []
+        ranked = [spec, *sorted(others, key=lambda s: (s.tier != spec.tier, cost(s)))]
+        reason = "requested explicitly"
+        need = spec.tier or need
+    else:
+        pool = [s for s in _routable(company_id, bool(tools), reg) if room(s)]
+        prefer = _preferences(policy, complexity.label, bool(tools), long_context)
+        ranked = sorted(pool, key=lambda s: (_band(s, need), prefer.get(s.id, len(prefer)), cost(s)))
+        if not ranked:  # nothing fits: the default model beats no answer
+            default = settings.MAGEAGENT["DEFAULT_MODEL"]
+            ranked = [model_get(default) or _unknown_spec(default)]
+        reason = _reason(complexity, need, traits, prompt_tokens, ranked[0], prefer)
+    chosen, skipped = _without_cooling(reg, ranked, limit=3 * int(policy["max_candidates"]))
+    if skipped:
+        reason += f"; skipped {skipped} cooling down"
+    options = [candidate(s) for s in _spread(chosen, int(policy["max_candidates"]))]
+    if model and not policy["explicit_fallbacks"]:
+        options = options[:1]
+    head = options[0]
+    larger = [candidate(s) for s in sorted(
+        (s for s in _routable(company_id, bool(tools), reg) if (s.tier or 0) >= need
+         and s.context_window > head.spec.context_window and room(s)),
+        key=lambda s: (s.context_window, cost(s)))[:3]]
+    out = min(cap, head.spec.max_output_tokens) if cap else output_tokens
+    return RoutingDecision(
+        model=head.spec.id, provider=head.spec.provider, reason=reason, candidates=[c.spec.id for c in options],
+        deployment=head.deployments[0].runtime() if head.deployments else None,
+        estimated_tokens=prompt_tokens + out, estimated_prompt_tokens=prompt_tokens, estimated_output_tokens=out,
+        estimated_cost_usd=head.estimated_cost_usd, tier=head.spec.tier, characteristics=traits,
+        complexity={"label": complexity.label, "score": complexity.score}, max_tokens=cap and out,
+        options=options, larger=larger)
+
+
+def _usable(spec: ModelSpec, company_id: int | None, tools: bool, reg: Any) -> bool:
+    return (spec.enabled and (spec.supports_tools or not tools) and model_allowed(company_id, spec.id)
+            and bool(reg.deployments(spec.id, spec.provider)))
+
+
+_routable_cache: dict[tuple[int | None, bool], tuple[float, int, list[ModelSpec]]] = {}
+
+
+def _routable(company_id: int | None, tools: bool, reg: Any) -> list[ModelSpec]:
+    """The models automatic routing may pick for a company, before the per-prompt context
+    check. The same for every task of the company within CATALOG_CACHE_S, and it walks the
+    whole catalog, so it is cached rather than recomputed per task."""
+    catalog = models_all()
+    now = time.monotonic()
+    hit = _routable_cache.get((company_id, tools))
+    if hit is not None and hit[0] > now and hit[1] == id(catalog) + id(reg):
+        return hit[2]
+    pool = [s for s in catalog.values() if s.auto_route and s.tier and _usable(s, company_id, tools, reg)]
+    if len(_routable_cache) > 10_000:
+        _routable_cache.clear()
+    expires = now + settings.MAGEAGENT_ROUTING["CATALOG_CACHE_S"]
+    _routable_cache[(company_id, tools)] = (expires, id(catalog) + id(reg), pool)
+    return pool
+
+
+def _preferences(policy: dict[str, Any], label: str, tools: bool, long_context: bool) -> dict[str, int]:
+    lists = policy["prefer"]
+    names = (lists.get("long_context", []) if long_context else []) + (lists.get("tools", []) if tools else [])
+    names += lists.get(label, [])
+    order: dict[str, int] = {}
+    for name in names:
+        spec = model_get(name)
+        if spec is not None:
+            order.setdefault(spec.id, len(order))
+    return order
+
+
+def _band(spec: ModelSpec, need: int) -> int:
+    tier = spec.tier or 0
+    return 0 if tier == need else 1 if tier > need else 2 + (need - tier)
+
+
+def _reason(complexity: Any, need: int, traits: list[str], prompt_tokens: int, head: ModelSpec,
+            prefer: dict[str, int]) -> str:
+    parts = [f"{complexity.label} prompt (complexity {complexity.score:.2f}) needs the {TIER_NAMES[need]} tier"]
+    if "tools" in traits:
+        parts.append("tools requested: tool-capable models only")
+    if "long_context" in traits:
+        parts.append(f"long context ({prompt_tokens} tokens)")
+    how = "preferred by the policy" if head.id in prefer else "cheapest fitting model"
+    if (head.tier or 0) < need:
+        how += f", below the needed tier: no {TIER_NAMES[need]} model fits"
+    return "; ".join(parts) + f"; chose {head.id} ({TIER_NAMES.get(head.tier or 0, 'untiered')}, {how})"
+
+
+def _without_cooling(reg: Any, ranked: list[ModelSpec], *, limit: int) -> tuple[list[ModelSpec], int]:
+    """Drop models whose every deployment is cooling down (unless that drops them all)."""
+    head = ranked[:limit]
+    deployments = {s.id: reg.deployments(s.id, s.provider) for s in head}
+    try:
+        cooling = reg.cooling([d.id for ds in deployments.values() for d in ds])
+    except Exception:  # Redis trouble must not stop routing
+        cooling = set()
+    healthy = [s for s in head if not deployments[s.id] or any(d.id not in cooling for d in deployments[s.id])]
+    if not healthy:
+        return ranked, 0
+    return healthy + ranked[limit:], len(head) - len(healthy)
+
+
+def _spread(ranked: list[ModelSpec], limit: int) -> list[ModelSpec]:
+    """The best model, then the best of each other provider, then the rest in order:
+    so the first fallback is on another provider."""
+    chosen = ranked[:1]
+    providers = {s.provider for s in chosen}
+    for spec in ranked[1:]:
+        if len(chosen) >= limit:
+            break
+        if spec.provider not in providers:
+            chosen.append(spec)
+            providers.add(spec.provider)
+    for spec in ranked[1:]:
+        if len(chosen) >= limit:
+            break
+        if spec not in chosen:
+            chosen.append(spec)
+    return chosen[:limit]

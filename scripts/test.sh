@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Install what the tests need and run the whole test suite:
+#   bash scripts/test.sh                 # everything (python -m pytest tests)
+#   bash scripts/test.sh -k admin -x     # extra arguments go to pytest
+#   bash scripts/test.sh tests/tasks     # a path given replaces the default "tests"
+# The tests use PostgreSQL and Redis given by DATABASE_URL / REDIS_URL or answering on their
+# standard local ports; otherwise SQLite and a Redis they start themselves (tests/infra.py).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=scripts/_venv.sh
+. "$ROOT/scripts/_venv.sh"
+
+# >>> SYSTEM PACKAGES HOOK >>>
+# Debian packages some tests need, as "command:package" pairs: installed only when the
+# command is missing and only as root with apt-get (elsewhere the tests that need them skip).
+#   bwrap     - the code_execution tool's sandbox (bubblewrap)
+#   tesseract - OCR in the file_processing tool
+SYSTEM_PACKAGES=${MAGEAGENT_TEST_SYSTEM_PACKAGES-"bwrap:bubblewrap tesseract:tesseract-ocr"}
+# <<< SYSTEM PACKAGES HOOK <<<
+
+missing=()
+for pair in $SYSTEM_PACKAGES; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "==> not installing ${missing[*]} (needs root and apt-get): the tests that need them will skip"
+  fi
+fi
+
+ensure_venv
+# requirements-dev.txt includes requirements.txt: its stamp is written too, so a later
+# scripts/run.sh installs nothing.
+install_requirements requirements-dev.txt requirements.txt
+
+# Run "tests" unless the arguments name what to run.
+targets=(tests)
+for arg in "$@"; do
+  case $arg in
+    -*) ;;
+    *) if [ -e "${arg%%::*}" ]; then targets=(); break; fi ;;
+  esac
+done
+
+echo "==> python -m pytest ${targets[*]} $*"
+set +e
+"$VENV/bin/python" -m pytest "${targets[@]}" "$@"
+code=$?
+set -e
+if [ "$code" = 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$code"

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from mageagent.pagination import NewestFirstPagination
+from routing.budgets import budget_hold, budget_release_task
+from routing.services import model_validate
+from tools.registry import tools_validate_requested
+
+from . import selectors, services
+from .follow import events_page
+from .models import TaskStatus
+from .serializers import (
+    EventsQuerySerializer,
+    TaskInputSerializer,
+    TaskListFilterSerializer,
+    TaskOutputSerializer,
+)
+
+
+class TaskListCreateApi(APIView):
+    @extend_schema(request=TaskInputSerializer, responses={202: TaskOutputSerializer, 200: TaskOutputSerializer},
+                   parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+                   summary="Enqueue a task")
+    def post(self, request: Request) -> Response:
+        data = TaskInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        tenant = request.user
+        model_validate(tenant=tenant, model=fields["model"])
+        tools_validate_requested(tenant=tenant, names=fields["tools"])
+        with budget_hold(tenant=tenant, **fields) as hold:  # 402 budget_exceeded when it cannot fit
+            task, created = services.task_create(
+                tenant=tenant, idempotency_key=request.headers.get("Idempotency-Key") or None,
+                estimated_duration_ms=selectors.estimated_duration_ms(company_id=tenant.company_id),
+                **fields,
+            )
+            hold.bind(task_id=task.id, created=created)
+        location = f"/mageagent/api/v1/tasks/{task.id}"
+        return Response(TaskOutputSerializer(task).data, status=202 if created else 200,
+                        headers={"Location": location})
+
+    @extend_schema(parameters=[TaskListFilterSerializer], responses=TaskOutputSerializer(many=True),
+                   summary="List the caller's tasks, newest first")
+    def get(self, request: Request) -> Response:
+        filters = TaskListFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        params = {k: v for k, v in filters.validated_data.items() if k not in ("cursor", "page_size")}
+        qs = selectors.task_list(tenant=request.user, **params)
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(qs, request, view=self)
+        return paginator.get_paginated_response(TaskOutputSerializer(page, many=True).data)
+
+
+class TaskDetailApi(APIView):
+    @extend_schema(responses=TaskOutputSerializer, summary="Get a task (the polling path)")
+    def get(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(tenant=request.user, task_id=task_id)
+        return Response(TaskOutputSerializer(task).data)
+
+
+class TaskCancelApi(APIView):
+    @extend_schema(request=None, responses=TaskOutputSerializer, summary="Cancel a task")
+    def post(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(tenant=request.user, task_id=task_id)
+        task = services.task_cancel(task=task)
+        if task.status == TaskStatus.CANCELLED and task.started_at is None:  # never ran: free its budget hold
+            budget_release_task(task_id=task.id, company_id=task.company_id, app_id=task.app_id)
+        return Response(TaskOutputSerializer(task).data)
+
+
+class TaskEventsApi(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("after", int, description="return events with seq > after")],
+        responses=inline_serializer("TaskEvents", {"events": serializers.ListField(child=serializers.DictField()),
+                                                   "done": serializers.BooleanField()}),
+        summary="The task's events after a sequence number",
+    )
+    def get(self, request: Request, task_id: str) -> Response:
+        query = EventsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        task = selectors.task_get(tenant=request.user, task_id=task_id)
+        return Response(events_page(task, after=query.validated_data["after"]))
+
+
+class QueueMetricsApi(APIView):
+    @extend_schema(responses=inline_serializer("QueueMetrics", {
+        name: serializers.FloatField(allow_null=True) for name in (
+            "waiting", "active", "completed", "failed", "cancelled", "delayed", "avg_processing_ms",
+            "p95_processing_ms", "throughput_per_min", "workers")}), summary="Queue metrics for the caller's company")
+    def get(self, request: Request) -> Response:
+        return Response(selectors.queue_metrics(company_id=request.user.company_id))

@@ -1,0 +1,109 @@
+"""Keeping the Task table the ledger: re-running what the broker or a dead worker lost,
+closing logs a crash left open, and pruning old tasks as the seed's queue did."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from . import events, services
+from .models import Task, TaskStatus
+from .runtime.heartbeat import is_alive
+
+logger = logging.getLogger(__name__)
+
+
+def _broker_backlog() -> int:
+    from mageagent.celery import app
+
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    sep = settings.CELERY_BROKER_TRANSPORT_OPTIONS["sep"]
+    names = [queue] + [f"{queue}{sep}{p}" for p in settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"][1:]]
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        return sum(int(client.llen(name)) for name in names)
+
+
+def _requeue_lost(task: Task) -> str:
+    """A processing task whose worker is gone: run it again, or fail it when out of attempts."""
+    events.claim(str(task.id), "reconciler")  # fence the old attempt if it is only partitioned
+    error = {"code": "worker_lost", "message": "the worker running this task stopped"}
+    if task.attempts >= settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
+        if services.task_fail(task_id=str(task.id), attempt=task.attempts, error=error):
+            events.append(str(task.id), services.done_event(status=TaskStatus.FAILED, error=error),
+                          owner="reconciler", close=True)
+            return "failed"
+        return "skipped"
+    if services.task_requeue(task_id=str(task.id), attempt=task.attempts, steps=task.steps, routing=task.routing):
+        events.append(str(task.id), events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts + 1,
+                                                  error=error), owner="reconciler")
+        services.task_dispatch(task_id=str(task.id), priority=task.priority)
+        return "requeued"
+    return "skipped"
+
+
+def _close_log(task: Task) -> None:
+    if task.status == TaskStatus.CANCELLED:
+        services.task_close_cancelled_log(task_id=str(task.id))
+    elif task.status == TaskStatus.FAILED:
+        events.append(str(task.id), services.done_event(status=task.status, error=task.error), close=True)
+    else:
+        events.append(str(task.id), services.done_event(status=task.status, result=task.result), close=True)
+
+
+def _log_exists(task_id: str) -> bool:
+    return bool(events.sync_client().exists(events.meta_key(task_id)))
+
+
+def tasks_reconcile() -> dict[str, Any]:
+    now = timezone.now()
+    counts = {"requeued": 0, "failed": 0, "redispatched": 0, "closed": 0}
+    grace = timedelta(seconds=settings.MAGEAGENT["WORKER_HEARTBEAT_S"] * 3)
+    for task in Task.objects.filter(status=TaskStatus.PROCESSING, updated_at__lt=now - grace):
+        if not is_alive(task.worker):
+            outcome = _requeue_lost(task)
+            counts[outcome] = counts.get(outcome, 0) + 1
+    stale = now - timedelta(seconds=settings.MAGEAGENT["RECONCILE_QUEUED_AFTER_S"])
+    queued = Task.objects.filter(status=TaskStatus.QUEUED, updated_at__lt=stale)
+    # Only when the broker holds nothing: then an old queued row was lost (a Redis restart
+    # without persistence), not merely waiting behind others.
+    if queued.exists() and _broker_backlog() == 0:
+        for task in queued.only("id", "priority")[:5000]:
+            services.task_dispatch(task_id=str(task.id), priority=task.priority)
+            counts["redispatched"] += 1
+    recent = Task.objects.filter(status__in=(TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED),
+                                 updated_at__gte=now - timedelta(hours=1), updated_at__lt=now - grace)
+    for task in recent.iterator():
+        # A log that no longer exists (expired, or never written) is left alone: readers then
+        # replay the stored content; a fresh log holding only `done` would hide it.
+        if _log_exists(str(task.id)) and not events.is_closed(str(task.id)):
+            _close_log(task)
+            counts["closed"] += 1
+    if any(counts.values()):
+        logger.info("reconciled: %s", counts)
+    return counts
+
+
+def _prune(statuses: tuple[str, ...], days: float, keep: int) -> int:
+    qs = Task.objects.filter(status__in=statuses)
+    cutoff = timezone.now() - timedelta(days=days)
+    deleted, _ = qs.filter(completed_at__lt=cutoff).delete()
+    newest = qs.order_by("-completed_at").values_list("completed_at", flat=True)[keep:keep + 1]
+    if keep >= 0 and newest:
+        extra, _ = qs.filter(Q(completed_at__lte=newest[0])).delete()
+        deleted += extra
+    return deleted
+
+
+def tasks_prune() -> dict[str, Any]:
+    cfg = settings.MAGEAGENT
+    return {
+        "completed": _prune((TaskStatus.COMPLETED, TaskStatus.CANCELLED), cfg["RETENTION_COMPLETED_DAYS"],
+                            cfg["RETENTION_COMPLETED_MAX"]),
+        "failed": _prune((TaskStatus.FAILED,), cfg["RETENTION_FAILED_DAYS"], cfg["RETENTION_FAILED_MAX"]),
+    }

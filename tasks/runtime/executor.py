@@ -1,0 +1,189 @@
+"""Runs one attempt of a task for the Celery task: the database work here, in the Celery
+thread; the streaming on the process's event loop (pipeline.py). Every outcome ends in
+one guarded transition and, for terminal ones, the log's closing `done` event."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from mageagent.errors import DomainError
+from routing.budgets import budget_context, spend_record
+from routing.deployments import registry
+from routing.pricing import cost_usd, usage_estimate
+from routing.runtime import AttemptRouter
+from routing.services import RoutingDecision, model_select
+from tasks import events, services
+from tasks.models import Task, TaskStatus
+
+from .heartbeat import WORKER_ID
+from .loop import runtime
+from .pipeline import AttemptOutcome, AttemptPlan, run_attempt
+
+logger = logging.getLogger(__name__)
+
+
+def _messages(task: Task, context_text: str) -> list[dict[str, Any]]:
+    messages = [{"role": "system", "content": settings.MAGEAGENT["SYSTEM_PROMPT"]}]
+    if context_text:
+        messages.append({"role": "system", "content": f"Context:\n{context_text}"})
+    messages.append({"role": "user", "content": task.prompt})
+    return messages
+
+
+def _context(task: Task) -> tuple[str, list[bytes], list[str]]:
+    """Additional context plus knowledge-base retrieval when the task asks for it."""
+    ctx = task.context or {}
+    parts = [ctx["additionalContext"]] if ctx.get("additionalContext") else []
+    step_events: list[bytes] = []
+    steps: list[str] = []
+    if ctx.get("useGraphRAG"):
+        from tools.knowledge import knowledge_retrieve
+
+        query = ctx.get("graphragQuery") or task.prompt
+        detail: dict[str, Any] = {"query": query}
+        try:
+            hits = knowledge_retrieve(company_id=task.company_id, query=query, limit=5)
+        except DomainError as exc:  # an external GraphRAG service is down: answer without it
+            hits, detail["error"] = [], {"code": exc.code, "message": exc.message}
+        if hits:
+            parts.append("Relevant context:\n" + "\n\n".join(h["content"] for h in hits))
+        detail["results"] = len(hits)
+        steps.append("graphrag_retrieval")
+        step_events.append(events.encode("step", name="graphrag_retrieval", detail=detail))
+    return "\n\n".join(parts), step_events, steps
+
+
+def execute(task_id: str) -> float | None:
+    """Run the task's next attempt. Returns a countdown when it should be retried later."""
+    close_old_connections()
+    task = Task.objects.select_related("company").filter(pk=task_id).first()
+    if task is None or task.status != TaskStatus.QUEUED:
+        return None  # cancelled, finished, or running elsewhere: a duplicate delivery
+    context_text, step_events, steps = _context(task)
+    budget = budget_context(company_id=task.company_id, app_id=task.app_id)
+    decision = model_select(prompt=task.prompt, model=task.model, tools=task.tools, context_text=context_text,
+                            company_id=task.company_id, budgeted=budget.active)
+    registry().ensure([d for c in decision.options + decision.larger for d in c.deployments])
+    steps += [f"model_selected:{decision.provider}:{decision.model}", "llm_execution"]
+    earlier = float((task.routing or {}).get("spent_usd_all_attempts") or 0.0) if task.attempts > 1 else 0.0
+    routing = {**decision.as_dict(), "attempt": task.attempts, "spent_usd_all_attempts": earlier}
+    started = services.task_start(task=task, worker=WORKER_ID, routing=routing, steps=steps)
+    if started is None:
+        return None
+    attempt = started.attempts
+    owner = f"{attempt}-{WORKER_ID}"
+    events.claim(task_id, owner)
+    plan = _plan(started, decision, context_text, owner, step_events)
+    plan.router = AttemptRouter(task_id=task_id, decision=decision, budget=budget, base_messages=len(plan.messages))
+    connection.close()  # back to the pool while the answer streams
+    try:
+        outcome = runtime.run(run_attempt(plan), timeout=settings.MAGEAGENT["TASK_HARD_TIME_LIMIT_S"])
+    except TimeoutError:
+        outcome = AttemptOutcome(status="timeout")
+    try:
+        return _finish(started, plan, decision, outcome)
+    finally:
+        connection.close()  # hundreds of threads share a pool of a few connections
+
+
+def _plan(task: Task, decision: RoutingDecision, context_text: str, owner: str,
+          step_events: list[bytes]) -> AttemptPlan:
+    from tools.registry import tool_specs
+
+    start = [events.encode("status", status=TaskStatus.PROCESSING, attempt=task.attempts)]
+    if task.attempts > 1:
+        start.append(events.encode("reset", attempt=task.attempts))
+    start += step_events
+    start.append(events.encode("step", name="model_selected", detail=decision.as_dict()))
+    start.append(events.encode("step", name="llm_execution", detail={"model": decision.model}))
+    assert decision.deployment is not None or decision.options
+    return AttemptPlan(
+        task_id=str(task.id), attempt=task.attempts, owner=owner, messages=_messages(task, context_text),
+        deployment=decision.deployment or decision.options[0].deployments[0].runtime(), start_events=start,
+        company_id=task.company_id,
+        tool_specs=tool_specs(task.tools), max_tool_rounds=settings.MAGEAGENT.get("MAX_TOOL_ROUNDS", 4),
+        coalesce_s=settings.MAGEAGENT["CHUNK_COALESCE_MS"] / 1000.0,
+        time_limit_s=settings.MAGEAGENT["TASK_SOFT_TIME_LIMIT_S"],
+    )
+
+
+def _result(plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcome,
+            finish_reason: str | None) -> dict[str, Any]:
+    if plan.router is not None:  # every call's usage, priced at the model that served it
+        usage, cost, model = dict(plan.router.usage), plan.router.cost_usd, plan.router.model_label
+    else:
+        usage = dict(outcome.usage)
+        if not outcome.usage_reported:
+            usage = usage_estimate(decision.model, plan.messages, outcome.content)
+        cost, model = cost_usd(decision.model, usage), plan.deployment.label
+    return {"content": outcome.content, "model": model,
+            "tokensUsed": usage["prompt_tokens"] + usage["completion_tokens"],
+            "finishReason": finish_reason, "usage": usage, "cost_usd": round(cost, 10)}
+
+
+def _close(task_id: str, owner: str, body: bytes) -> bool:
+    return events.append(task_id, body, owner=owner, close=True) > 0
+
+
+def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcome) -> float | None:
+    task_id, owner, attempt = plan.task_id, plan.owner, plan.attempt
+    steps, routing = _record(task, plan)
+    if outcome.status == "fenced":
+        return None
+    if outcome.status == "completed":
+        result = _result(plan, decision, outcome, outcome.finish_reason or "stop")
+        if services.task_complete(task_id=task_id, attempt=attempt, result=result, steps=steps, routing=routing):
+            _close(task_id, owner, services.done_event(status=TaskStatus.COMPLETED, result=result))
+            return None
+        return _finish_cancelled(plan, decision, outcome)
+    if outcome.status == "cancelled":
+        return _finish_cancelled(plan, decision, outcome)
+    error = ({"code": "timeout", "message": "the task exceeded its time limit"} if outcome.status == "timeout"
+             else outcome.error.as_error() if outcome.error else {"code": "internal_error", "message": "unknown"})
+    err = outcome.error
+    if err is not None and err.retryable and attempt < settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
+        if services.task_requeue(task_id=task_id, attempt=attempt, steps=steps, routing=routing):
+            events.append(task_id, events.encode("status", status=TaskStatus.QUEUED, attempt=attempt + 1,
+                                                 error=error), owner=owner)
+            backoff = settings.MAGEAGENT["RETRY_BACKOFF_S"] * (2 ** (attempt - 1))
+            return max(backoff, err.retry_after or 0.0)
+        return _finish_cancelled(plan, decision, outcome)
+    if services.task_fail(task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing):
+        _close(task_id, owner, services.done_event(status=TaskStatus.FAILED, error=error))
+        return None
+    return _finish_cancelled(plan, decision, outcome)
+
+
+def _record(task: Task, plan: AttemptPlan) -> tuple[list[str], dict[str, Any]]:
+    """The task's steps and routing record with this attempt's actual use; the spend is
+    booked here, whatever the outcome (a broken stream still cost what it streamed)."""
+    steps, routing = list(task.steps), dict(task.routing or {})
+    router = plan.router
+    if router is None:
+        return steps, routing
+    steps += [f"fallback:{f['to']}" for f in router.fallbacks]
+    record = router.record()
+    routing.update(record)
+    routing["spent_usd_all_attempts"] = round(float(routing.get("spent_usd_all_attempts") or 0.0)
+                                              + record["actual_cost_usd"], 10)
+    if router.calls:
+        try:
+            spend_record(company_id=task.company_id, app_id=task.app_id, cost_usd=router.cost_usd,
+                         prompt_tokens=router.usage["prompt_tokens"],
+                         completion_tokens=router.usage["completion_tokens"], calls=len(router.calls),
+                         tasks=1 if plan.attempt == 1 else 0)
+        except Exception:
+            logger.exception("could not record the spend of task %s", task.id)
+    return steps, routing
+
+
+def _finish_cancelled(plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcome) -> None:
+    """The task was cancelled (by the API) while this attempt ran: keep the partial answer."""
+    result = _result(plan, decision, outcome, "cancelled")
+    if _close(plan.task_id, plan.owner, services.done_event(status=TaskStatus.CANCELLED, result=result)):
+        services.task_record_cancelled_result(task_id=plan.task_id, result=result)
+    return None

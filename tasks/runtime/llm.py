@@ -1,0 +1,256 @@
+"""Streaming chat completions.
+
+OpenAI-compatible endpoints (OpenAI, OpenRouter, vLLM, a local gateway, the simulator) are
+streamed directly: aiohttp reads raw bytes and each `data:` line is parsed with orjson,
+which costs a few µs per chunk instead of litellm's ~550 µs streaming wrapper (see
+BENCHMARKS.md). Every other provider goes through litellm.acompletion, which translates
+Anthropic, Gemini, Cohere, ... into the same deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where one model is served. `model` is the name sent in the request body."""
+
+    model: str
+    provider: str
+    litellm_model: str
+    api_base: str | None = None
+    api_key: str | None = None
+    openai_compatible: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass
+class Delta:
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+class ProviderError(Exception):
+    """A failed provider call. `retryable` errors (429, 5xx, timeouts, connection) may be
+    retried or sent to a fallback; the rest fail the task at once."""
+
+    def __init__(self, code: str, message: str, *, status: int | None = None, retryable: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+        self.retryable, self.retry_after = retryable, retry_after
+
+    def as_error(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.status is not None:
+            error["provider_status"] = self.status
+        return error
+
+
+def error_for_status(status: int, body: bytes, retry_after: str | None = None) -> ProviderError:
+    message, code = f"provider returned HTTP {status}", None
+    try:
+        err = orjson.loads(body).get("error") or {}
+        message = str(err.get("message") or message)[:1000]
+        code = err.get("code") or err.get("type")
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    if code == "context_length_exceeded" or "context length" in message.lower():
+        return ProviderError("context_window_exceeded", message, status=status)
+    if status == 429:
+        wait = _float(retry_after)
+        return ProviderError("rate_limited", message, status=status, retryable=True, retry_after=wait)
+    if status >= 500 or status == 408:
+        return ProviderError("provider_unavailable", message, status=status, retryable=True)
+    if status in (401, 403):
+        return ProviderError("provider_auth_error", message, status=status)
+    return ProviderError("provider_error", message, status=status)
+
+
+def _float(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+# --- direct OpenAI-compatible streaming ------------------------------------------------
+_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+
+def _session() -> aiohttp.ClientSession:
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(loop)
+    if session is None or session.closed:
+        connector = aiohttp.TCPConnector(limit=settings.MAGEAGENT["LLM_MAX_CONNECTIONS"], limit_per_host=0,
+                                         ttl_dns_cache=300, keepalive_timeout=30)
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=settings.MAGEAGENT["LLM_TIMEOUT_S"])
+        session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        _sessions[loop] = session
+    return session
+
+
+def request_body(deployment: Deployment, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                 max_tokens: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": deployment.model, "messages": messages, "stream": True,
+                            "stream_options": {"include_usage": True}}
+    if tools:
+        body["tools"] = tools
+    if max_tokens:
+        body["max_tokens"] = max_tokens
+    return body
+
+
+async def _stream_openai(deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[Delta]:
+    base = (deployment.api_base or "https://api.openai.com/v1").rstrip("/")
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if deployment.api_key:
+        headers["Authorization"] = f"Bearer {deployment.api_key}"
+    try:
+        async with _session().post(f"{base}/chat/completions", data=orjson.dumps(body), headers=headers) as resp:
+            if resp.status != 200:
+                raise error_for_status(resp.status, await resp.read(), resp.headers.get("Retry-After"))
+            finished = False
+            async for obj in _sse_objects(resp.content):
+                if obj is None:
+                    finished = True
+                    break
+                yield _delta(obj)
+            if finished:
+                await resp.content.read()  # drain to the end so the connection is reused
+            else:
+                raise ProviderError("provider_stream_interrupted", "the provider closed the stream early",
+                                    retryable=True)
+    except ProviderError:
+        raise
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        raise ProviderError("provider_stream_interrupted", f"stream interrupted: {exc}", retryable=True) from exc
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise ProviderError("provider_unreachable", f"{type(exc).__name__}: {exc}", retryable=True) from exc
+
+
+async def _sse_objects(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any] | None]:
+    """Each `data:` payload of an SSE body as a dict; None for [DONE]. Events may be split
+    across reads and reads may hold many events."""
+    buf = b""
+    async for data in content.iter_any():
+        buf = buf + data if buf else data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            for line in buf[start:end].split(b"\n"):
+                if line.startswith(b"data:"):
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        yield None
+                        return
+                    yield orjson.loads(payload)
+            start = end + 2
+        buf = buf[start:]
+
+
+def _delta(obj: dict[str, Any]) -> Delta:
+    if "error" in obj and not obj.get("choices"):
+        err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+        raise ProviderError("provider_error", str(err.get("message", "provider error"))[:1000], retryable=True)
+    delta = Delta(usage=obj.get("usage"))
+    choices = obj.get("choices")
+    if choices:
+        choice = choices[0]
+        d = choice.get("delta") or {}
+        delta.content = d.get("content")
+        delta.tool_calls = d.get("tool_calls")
+        delta.finish_reason = choice.get("finish_reason")
+    return delta
+
+
+# --- everything else, through litellm ---------------------------------------------------
+def _litellm_error(exc: Exception) -> ProviderError:
+    import litellm
+
+    status = getattr(exc, "status_code", None)
+    message = str(exc)[:1000]
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return ProviderError("context_window_exceeded", message, status=status)
+    if isinstance(exc, litellm.RateLimitError):
+        return ProviderError("rate_limited", message, status=status, retryable=True)
+    if isinstance(exc, (litellm.Timeout, litellm.APIConnectionError, litellm.ServiceUnavailableError,
+                        litellm.InternalServerError)):
+        return ProviderError("provider_unavailable", message, status=status, retryable=True)
+    if isinstance(exc, litellm.AuthenticationError):
+        return ProviderError("provider_auth_error", message, status=status)
+    if status is not None and (status >= 500 or status == 429):
+        return ProviderError("provider_unavailable", message, status=status, retryable=True)
+    return ProviderError("provider_error", message, status=status)
+
+
+async def _stream_litellm(deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[Delta]:
+    import litellm
+
+    kwargs = {k: v for k, v in body.items() if k != "model"}
+    kwargs.update(deployment.extra)
+    if deployment.api_base:
+        kwargs["api_base"] = deployment.api_base
+    if deployment.api_key:
+        kwargs["api_key"] = deployment.api_key
+    try:
+        response = await litellm.acompletion(model=deployment.litellm_model, **kwargs)
+        async for chunk in response:
+            delta = Delta(usage=_usage_dict(getattr(chunk, "usage", None)))
+            if chunk.choices:
+                choice = chunk.choices[0]
+                delta.content = choice.delta.content
+                calls = choice.delta.tool_calls
+                if calls:
+                    delta.tool_calls = [c.model_dump() if hasattr(c, "model_dump") else dict(c) for c in calls]
+                delta.finish_reason = choice.finish_reason
+            yield delta
+    except ProviderError:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # litellm maps every provider's errors onto its exception types
+        raise _litellm_error(exc) from exc
+
+
+def _usage_dict(usage: Any) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    if hasattr(usage, "model_dump"):
+        usage = usage.model_dump()
+    return {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+def stream_chat(deployment: Deployment, messages: list[dict[str, Any]], *,
+                tools: list[dict[str, Any]] | None = None, max_tokens: int | None = None) -> AsyncIterator[Delta]:
+    body = request_body(deployment, messages, tools, max_tokens)
+    if deployment.openai_compatible:
+        return _stream_openai(deployment, body)
+    return _stream_litellm(deployment, body)
+
+
+async def close_sessions() -> None:
+    for session in list(_sessions.values()):
+        await session.close()
+    _sessions.clear()

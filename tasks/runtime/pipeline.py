@@ -1,0 +1,275 @@
+"""One attempt of one task, on the worker's event loop: stream the model's answer (and run
+tools it asks for), append events as they come, and report how the attempt ended.
+
+Database work stays in the Celery thread (tasks/runtime/executor.py); this module only
+touches Redis and the provider, so nothing here blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks import events
+
+from .llm import Delta, Deployment, ProviderError, stream_chat
+from .loop import runtime
+
+
+class Fenced(Exception):
+    """Another attempt (or a closer) owns the task's log now: stop without writing."""
+
+
+@dataclass
+class AttemptPlan:
+    task_id: str
+    attempt: int
+    owner: str
+    messages: list[dict[str, Any]]
+    deployment: Deployment
+    start_events: list[bytes]
+    company_id: int | None = None
+    tool_specs: list[dict[str, Any]] = field(default_factory=list)
+    max_tool_rounds: int = 4
+    coalesce_s: float = 0.05
+    time_limit_s: float = 300.0
+    # routing.runtime.AttemptRouter: where each call goes, fallbacks, rate limits, budget,
+    # cost. Without one, every call goes to `deployment`.
+    router: Any = None
+
+
+@dataclass
+class AttemptOutcome:
+    status: str  # completed | cancelled | failed | fenced | timeout
+    content: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    error: ProviderError | None = None
+    tool_rounds: int = 0
+    usage_reported: bool = False
+
+
+class ChunkEmitter:
+    """Coalesces tokens into chunk events: the first token goes out at once, later ones at
+    most every `window` seconds, so a fast stream costs one Redis call per window."""
+
+    def __init__(self, plan: AttemptPlan) -> None:
+        self.task_id, self.owner, self.window = plan.task_id, plan.owner, plan.coalesce_s
+        self.attempt = plan.attempt
+        self.buffer: list[str] = []
+        self.sent: list[str] = []
+        self.last_flush = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.lock = asyncio.Lock()
+        self.failure: BaseException | None = None
+        self.owner_task = asyncio.current_task()
+
+    async def add(self, text: str) -> None:
+        self.buffer.append(text)
+        wait = self.last_flush + self.window - time.monotonic()
+        if wait <= 0:
+            await self.flush()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(wait, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self.timer = None
+        task = asyncio.ensure_future(self.flush())
+        task.add_done_callback(self._after_background_flush)
+
+    def _after_background_flush(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and self.owner_task is not None:
+            self.failure = task.exception()
+            runtime.cancel_reasons[self.task_id] = "fenced"
+            self.owner_task.cancel()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if not self.buffer:
+                return
+            text = "".join(self.buffer)
+            self.buffer.clear()
+            self.last_flush = time.monotonic()
+            if await events.aappend(self.task_id, events.encode("chunk", content=text), owner=self.owner) < 0:
+                raise Fenced()
+            self.sent.append(text)
+
+    @property
+    def content(self) -> str:
+        return "".join(self.sent)
+
+    def mark(self) -> int:
+        return len(self.sent)
+
+    def since(self, mark: int) -> str:
+        return "".join(self.sent[mark:]) + "".join(self.buffer)
+
+    async def rewind(self, mark: int) -> list[bytes]:
+        """Drop what was streamed since `mark` (a call that failed and falls back). Chunks
+        already in the log cannot be taken back, so the answer restarts: a `reset` (same
+        attempt) and, in one chunk, what earlier calls of this attempt had streamed."""
+        async with self.lock:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.buffer.clear()
+            if len(self.sent) == mark:
+                return []
+            kept = "".join(self.sent[:mark])
+            self.sent = [kept] if kept else []
+            bodies = [events.encode("reset", attempt=self.attempt)]
+            if kept:
+                bodies.append(events.encode("chunk", content=kept))
+            return bodies
+
+
+async def _append(plan: AttemptPlan, *bodies: bytes) -> None:
+    if await events.aappend(plan.task_id, *bodies, owner=plan.owner) < 0:
+        raise Fenced()
+
+
+def _merge_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    for d in deltas:
+        call = calls.setdefault(d.get("index", len(calls)), {"id": None, "name": "", "arguments": ""})
+        if d.get("id"):
+            call["id"] = d["id"]
+        fn = d.get("function") or {}
+        if fn.get("name"):
+            call["name"] = fn["name"]
+        if fn.get("arguments"):
+            call["arguments"] += fn["arguments"]
+
+
+async def _run_tools(plan: AttemptPlan, calls: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
+    from tools.registry import ToolContext, tool_invoke
+
+    await _append(plan, *(events.encode("tool_call", id=c["id"], name=c["name"], arguments=c["arguments"])
+                          for c in calls))
+    # Only the tools the task asked for, whatever the model calls.
+    allowed = frozenset(spec["function"]["name"] for spec in plan.tool_specs)
+    ctx = ToolContext(task_id=plan.task_id, company_id=plan.company_id, allowed_tools=allowed)
+    results = await asyncio.gather(*(tool_invoke(c["name"], c["arguments"], ctx) for c in calls))
+    await _append(plan, *(events.encode("tool_result", id=c["id"], name=c["name"], ok=r.ok, content=r.content)
+                          for c, r in zip(calls, results, strict=True)))
+    messages.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+        for c in calls]})
+    messages.extend({"role": "tool", "tool_call_id": c["id"], "content": r.content}
+                    for c, r in zip(calls, results, strict=True))
+
+
+async def _stream_call(deployment: Deployment, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                       emitter: ChunkEmitter, outcome: AttemptOutcome, calls: dict[int, dict[str, Any]],
+                       usage: dict[str, int], max_tokens: int | None = None) -> None:
+    delta: Delta
+    async for delta in stream_chat(deployment, messages, tools=tools, max_tokens=max_tokens):
+        if delta.content:
+            await emitter.add(delta.content)
+        if delta.tool_calls:
+            _merge_tool_calls(calls, delta.tool_calls)
+        if delta.finish_reason:
+            outcome.finish_reason = delta.finish_reason
+        if delta.usage:
+            for key in ("prompt_tokens", "completion_tokens"):
+                usage[key] = usage.get(key, 0) + int(delta.usage.get(key) or 0)
+    await emitter.flush()
+
+
+async def _stream_round(plan: AttemptPlan, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                        emitter: ChunkEmitter, outcome: AttemptOutcome) -> list[dict[str, Any]]:
+    calls: dict[int, dict[str, Any]] = {}
+    if plan.router is None:
+        usage: dict[str, int] = {}
+        await _stream_call(plan.deployment, messages, tools, emitter, outcome, calls, usage)
+        if usage:
+            outcome.usage_reported = True
+            for key in ("prompt_tokens", "completion_tokens"):
+                outcome.usage[key] += usage.get(key, 0)
+    else:
+        await _routed_call(plan, messages, tools, emitter, outcome, calls)
+    for index, call in calls.items():
+        call["id"] = call["id"] or f"call_{index}"
+    return [calls[i] for i in sorted(calls)]
+
+
+async def _routed_call(plan: AttemptPlan, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                       emitter: ChunkEmitter, outcome: AttemptOutcome, calls: dict[int, dict[str, Any]]) -> None:
+    """One call through the router: on a provider error it moves to the next deployment
+    or candidate model (a `fallback` step), restarting the answer if chunks went out."""
+    router = plan.router
+    while True:
+        target = await router.begin_call(messages, lambda *bodies: _append(plan, *bodies))
+        mark, usage = emitter.mark(), dict[str, int]()
+        try:
+            await _stream_call(target.runtime, messages, tools, emitter, outcome, calls, usage, target.max_tokens)
+        except ProviderError as exc:
+            streamed = emitter.since(mark) + "".join(c["arguments"] for c in calls.values())
+            await router.end_call(target, usage=usage, streamed=streamed, error=exc)
+            detail = await router.fallback(exc)
+            if detail is None:
+                raise
+            calls.clear()
+            outcome.finish_reason = None
+            await _append(plan, *await emitter.rewind(mark), events.encode("step", name="fallback", detail=detail))
+            continue
+        except BaseException:  # cancelled, timed out or fenced: book what was used, then stop
+            streamed = emitter.since(mark) + "".join(c["arguments"] for c in calls.values())
+            await router.end_call(target, usage=usage, streamed=streamed)
+            raise
+        await router.end_call(target, usage=usage, streamed=emitter.since(mark))
+        return
+
+
+async def run_attempt(plan: AttemptPlan) -> AttemptOutcome:
+    this = asyncio.current_task()
+    assert this is not None
+    runtime.register(plan.task_id, this)
+    outcome = AttemptOutcome(status="completed")
+    emitter = ChunkEmitter(plan)
+    try:
+        async with asyncio.timeout(plan.time_limit_s):
+            await _append(plan, *plan.start_events)
+            messages = list(plan.messages)
+            for round_no in range(plan.max_tool_rounds + 1):
+                tools = plan.tool_specs if plan.tool_specs and round_no < plan.max_tool_rounds else None
+                calls = await _stream_round(plan, messages, tools, emitter, outcome)
+                if not calls or tools is None:
+                    break  # an answer, or calls on the last round where no tools were offered
+                outcome.tool_rounds += 1
+                await _run_tools(plan, calls, messages)
+    except asyncio.CancelledError:
+        reason = runtime.cancel_reasons.pop(plan.task_id, None)
+        if reason is None:
+            raise  # the loop itself is shutting down
+        outcome.status = "fenced" if reason == "fenced" else "cancelled"
+        if outcome.status == "cancelled":
+            await _flush_quietly(emitter)
+    except TimeoutError:
+        outcome.status = "timeout"
+        await _flush_quietly(emitter)
+    except Fenced:
+        outcome.status = "fenced"
+    except ProviderError as exc:
+        outcome.status, outcome.error = "failed", exc
+        await _flush_quietly(emitter)
+    finally:
+        runtime.unregister(plan.task_id)
+        if emitter.timer is not None:
+            emitter.timer.cancel()
+        if plan.router is not None:
+            await plan.router.close()
+    outcome.content = emitter.content
+    return outcome
+
+
+async def _flush_quietly(emitter: ChunkEmitter) -> None:
+    try:
+        await emitter.flush()
+    except Fenced:
+        pass
+

@@ -1,0 +1,223 @@
+"""State changes of Task. Every status transition is one guarded UPDATE, so concurrent
+actors (web cancel, worker, reconciler) never both win; the event log follows the winner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import nullcontext
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from mageagent.errors import Conflict
+from mageagent.tenancy.auth import Tenant
+from mageagent.tenancy.models import App, Company
+
+from . import events
+from .models import TERMINAL, Task, TaskStatus
+
+CANCEL_CHANNEL = "ma:cancel"
+
+
+def _request_hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
+                context: dict[str, Any] | None = None, tools: list[str] | None = None,
+                stream: bool = True, metadata: dict[str, Any] | None = None, priority: int = 0,
+                idempotency_key: str | None = None,
+                estimated_duration_ms: int | None = None) -> tuple[Task, bool]:
+    """Create and enqueue a task; returns (task, created). An idempotency key seen within
+    IDEMPOTENCY_TTL_S returns the original task when the body matches, Conflict otherwise."""
+    fields = {"prompt": prompt, "model": model, "context": context or {}, "tools": tools or [],
+              "stream": stream, "metadata": metadata or {}, "priority": priority}
+    digest = _request_hash(fields)
+    if idempotency_key:
+        existing = _task_for_idempotency_key(tenant=tenant, key=idempotency_key, digest=digest)
+        if existing is not None:
+            return existing, False
+    task = Task(company_id=tenant.company_id, app_id=tenant.app_id, idempotency_key=idempotency_key,
+                request_hash=digest, estimated_duration_ms=estimated_duration_ms, **fields)
+    # The caller's company and app are known: no query when the task is rendered.
+    task.company = Company(pk=tenant.company_id, slug=tenant.company_slug)
+    task.app = App(pk=tenant.app_id, company_id=tenant.company_id, slug=tenant.app_slug)
+    try:
+        # One INSERT needs no transaction of its own; inside a caller's transaction a
+        # savepoint keeps a duplicate idempotency key from breaking it.
+        with transaction.atomic() if transaction.get_connection().in_atomic_block else nullcontext():
+            task.save(force_insert=True)
+        transaction.on_commit(lambda: _enqueue(task))
+    except IntegrityError:
+        # Two identical requests raced on the same idempotency key: the other one won.
+        existing = _task_for_idempotency_key(tenant=tenant, key=idempotency_key or "", digest=digest)
+        if existing is None:
+            raise
+        return existing, False
+    return task, True
+
+
+def _task_for_idempotency_key(*, tenant: Tenant, key: str, digest: str) -> Task | None:
+    task = Task.objects.filter(app_id=tenant.app_id, idempotency_key=key).first()
+    if task is None:
+        return None
+    window = timedelta(seconds=settings.MAGEAGENT["IDEMPOTENCY_TTL_S"])
+    if task.created_at < timezone.now() - window:
+        # Expired: the key may be used again for a new task.
+        Task.objects.filter(pk=task.pk).update(idempotency_key=None)
+        return None
+    if task.request_hash != digest:
+        raise Conflict("this Idempotency-Key was already used with a different request body",
+                       details={"task_id": str(task.id)})
+    return task
+
+
+def _enqueue(task: Task) -> None:
+    events.append(str(task.id), events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts))
+    task_dispatch(task_id=str(task.id), priority=task.priority)
+
+
+def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = None) -> None:
+    from .tasks import task_execute_job
+
+    # The Redis transport serves priority 0 first; the API's scale is "higher first". The
+    # queue is read per call (not once by Celery's config) so that it follows the settings.
+    task_execute_job.apply_async(args=(task_id,), priority=9 - priority, countdown=countdown,
+                                 queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+# --- transitions ----------------------------------------------------------------------------
+def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] | None = None,
+                **values: Any) -> bool:
+    qs = Task.objects.filter(pk=task_id, status__in=from_)
+    if extra:
+        qs = qs.filter(**extra)
+    return qs.update(updated_at=timezone.now(), **values) == 1
+
+
+def task_start(*, task: Task, worker: str, routing: dict[str, Any] | None, steps: list[str]) -> Task | None:
+    """queued → processing for the attempt `task` was read at. None when another actor got
+    there first (a duplicate delivery, a cancel); otherwise `task`, updated."""
+    values = {"status": TaskStatus.PROCESSING, "worker": worker, "started_at": timezone.now(),
+              "routing": routing, "steps": steps}
+    if not _transition(str(task.id), from_=(TaskStatus.QUEUED,), extra={"attempts": task.attempts}, **values):
+        return None
+    for name, value in values.items():
+        setattr(task, name, value)
+    return task
+
+
+def task_complete(*, task_id: str, attempt: int, result: dict[str, Any], steps: list[str],
+                  routing: dict[str, Any] | None) -> bool:
+    return _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
+                       status=TaskStatus.COMPLETED, result=result, steps=steps, routing=routing,
+                       completed_at=timezone.now())
+
+
+def task_fail(*, task_id: str, attempt: int | None, error: dict[str, Any], steps: list[str] | None = None,
+              routing: dict[str, Any] | None = None, result: dict[str, Any] | None = None) -> bool:
+    extra = {"attempts": attempt} if attempt is not None else None
+    values: dict[str, Any] = {"status": TaskStatus.FAILED, "error": error, "completed_at": timezone.now()}
+    if steps is not None:
+        values["steps"] = steps
+    if routing is not None:
+        values["routing"] = routing
+    if result is not None:
+        values["result"] = result
+    return _transition(task_id, from_=(TaskStatus.PROCESSING, TaskStatus.QUEUED), extra=extra, **values)
+
+
+def task_requeue(*, task_id: str, attempt: int, steps: list[str],
+                 routing: dict[str, Any] | None = None) -> bool:
+    """processing → queued after a transient failure, `attempts` raised to the next attempt."""
+    return _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
+                       status=TaskStatus.QUEUED, attempts=attempt + 1, steps=steps, routing=routing, worker="")
+
+
+def task_record_cancelled_result(*, task_id: str, result: dict[str, Any]) -> bool:
+    """A cancelled task keeps its partial content; written once, by whoever closed its log."""
+    return Task.objects.filter(pk=task_id, status=TaskStatus.CANCELLED, result__isnull=True).update(
+        result=result, updated_at=timezone.now()) == 1
+
+
+def task_cancel(*, task: Task) -> Task:
+    if task.status == TaskStatus.CANCELLED:
+        return task
+    if task.status in TERMINAL:
+        raise Conflict(f"task is already {task.status}", details={"status": task.status})
+    now = timezone.now()
+    if _transition(str(task.id), from_=(TaskStatus.QUEUED,), status=TaskStatus.CANCELLED, completed_at=now):
+        events.append(str(task.id), events.encode("status", status=TaskStatus.CANCELLED, attempt=task.attempts),
+                      done_event(status=TaskStatus.CANCELLED, result=None), close=True)
+        return Task.objects.get(pk=task.pk)
+    if _transition(str(task.id), from_=(TaskStatus.PROCESSING,), status=TaskStatus.CANCELLED, completed_at=now):
+        events.sync_client().publish(CANCEL_CHANNEL, str(task.id))
+        _await_log_closed(str(task.id), settings.MAGEAGENT["CANCEL_WAIT_S"])
+        if not events.is_closed(str(task.id)):
+            # The worker did not answer in time (dead or partitioned): close it from here.
+            task_close_cancelled_log(task_id=str(task.id))
+        return Task.objects.get(pk=task.pk)
+    # It changed under us (started or finished): decide again on the fresh state.
+    return task_cancel(task=Task.objects.get(pk=task.pk))
+
+
+def task_retry(*, task: Task) -> Task:
+    """Run a failed or cancelled task again as a NEW task with the same inputs (staff action);
+    the old task and its log stay as they were."""
+    if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        raise Conflict(f"only failed or cancelled tasks can be retried; this one is {task.status}",
+                       details={"status": task.status})
+    tenant = Tenant(company_id=task.company_id, company_slug=task.company.slug,
+                    app_id=task.app_id, app_slug=task.app.slug)
+    new_task, _ = task_create(tenant=tenant, prompt=task.prompt, model=task.model, context=task.context,
+                              tools=task.tools, stream=task.stream, metadata=task.metadata,
+                              priority=task.priority, estimated_duration_ms=task.estimated_duration_ms)
+    return new_task
+
+
+def _await_log_closed(task_id: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if events.is_closed(task_id):
+            return
+        time.sleep(0.01)
+
+
+def done_event(*, status: str, result: dict[str, Any] | None = None,
+               error: dict[str, Any] | None = None) -> bytes:
+    payload: dict[str, Any] = {"done": True, "status": status}
+    if error is not None:
+        payload["error"] = error
+    else:
+        payload["result"] = result
+    return events.encode("done", **payload)
+
+
+def partial_content(raw_events: list[str]) -> str:
+    """The answer so far: chunk contents after the last reset (the contract's invariant)."""
+    parts: list[str] = []
+    for raw in raw_events:
+        _, kind = events.peek(raw)
+        if kind == "reset":
+            parts.clear()
+        elif kind == "chunk":
+            parts.append(orjson.loads(raw)["content"])
+    return "".join(parts)
+
+
+def task_close_cancelled_log(*, task_id: str) -> None:
+    """Seal a cancelled task's log from outside the worker, keeping the partial content."""
+    events.claim(task_id, "closing")  # fences the (possibly alive) old attempt
+    content = partial_content(events.read_after(task_id, 0) or [])
+    task = Task.objects.get(pk=task_id)
+    result = {"content": content, "model": (task.routing or {}).get("model"), "tokensUsed": None,
+              "finishReason": "cancelled", "usage": None, "cost_usd": None}
+    if events.append(task_id, done_event(status=TaskStatus.CANCELLED, result=result),
+                     owner="closing", close=True) > 0:
+        task_record_cancelled_result(task_id=task_id, result=result)

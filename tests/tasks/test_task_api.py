@@ -1,0 +1,174 @@
+"""The REST contract in-process: validation, tenancy, idempotency, listing, cancel."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tasks.models import Task, TaskStatus
+
+pytestmark = pytest.mark.django_db(transaction=True)
+TASKS = "/mageagent/api/v1/tasks"
+
+
+def post(api, persona, body, **headers):
+    return api.post(TASKS, body, format="json", HTTP_AUTHORIZATION=f"Bearer {persona.key}", **headers)
+
+
+def get(api, persona, path, **params):
+    return api.get(path, params, HTTP_AUTHORIZATION=f"Bearer {persona.key}")
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+
+
+def test_creating_a_task_answers_202_with_the_task_and_its_location(api, alice):
+    response = post(api, alice, {"prompt": "hi", "metadata": {"ticket": 7}, "priority": 5})
+
+    assert response.status_code == 202
+    task = response.json()
+    assert response["Location"] == f"{TASKS}/{task['id']}"
+    assert task["status"] == "queued" and task["attempts"] == 1
+    assert task["company_id"] == "acme" and task["app_id"] == "web"
+    assert task["context"] == {"useGraphRAG": False, "graphragQuery": None, "additionalContext": None}
+    assert task["metadata"] == {"ticket": 7} and task["priority"] == 5
+    assert task["result"] is None and task["error"] is None
+    assert task["estimated_duration_ms"] > 0
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
+    ({"prompt": "hi", "colour": "red"}, "colour"),
+    ({"prompt": "hi", "priority": 10}, "priority"),
+    ({"prompt": "hi", "priority": "high"}, "priority"),
+    ({"prompt": "hi", "tools": ["teleport"]}, None),
+    ({"prompt": "hi", "tools": "web_search"}, "tools"),
+    ({"prompt": "hi", "context": {"useGraphRAG": "maybe"}}, "context"),
+    ({"prompt": "hi", "context": {"secret": 1}}, "context"),
+    ({"prompt": "hi", "model": "no-such-model-anywhere"}, None),
+    ({"prompt": "hi", "stream": "yes please"}, "stream"),
+    ({"prompt": 42}, None),
+])
+def test_bad_input_is_a_400_in_the_contract_shape_and_creates_nothing(api, alice, body, field):
+    response = post(api, alice, body)
+
+    assert_error(response, 400, "validation_error")
+    if field:
+        assert field in response.json()["error"]["details"]
+    assert Task.objects.count() == 0
+
+
+def test_a_body_that_is_not_json_is_a_400(api, alice):
+    response = api.post(TASKS, "{nope", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {alice.key}")
+
+    assert_error(response, 400, "validation_error")
+
+
+def test_a_huge_body_is_a_413(api, alice):
+    response = post(api, alice, {"prompt": "x" * 3_000_000})
+
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_the_same_idempotency_key_returns_the_original_task_and_enqueues_nothing(api, alice):
+    first = post(api, alice, {"prompt": "once"}, HTTP_IDEMPOTENCY_KEY="k-1")
+    second = post(api, alice, {"prompt": "once"}, HTTP_IDEMPOTENCY_KEY="k-1")
+
+    assert first.status_code == 202 and second.status_code == 200
+    assert first.json()["id"] == second.json()["id"]
+    assert Task.objects.count() == 1
+
+
+def test_the_same_idempotency_key_with_another_body_is_a_409(api, alice):
+    post(api, alice, {"prompt": "once"}, HTTP_IDEMPOTENCY_KEY="k-2")
+
+    response = post(api, alice, {"prompt": "twice"}, HTTP_IDEMPOTENCY_KEY="k-2")
+
+    assert_error(response, 409, "conflict")
+
+
+def test_idempotency_keys_belong_to_one_app(api, alice, bob):
+    a = post(api, alice, {"prompt": "same"}, HTTP_IDEMPOTENCY_KEY="shared")
+    b = post(api, bob, {"prompt": "same"}, HTTP_IDEMPOTENCY_KEY="shared")
+
+    assert a.status_code == b.status_code == 202
+    assert a.json()["id"] != b.json()["id"]
+
+
+def test_another_companys_task_does_not_exist_on_any_endpoint(api, alice, charlie):
+    task_id = post(api, alice, {"prompt": "mine"}).json()["id"]
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {charlie.key}"}
+
+    for path in (f"{TASKS}/{task_id}", f"{TASKS}/{task_id}/events", f"{TASKS}/{task_id}/stream"):
+        assert_error(api.get(path, **auth), 404, "not_found")
+    assert_error(api.post(f"{TASKS}/{task_id}/cancel", **auth), 404, "not_found")
+    assert get(api, charlie, TASKS).json()["results"] == []
+    assert Task.objects.get(pk=task_id).status != TaskStatus.CANCELLED  # charlie could not cancel it
+
+
+def test_apps_of_one_company_see_the_companys_tasks(api, alice, bob):
+    task_id = post(api, alice, {"prompt": "shared within acme"}).json()["id"]
+
+    assert get(api, bob, f"{TASKS}/{task_id}").status_code == 200
+
+
+def test_an_unknown_or_malformed_task_id_is_a_404(api, alice):
+    assert_error(get(api, alice, f"{TASKS}/{uuid.uuid4()}"), 404, "not_found")
+    assert_error(get(api, alice, f"{TASKS}/not-a-uuid"), 404, "not_found")
+
+
+def test_a_revoked_key_is_refused(api, alice):
+    from mageagent.tenancy.models import ApiKey
+    from mageagent.tenancy.services import api_key_revoke
+
+    api_key_revoke(api_key=ApiKey.objects.get(pk=alice.tenant.key_id))
+
+    assert_error(get(api, alice, TASKS), 401, "authentication_failed")
+
+
+def test_listing_is_newest_first_with_filters_and_cursor_pages(api, alice):
+    ids = [post(api, alice, {"prompt": f"p{i}", "model": "gpt-4o-mini" if i % 2 else None}).json()["id"]
+           for i in range(5)]
+    Task.objects.filter(pk=ids[0]).update(status=TaskStatus.FAILED)
+
+    page = get(api, alice, TASKS, page_size=2).json()
+    rest = api.get(page["next"], HTTP_AUTHORIZATION=f"Bearer {alice.key}").json()
+
+    assert [t["id"] for t in page["results"]] == ids[::-1][:2]
+    assert [t["id"] for t in rest["results"]] == ids[::-1][2:4]
+    assert [t["id"] for t in get(api, alice, TASKS, status="failed").json()["results"]] == [ids[0]]
+    assert {t["id"] for t in get(api, alice, TASKS, model="gpt-4o-mini").json()["results"]} == {ids[1], ids[3]}
+    assert_error(get(api, alice, TASKS, status="sleeping"), 400, "validation_error")
+    assert_error(get(api, alice, TASKS, created_after="yesterday"), 400, "validation_error")
+    future = get(api, alice, TASKS, created_after="2999-01-01T00:00:00Z").json()
+    assert future["results"] == []
+
+
+def test_polling_events_of_a_new_task_shows_it_queued(api, alice):
+    task_id = post(api, alice, {"prompt": "x"}).json()["id"]
+
+    page = get(api, alice, f"{TASKS}/{task_id}/events", after=0).json()
+
+    assert page["done"] is False
+    assert page["events"][0]["seq"] == 1 and page["events"][0]["type"] == "status"
+    assert_error(get(api, alice, f"{TASKS}/{task_id}/events", after=-1), 400, "validation_error")
+
+
+def test_queue_metrics_count_only_the_callers_company(api, alice, charlie):
+    post(api, alice, {"prompt": "a"})
+    post(api, charlie, {"prompt": "c"})
+    Task.objects.filter(company_id=charlie.tenant.company_id).update(status=TaskStatus.FAILED)
+
+    metrics = get(api, alice, "/mageagent/api/v1/queue/metrics").json()
+
+    assert set(metrics) == {"waiting", "active", "completed", "failed", "cancelled", "delayed",
+                            "avg_processing_ms", "p95_processing_ms", "throughput_per_min", "workers"}
+    assert metrics["failed"] == 0
+    assert metrics["waiting"] + metrics["active"] + metrics["completed"] >= 1

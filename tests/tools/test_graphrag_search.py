@@ -1,0 +1,102 @@
+"""graphrag_search and context.useGraphRAG's retrieval: the task's company's knowledge
+base only, or an external GraphRAG service when one is configured."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+from tests.fakes.providers import GRAPHRAG_KEY
+from tools.knowledge import knowledge_retrieve
+from tools.registry import ToolContext, tool_invoke
+from tools.services import document_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def in_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """fn in a worker thread that gives its connection back (or the test DB cannot be dropped)."""
+    def closing(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connections.close_all()
+    return sync_to_async(closing, thread_sensitive=False)
+
+
+async def graphrag(ctx: ToolContext, query: str, **extra) -> tuple[bool, dict | str]:
+    result = await tool_invoke("graphrag_search", json.dumps({"query": query, **extra}), ctx)
+    return result.ok, json.loads(result.content) if result.ok else result.content
+
+
+async def test_the_tool_returns_the_task_companys_passages_best_first(alice):
+    company = alice.tenant.company_id
+    await in_thread(document_create)(company_id=company, title="Llamas", content="Llamas hum when content.")
+    await in_thread(document_create)(company_id=company, title="Alpacas",
+                                         content="Alpacas hum too. Alpacas and llamas hum and hum.")
+
+    ok, body = await graphrag(ToolContext("t", company), "why do llamas hum", limit=1)
+
+    assert ok
+    assert len(body["results"]) == 1
+    assert body["results"][0]["title"] in ("Llamas", "Alpacas")
+    assert set(body["results"][0]) == {"document_id", "title", "content", "score"}
+
+
+async def test_the_tool_never_shows_another_companys_documents(alice, charlie):
+    await in_thread(document_create)(company_id=alice.tenant.company_id, title="Acme plan",
+                                         content="The secret merger with Initech closes in May.")
+
+    ok, body = await graphrag(ToolContext("t", charlie.tenant.company_id), "secret merger Initech")
+
+    assert ok and body == {"results": []}
+
+
+async def test_a_task_without_a_company_gets_a_clear_error():
+    ok, content = await graphrag(ToolContext("t", None), "anything")
+
+    assert not ok and "no company" in content
+
+
+def test_knowledge_retrieve_serves_the_workers_use_graphrag_context(alice, charlie):
+    document_create(company_id=alice.tenant.company_id, title="Onboarding",
+                    content="New hires get a laptop on day one.\n\nBadges are issued by security.")
+
+    hits = knowledge_retrieve(company_id=alice.tenant.company_id, query="when do new hires get a laptop", limit=5)
+
+    assert hits[0]["title"] == "Onboarding" and "laptop" in hits[0]["content"]
+    assert knowledge_retrieve(company_id=charlie.tenant.company_id, query="laptop", limit=5) == []
+
+
+async def test_an_external_graphrag_service_can_replace_the_built_in_search(alice, knobs, fake_services):
+    knobs(GRAPHRAG_URL=f"{fake_services.url}/graphrag/query", GRAPHRAG_API_KEY=GRAPHRAG_KEY)
+
+    ok, body = await graphrag(ToolContext("t", alice.tenant.company_id), "who owns the zeppelin")
+    sync_hits = await in_thread(knowledge_retrieve)(company_id=alice.tenant.company_id, query="q", limit=3)
+
+    assert ok
+    assert body["results"] == [{"document_id": "ext-1", "title": "External answer for acme",
+                                "content": "GraphRAG says: who owns the zeppelin", "score": 0.87}]
+    assert sync_hits[0]["content"] == "GraphRAG says: q"
+
+
+async def test_a_failing_external_graphrag_service_is_a_clear_error(alice, knobs, fake_services):
+    knobs(GRAPHRAG_URL=f"{fake_services.url}/graphrag/query", GRAPHRAG_API_KEY="wrong-key")
+
+    ok, content = await graphrag(ToolContext("t", alice.tenant.company_id), "anything")
+
+    assert (ok, content) == (False, "error: the GraphRAG service answered HTTP 401")
+
+
+def test_the_search_api_answers_503_when_the_external_service_fails(api, alice, knobs):
+    knobs(GRAPHRAG_URL="http://127.0.0.1:9/unreachable")
+
+    response = api.post("/mageagent/api/v1/knowledge/search", {"query": "x"}, format="json", headers=alice.headers)
+
+    assert response.status_code == 503
+    assert response.json()["error"]["message"] == "the GraphRAG service is unreachable: ConnectError"

@@ -1,0 +1,1 @@
+"""The built-in tools, registered by dotted path in settings.MAGEAGENT_TOOLS."""

@@ -1,0 +1,135 @@
+"""The tool registry: tools are classes named by dotted path in settings.MAGEAGENT_TOOLS.
+
+A tool declares a name, a description and a pydantic model of its arguments (whose JSON
+schema is what the model sees). Arguments are validated before a tool runs; errors and
+timeouts become failed tool results for the model, never a crashed task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, ClassVar
+
+import orjson
+import pydantic
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from mageagent.errors import ValidationFailed
+
+from .conf import knob
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    task_id: str
+    company_id: int | None
+    # The tools the task asked for: a model calling any other one is refused. None when
+    # the caller does not say (then every registered tool may run).
+    allowed_tools: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    ok: bool
+    content: str
+
+
+class ToolError(Exception):
+    """A failure the model should read as is (a refused URL, a sandbox limit hit, ...):
+    tool_invoke turns it into a failed result whose content is the message."""
+
+
+class Tool:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Arguments: ClassVar[type[pydantic.BaseModel]]
+    # A class attribute or a property (to follow a setting); tool_invoke reads it per call.
+    timeout_s: float = 60.0
+
+    def unavailable_reason(self) -> str | None:
+        """Why the tool cannot run here (backend not configured), or None when it can."""
+        return None
+
+    async def run(self, args: Any, ctx: ToolContext) -> str:
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "function", "function": {
+            "name": self.name, "description": self.description,
+            "parameters": self.Arguments.model_json_schema()}}
+
+
+@cache
+def registered_tools() -> dict[str, Tool]:
+    tools: dict[str, Tool] = {}
+    for dotted in getattr(settings, "MAGEAGENT_TOOLS", []):
+        tool = import_string(dotted)()
+        tools[tool.name] = tool
+    return tools
+
+
+def _clip(content: str) -> str:
+    """Keep a tool's output within what the model's context can take; say it was cut."""
+    limit = int(knob("TOOL_OUTPUT_MAX_CHARS", 20_000))
+    if len(content) <= limit:
+        return content
+    return content[:limit] + f"\n[output truncated: {len(content) - limit} more characters]"
+
+
+def tools_list() -> list[dict[str, Any]]:
+    out = []
+    for tool in registered_tools().values():
+        reason = tool.unavailable_reason()
+        out.append({"name": tool.name, "description": tool.description,
+                    "parameters": tool.Arguments.model_json_schema(),
+                    "available": reason is None, "unavailable_reason": reason})
+    return out
+
+
+def tools_validate_requested(*, tenant: Any, names: list[str]) -> None:
+    tools = registered_tools()
+    unknown = [n for n in names if n not in tools]
+    if unknown:
+        raise ValidationFailed(f"unknown tool(s): {', '.join(unknown)}",
+                               details={"tools": unknown, "available": sorted(tools)})
+    unavailable = {n: tools[n].unavailable_reason() for n in names if tools[n].unavailable_reason()}
+    if unavailable:
+        raise ValidationFailed("tool(s) not available on this deployment: " + ", ".join(unavailable),
+                               details={"unavailable": unavailable})
+
+
+def tool_specs(names: list[str]) -> list[dict[str, Any]]:
+    tools = registered_tools()
+    return [tools[n].spec() for n in names if n in tools and tools[n].unavailable_reason() is None]
+
+
+async def tool_invoke(name: str, raw_arguments: str, ctx: ToolContext) -> ToolResult:
+    tool = registered_tools().get(name)
+    if tool is None or (ctx.allowed_tools is not None and name not in ctx.allowed_tools):
+        return ToolResult(False, f"error: unknown tool {name!r}")
+    try:
+        args = tool.Arguments.model_validate(orjson.loads(raw_arguments or "{}"))
+    except (orjson.JSONDecodeError, pydantic.ValidationError) as exc:
+        return ToolResult(False, f"error: invalid arguments: {str(exc)[:2000]}")
+    reason = tool.unavailable_reason()
+    if reason is not None:
+        return ToolResult(False, f"error: {name} is not available: {reason}")
+    timeout_s = tool.timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            return ToolResult(True, _clip(await tool.run(args, ctx)))
+    except TimeoutError:
+        return ToolResult(False, f"error: {name} timed out after {timeout_s:g} s")
+    except asyncio.CancelledError:
+        raise
+    except ToolError as exc:
+        return ToolResult(False, _clip(f"error: {exc}"))
+    except Exception as exc:
+        logger.warning("tool %s failed: %s", name, exc, exc_info=True)
+        return ToolResult(False, f"error: {type(exc).__name__}: {str(exc)[:2000]}")
