@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mageagent.settings")
-django_asgi_app = get_asgi_application()  # before importing consumers (they import models)
+django.setup(set_prefix=False)  # what get_asgi_application() does, before consumers import models
+
+from .handlers import MageAgentASGIHandler  # noqa: E402
+
+django_asgi_app = MageAgentASGIHandler()
 
 import litellm  # noqa: E402, F401  (a 3 s import: pay it at start, not in the first request)
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -1,0 +1,76 @@
+"""The HTTP entry point (mageagent/handlers.py), driven as an ASGI server drives it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from mageagent.handlers import MageAgentASGIHandler, max_request_bytes
+
+
+@pytest.fixture
+def small_limits(settings: Any) -> int:
+    settings.MAGEAGENT = {**settings.MAGEAGENT, "FILES_MAX_BYTES": 4096, "KNOWLEDGE_MAX_BYTES": 4096}
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
+    return max_request_bytes()
+
+
+def request(path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes],
+            method: str = "POST") -> tuple[list[dict[str, Any]], int]:
+    """Serve one request; returns what was sent and how many body chunks the app read."""
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    read = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        if read < len(messages):
+            read += 1
+            return messages[read - 1]
+        await asyncio.sleep(3600)  # the client keeps the connection open
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), *headers], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    asyncio.run(asyncio.wait_for(MageAgentASGIHandler()(scope, receive, send), 30))
+    return sent, read
+
+
+def status_and_body(sent: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], orjson.loads(body)
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(small_limits):
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(small_limits + 1).encode())]
+
+    sent, read = request("/mageagent/api/v1/files", headers, [b"x" * (small_limits + 1)])
+
+    status, body = status_and_body(sent)
+    assert status == 413 and read == 0
+    assert body["error"]["code"] == "payload_too_large"
+    assert body["error"]["details"]["max_bytes"] == small_limits
+
+
+def test_a_streamed_body_is_cut_off_where_it_passes_the_limit(small_limits):
+    chunks = [b"x" * 1024] * (small_limits // 1024 + 10)
+
+    sent, read = request("/mageagent/api/v1/files", [(b"content-type", b"application/octet-stream")], chunks)
+
+    status, body = status_and_body(sent)
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+    assert read <= small_limits // 1024 + 1 < len(chunks)
+
+
+@pytest.mark.django_db
+def test_requests_under_the_limit_reach_their_view(small_limits):
+    sent, _ = request("/healthz", [], [b""], method="GET")
+
+    assert status_and_body(sent) == (200, {"status": "ok"})
