@@ -10,6 +10,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -121,6 +122,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
                         headers=headers)
     logger.exception("unhandled error in %s", context.get("view"))
     return Response(error_body("internal_error", "internal server error"), status=500)
+
+
+@csrf_exempt  # a POST to an unknown path is a 404, not a CSRF failure page
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """The API prefix's catch-all route. handler404 only answers when DEBUG is off; this
+    keeps unknown API paths in the contract's shape in development too."""
+    return error_response("not_found", f"no such endpoint: {request.method} {request.path}", 404)
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

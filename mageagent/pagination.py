@@ -2,8 +2,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework.pagination import CursorPagination
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import Cursor, CursorPagination
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .errors import ValidationFailed
+
+INVALID_CURSOR = "invalid cursor: pass the `next` URL of a previous page unchanged"
 
 
 class NewestFirstPagination(CursorPagination):
@@ -13,6 +21,19 @@ class NewestFirstPagination(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    # DRF answers a bad cursor with 404; it is a malformed query parameter, so a 400.
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise ValidationFailed(INVALID_CURSOR, details={"cursor": [INVALID_CURSOR]}) from None
+
+    def paginate_queryset(self, queryset: Any, request: Request, view: APIView | None = None) -> list[Any] | None:
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except DjangoValidationError:  # a well-encoded cursor whose position is not a timestamp
+            raise ValidationFailed(INVALID_CURSOR, details={"cursor": [INVALID_CURSOR]}) from None
 
     def get_paginated_response(self, data: Any) -> Response:
         return Response({"results": data, "next": self.get_next_link()})

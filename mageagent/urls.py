@@ -11,6 +11,7 @@ from tasks.streaming import task_stream_view
 from tools.apis import ToolListApi
 
 from . import health
+from .errors import api_not_found
 
 api = [
     path("tasks", TaskListCreateApi.as_view()),
@@ -30,6 +31,9 @@ api = [
 
 urlpatterns = [
     path("mageagent/api/v1/", include(api)),
+    # Last under the prefix: whatever it does not serve is the contract's JSON 404, also when
+    # DEBUG is on (Django's handler404 is bypassed for its HTML debug page then).
+    re_path(r"^mageagent/api/v1(?:/.*)?$", api_not_found),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz),
     path("readyz", health.readyz),

@@ -176,8 +176,13 @@ fi
 export REDIS_URL
 
 # --- LLM: real providers, or the simulator --------------------------------------------------------
+# The provider variables litellm reads (routing/deployments.py turns the keyed ones into
+# deployments; Azure and Bedrock also need their deployments in MAGEAGENT_LLM_CONFIG), plus
+# our own gateway and config-file settings.
 PROVIDER_VARS=(OPENAI_API_KEY ANTHROPIC_API_KEY GEMINI_API_KEY COHERE_API_KEY OPENROUTER_API_KEY
-               MAGEAGENT_LLM_API_BASE MAGEAGENT_LLM_CONFIG)
+               MISTRAL_API_KEY DEEPSEEK_API_KEY XAI_API_KEY GROQ_API_KEY TOGETHERAI_API_KEY
+               TOGETHER_AI_API_KEY DEEPINFRA_API_KEY PERPLEXITYAI_API_KEY FIREWORKS_AI_API_KEY
+               AZURE_API_KEY AWS_ACCESS_KEY_ID MAGEAGENT_LLM_API_BASE MAGEAGENT_LLM_CONFIG)
 CONFIGURED=()
 for var in "${PROVIDER_VARS[@]}"; do
   [ -n "${!var:-}" ] && CONFIGURED+=("$var")

@@ -13,7 +13,7 @@ from tools.registry import tools_validate_requested
 
 from . import selectors, services
 from .follow import events_page
-from .models import TaskStatus
+from .models import Task, TaskStatus
 from .serializers import (
     EventsQuerySerializer,
     TaskInputSerializer,
@@ -31,18 +31,27 @@ class TaskListCreateApi(APIView):
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
         tenant = request.user
+        idempotency_key = request.headers.get("Idempotency-Key") or None
+        # A replay answers with the original task before anything that may have changed
+        # since (the model catalog, the tools, the budget) can refuse it.
+        task = services.task_idempotent_replay(tenant=tenant, idempotency_key=idempotency_key, **fields)
+        if task is not None:
+            return self._answer(task, created=False)
         model_validate(tenant=tenant, model=fields["model"])
         tools_validate_requested(tenant=tenant, names=fields["tools"])
         with budget_hold(tenant=tenant, **fields) as hold:  # 402 budget_exceeded when it cannot fit
             task, created = services.task_create(
-                tenant=tenant, idempotency_key=request.headers.get("Idempotency-Key") or None,
+                tenant=tenant, idempotency_key=idempotency_key,
                 estimated_duration_ms=selectors.estimated_duration_ms(company_id=tenant.company_id),
                 **fields,
             )
             hold.bind(task_id=task.id, created=created)
-        location = f"/mageagent/api/v1/tasks/{task.id}"
+        return self._answer(task, created=created)
+
+    @staticmethod
+    def _answer(task: Task, *, created: bool) -> Response:
         return Response(TaskOutputSerializer(task).data, status=202 if created else 200,
-                        headers={"Location": location})
+                        headers={"Location": f"/mageagent/api/v1/tasks/{task.id}"})
 
     @extend_schema(parameters=[TaskListFilterSerializer], responses=TaskOutputSerializer(many=True),
                    summary="List the caller's tasks, newest first")

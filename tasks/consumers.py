@@ -18,7 +18,7 @@ from mageagent.tenancy.access import query_params, tenant_from
 from mageagent.tenancy.auth import Tenant
 
 from . import events, selectors, services
-from .follow import IDLE_RECHECK_EVERY, Follower
+from .follow import IDLE_RECHECK_EVERY, Follower, parse_position
 
 
 class _TaskSocket(AsyncWebsocketConsumer):
@@ -123,10 +123,13 @@ class TaskSocketConsumer(_TaskSocket):
     """WS /mageagent/api/v1/tasks/{id}/ws: the task's events, one per frame; closes after done."""
 
     async def opened(self) -> None:
+        # Like the SSE stream's 400 and 404, in frames: a bad position, an unknown task.
         try:
-            after = max(int(self.query.get("after", "0")), 0)
-        except ValueError:
-            after = 0
+            after = parse_position(self.query.get("after") or "0")
+        except ValueError as exc:
+            await self.send_error(None, "validation_error", str(exc))
+            await self.close(code=4400)
+            return
         await self.subscribe(self.scope["url_route"]["kwargs"]["task_id"], after)
         if not self.followers:
             await self.close(code=4404)

@@ -5,6 +5,7 @@ actors (web cancel, worker, reconciler) never both win; the event log follows th
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from contextlib import nullcontext
 from datetime import timedelta
@@ -22,11 +23,31 @@ from mageagent.tenancy.models import App, Company
 from . import events
 from .models import TERMINAL, Task, TaskStatus
 
+logger = logging.getLogger(__name__)
+
 CANCEL_CHANNEL = "ma:cancel"
+
+
+def _request_fields(*, prompt: str, model: str | None = None, context: dict[str, Any] | None = None,
+                    tools: list[str] | None = None, stream: bool = True,
+                    metadata: dict[str, Any] | None = None, priority: int = 0) -> dict[str, Any]:
+    return {"prompt": prompt, "model": model, "context": context or {}, "tools": tools or [],
+            "stream": stream, "metadata": metadata or {}, "priority": priority}
 
 
 def _request_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def task_idempotent_replay(*, tenant: Tenant, idempotency_key: str | None, **fields: Any) -> Task | None:
+    """The task an earlier request with this Idempotency-Key created, when that request had
+    the same body (Conflict when not); None when the key is new or expired. Callers look
+    here first, so a replay returns the original task whatever changed since (budgets, the
+    model catalog), as the contract promises."""
+    if not idempotency_key:
+        return None
+    return _task_for_idempotency_key(tenant=tenant, key=idempotency_key,
+                                     digest=_request_hash(_request_fields(**fields)))
 
 
 def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
@@ -36,8 +57,8 @@ def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
                 estimated_duration_ms: int | None = None) -> tuple[Task, bool]:
     """Create and enqueue a task; returns (task, created). An idempotency key seen within
     IDEMPOTENCY_TTL_S returns the original task when the body matches, Conflict otherwise."""
-    fields = {"prompt": prompt, "model": model, "context": context or {}, "tools": tools or [],
-              "stream": stream, "metadata": metadata or {}, "priority": priority}
+    fields = _request_fields(prompt=prompt, model=model, context=context, tools=tools, stream=stream,
+                             metadata=metadata, priority=priority)
     digest = _request_hash(fields)
     if idempotency_key:
         existing = _task_for_idempotency_key(tenant=tenant, key=idempotency_key, digest=digest)
@@ -79,8 +100,19 @@ def _task_for_idempotency_key(*, tenant: Tenant, key: str, digest: str) -> Task 
 
 
 def _enqueue(task: Task) -> None:
-    events.append(str(task.id), events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts))
-    task_dispatch(task_id=str(task.id), priority=task.priority)
+    # Runs after the row is committed: the task is accepted whatever happens here. Raising
+    # would answer 500 for a task that exists, and the client's retry would create a second
+    # one. The row is the ledger: the reconciler (tasks/housekeeping.py) dispatches queued
+    # rows the broker does not hold once Redis answers again.
+    try:
+        events.append(str(task.id), events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts))
+    except Exception:
+        logger.exception("task %s: its queued event could not be logged", task.id)
+    try:
+        task_dispatch(task_id=str(task.id), priority=task.priority)
+    except Exception:
+        logger.exception("task %s is queued but could not be handed to the broker; "
+                         "the reconciler will dispatch it", task.id)
 
 
 def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = None) -> None:

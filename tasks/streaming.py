@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from mageagent.errors import DomainError, error_response
 from mageagent.tenancy.access import tenant_from
 
 from . import events, selectors
-from .follow import follow
+from .follow import follow, parse_position
+
+logger = logging.getLogger(__name__)
 
 NAMELESS = ("chunk", "done")  # seed clients read these with EventSource.onmessage
 
@@ -31,17 +35,25 @@ async def _frames(task_id: str, after: int) -> AsyncIterator[bytes]:
 
 
 def _position(request: HttpRequest) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0"
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"not an event sequence number: {raw!r}") from None
-    if value < 0:
-        raise ValueError("the event position must be >= 0")
-    return value
+    return parse_position(request.headers.get("Last-Event-ID") or request.GET.get("after") or "0")
 
 
+@csrf_exempt  # key-authenticated like the DRF views; a wrong method is a JSON 405, not a CSRF page
 async def task_stream_view(request: HttpRequest, task_id: str) -> HttpResponseBase:
+    # A plain view: DRF's exception handler does not cover it, and with DEBUG on Django would
+    # answer an error with its HTML debug page, so every error is rendered here.
+    if request.method not in ("GET", "HEAD"):
+        response = error_response("method_not_allowed", f'method "{request.method}" not allowed', 405)
+        response["Allow"] = "GET, HEAD"
+        return response
+    try:
+        return await _stream(request, task_id)
+    except Exception:
+        logger.exception("unhandled error opening the stream of task %s", task_id)
+        return error_response("internal_error", "internal server error", 500)
+
+
+async def _stream(request: HttpRequest, task_id: str) -> HttpResponseBase:
     headers = {k.lower(): v for k, v in request.headers.items()}
     tenant = await tenant_from(headers, request.GET.get("token"), await request.auser())
     if tenant is None:

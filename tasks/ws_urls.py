@@ -7,6 +7,7 @@ from django.urls import path
 from .consumers import MultiplexConsumer, TaskSocketConsumer
 
 websocket_urlpatterns = [
-    path("mageagent/api/v1/tasks/<uuid:task_id>/ws", TaskSocketConsumer.as_asgi()),
+    # <str:>, not <uuid:>: a malformed id gets the contract's not_found frame, not a failed handshake.
+    path("mageagent/api/v1/tasks/<str:task_id>/ws", TaskSocketConsumer.as_asgi()),
     path("mageagent/ws", MultiplexConsumer.as_asgi()),
 ]

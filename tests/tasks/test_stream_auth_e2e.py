@@ -92,3 +92,89 @@ def test_a_key_passed_as_a_query_token_stays_out_of_the_access_log(stack, alice)
     log = stack.processes["web"].output()
     assert f"/tasks/{task['id']}/events?token=[redacted]" in log
     assert alice.key not in log
+
+
+def test_the_sse_stream_accepts_the_x_api_key_header(stack, alice):
+    from tests.clients import parse_sse
+
+    task = Client(stack.web_url, alice.key).create(f"x-api-key {sim(tokens=3)}")
+
+    with httpx.stream("GET", f"{stack.web_url}{API}/tasks/{task['id']}/stream",
+                      headers={"X-API-Key": alice.key}, timeout=30) as response:
+        assert response.status_code == 200
+        events = [e.data for e in parse_sse(response.iter_lines()) if not isinstance(e, str)]
+
+    assert events[-1]["type"] == "done" and answer_from_chunks(events) == tokens(3)
+
+
+def test_a_bad_resume_position_on_the_task_websocket_is_an_error_frame(stack, alice):
+    task = Client(stack.web_url, alice.key).create(f"x {sim(tokens=1)}")
+
+    for after in ("banana", "-1"):
+        frames, code = ws_frames(Client(stack.web_url, alice.key).ws_url(
+            f"{API}/tasks/{task['id']}/ws?after={after}&token={alice.key}"))
+
+        assert code == 4400
+        assert [f["type"] for f in frames] == ["error"] and frames[0]["error"]["code"] == "validation_error"
+
+
+def test_a_malformed_task_id_on_the_task_websocket_is_not_found(stack, alice):
+    frames, code = ws_frames(Client(stack.web_url, alice.key).ws_url(f"{API}/tasks/not-a-uuid/ws?token={alice.key}"))
+
+    assert code == 4404
+    assert frames == [{"type": "error", "error": {"code": "not_found", "message": "task not found", "details": {}}}]
+
+
+def test_subscribing_to_another_companys_task_on_the_multiplexed_websocket_is_an_error_frame(stack, alice, charlie):
+    task = Client(stack.web_url, alice.key).create(f"private {sim(tokens=2)}")
+
+    with connect(Client(stack.web_url, charlie.key).ws_url(f"/mageagent/ws?token={charlie.key}"),
+                 open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "subscribe-task", "taskId": task["id"], "after": 0}))
+        frame = json.loads(ws.recv(timeout=30))
+        ws.send(json.dumps({"type": "cancel-task", "taskId": task["id"]}))
+        cancel = json.loads(ws.recv(timeout=30))
+
+    assert frame["type"] == "error" and frame["taskId"] == task["id"]
+    assert frame["error"]["code"] == "not_found"
+    assert cancel["type"] == "error" and cancel["error"]["code"] == "not_found"
+    assert Client(stack.web_url, alice.key).get(task["id"])["status"] != "cancelled"
+
+
+def staff_session(stack, django_user_model) -> str:
+    django_user_model.objects.create_user("ops-ws", password="pw-ops-123", is_staff=True)
+    with httpx.Client(base_url=stack.web_url, timeout=30) as browser:
+        login = browser.get("/admin/login/")
+        browser.post("/admin/login/", data={"username": "ops-ws", "password": "pw-ops-123", "next": "/admin/",
+                                            "csrfmiddlewaretoken": login.cookies["csrftoken"]})
+        return browser.cookies["sessionid"]
+
+
+def test_a_staff_session_is_refused_on_a_websocket_opened_by_a_foreign_page(stack, alice, django_user_model):
+    task = Client(stack.web_url, alice.key).create(f"watched {sim(tokens=3)}")
+    cookie = {"Cookie": f"sessionid={staff_session(stack, django_user_model)}"}
+    url = Client(stack.web_url, None).ws_url(f"{API}/tasks/{task['id']}/ws")
+
+    foreign, foreign_code = ws_frames(url, additional_headers=cookie, origin="https://evil.example")
+    ours, _ = ws_frames(url, additional_headers=cookie, origin=stack.web_url)
+
+    assert foreign_code == 4401
+    assert [f["error"]["code"] for f in foreign] == ["authentication_failed"]
+    assert ours[-1]["type"] == "done" and answer_from_chunks(ours) == tokens(3)
+
+
+def test_an_api_key_works_on_a_websocket_from_any_origin(stack, alice):
+    task = Client(stack.web_url, alice.key).create(f"embedded {sim(tokens=2)}")
+
+    frames, code = ws_frames(Client(stack.web_url, alice.key).ws_url(f"{API}/tasks/{task['id']}/ws?token={alice.key}"),
+                             origin="https://partner.example")
+
+    assert code == 1000 and frames[-1]["type"] == "done"
+
+
+def test_unknown_api_paths_are_json_404s_on_the_debug_stack(stack, alice):
+    for path in (f"{API}/tasks/", f"{API}/nope"):
+        response = httpx.get(f"{stack.web_url}{path}", headers={"Authorization": f"Bearer {alice.key}"})
+
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"

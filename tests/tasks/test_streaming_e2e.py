@@ -315,3 +315,59 @@ def test_retries_stop_after_the_last_attempt(client):
     assert failed["status"] == "failed" and failed["attempts"] == 3
     assert failed["error"]["code"] == "provider_unavailable"
     assert events[-1]["status"] == "failed"
+
+
+def test_cancelling_over_the_multiplexed_websocket(client, alice):
+    import json
+
+    from websockets.sync.client import connect
+
+    task = client.create(f"mux cancel {sim(tokens=400, interval_ms=20)}")
+    received: list[dict] = []
+    with connect(client.ws_url(f"/mageagent/ws?token={alice.key}")) as ws:
+        ws.send(json.dumps({"type": "subscribe-task", "taskId": task["id"], "after": 0}))
+        while len([e for e in received if e["type"] == "chunk"]) < 3:
+            frame = json.loads(ws.recv(timeout=10))
+            assert frame["type"] == "task-update", frame
+            received.append(frame["data"])
+        ws.send(json.dumps({"type": "cancel-task", "taskId": task["id"]}))
+        while received[-1]["type"] != "done":
+            frame = json.loads(ws.recv(timeout=10))
+            assert frame["type"] == "task-update", frame
+            received.append(frame["data"])
+
+    assert_gapless(received)
+    assert received[-1]["status"] == "cancelled"
+    cancelled = client.get(task["id"])
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["result"]["content"] == answer_from_chunks(received)
+
+
+def test_a_finished_task_whose_log_expired_ends_every_resume_with_done(client, alice):
+    import json
+
+    from websockets.sync.client import connect
+
+    from tasks import events
+
+    task = client.create(f"expired {sim(tokens=4)}")
+    client.wait_terminal(task["id"])
+    seen = len(client.events(task["id"])["events"])  # the real log: status, steps, chunks, done
+    events.sync_client().delete(events.stream_key(task["id"]), events.meta_key(task["id"]))
+    expected = {"type": "done", "done": True, "status": "completed"}
+
+    whole = [e.data for e in client.sse(task["id"]).events]
+    resumed = client.sse(task["id"], last_event_id=seen)
+    page = client.events(task["id"], after=seen)
+    per_task = client.ws_task(task["id"], after=seen)
+    with connect(client.ws_url(f"/mageagent/ws?token={alice.key}")) as ws:
+        ws.send(json.dumps({"type": "subscribe-task", "taskId": task["id"], "after": seen}))
+        multiplexed = json.loads(ws.recv(timeout=10))
+
+    assert [e["type"] for e in whole] == ["chunk", "done"] and answer_from_chunks(whole) == tokens(4)
+    assert resumed.ended and [e.id for e in resumed.events] == [seen + 1]
+    for done in (resumed.events[0].data, page["events"][0], per_task[0], multiplexed["data"]):
+        assert done["seq"] == seen + 1 and expected.items() <= done.items()
+        assert done["result"]["content"] == tokens(4)
+    assert page["done"] is True and len(page["events"]) == 1
+    assert len(per_task) == 1 and multiplexed["type"] == "task-update"

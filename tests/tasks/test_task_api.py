@@ -172,3 +172,67 @@ def test_queue_metrics_count_only_the_callers_company(api, alice, charlie):
                             "avg_processing_ms", "p95_processing_ms", "throughput_per_min", "workers"}
     assert metrics["failed"] == 0
     assert metrics["waiting"] + metrics["active"] + metrics["completed"] >= 1
+
+
+def test_a_task_is_accepted_when_the_broker_fails_after_the_commit(api, alice, monkeypatch):
+    import redis
+
+    from tasks import services
+
+    def broker_down(**_: object) -> None:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(services, "task_dispatch", broker_down)
+
+    response = post(api, alice, {"prompt": "keep me"}, HTTP_IDEMPOTENCY_KEY="k-broker")
+    retry = post(api, alice, {"prompt": "keep me"}, HTTP_IDEMPOTENCY_KEY="k-broker")
+
+    assert response.status_code == 202, response.content
+    assert Task.objects.get(pk=response.json()["id"]).status == TaskStatus.QUEUED  # the reconciler's to re-send
+    assert retry.status_code == 200 and retry.json()["id"] == response.json()["id"]
+    assert Task.objects.count() == 1
+
+
+def test_a_replay_returns_the_original_task_after_its_model_was_disabled(api, alice):
+    from routing.catalog import catalog_ensure
+    from routing.models import Model
+    from routing.selectors import catalog_invalidate
+
+    catalog_ensure()  # an earlier test's flush may have emptied the catalog table
+    first = post(api, alice, {"prompt": "pinned", "model": "gpt-4o-mini"}, HTTP_IDEMPOTENCY_KEY="k-model")
+    assert Model.objects.filter(id="gpt-4o-mini").update(enabled=False) == 1
+    catalog_invalidate()
+    try:
+        replay = post(api, alice, {"prompt": "pinned", "model": "gpt-4o-mini"}, HTTP_IDEMPOTENCY_KEY="k-model")
+        fresh = post(api, alice, {"prompt": "pinned", "model": "gpt-4o-mini"}, HTTP_IDEMPOTENCY_KEY="k-new")
+    finally:
+        Model.objects.filter(id="gpt-4o-mini").update(enabled=True)
+        catalog_invalidate()
+
+    assert first.status_code == 202
+    assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+    assert replay["Location"] == f"{TASKS}/{first.json()['id']}"
+    assert_error(fresh, 400, "validation_error")  # a new request is still refused
+
+
+def test_a_replay_returns_the_original_task_when_the_budget_is_now_exhausted(api, alice):
+    from decimal import Decimal
+
+    from routing.models import Budget
+
+    first = post(api, alice, {"prompt": "What is 2 + 2?"}, HTTP_IDEMPOTENCY_KEY="k-budget")
+    Budget.objects.create(company_id=alice.tenant.company_id, period="month", limit_usd=Decimal("0.0000001"))
+
+    replay = post(api, alice, {"prompt": "What is 2 + 2?"}, HTTP_IDEMPOTENCY_KEY="k-budget")
+    changed = post(api, alice, {"prompt": "What is 3 + 3?"}, HTTP_IDEMPOTENCY_KEY="k-budget")
+
+    assert first.status_code == 202
+    assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+    assert_error(changed, 409, "conflict")  # another body under the key is still a conflict
+
+
+@pytest.mark.parametrize("cursor", ["not-a-cursor!", "cD1ub3QtYS1kYXRl"])  # garbage; base64 of "p=not-a-date"
+def test_an_invalid_cursor_is_a_400(api, alice, cursor):
+    post(api, alice, {"prompt": "listed"})
+
+    assert_error(get(api, alice, TASKS, cursor=cursor), 400, "validation_error")
