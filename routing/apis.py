@@ -21,8 +21,12 @@ ModelOutput = inline_serializer("CatalogModel", {
     "enabled": serializers.BooleanField(),
 })
 RouteOutput = inline_serializer("RoutingDecision", {
-    "model": serializers.CharField(), "provider": serializers.CharField(), "reason": serializers.CharField(),
-    "candidates": serializers.ListField(child=serializers.CharField()),
+    # Catalog ids (GET /models' `id`, what a task's `model` accepts), as in the Task's
+    # `routing`; `result.model` is the `provider/name` label.
+    "model": serializers.CharField(help_text="catalog id of the chosen model (GET /models `id`), e.g. gpt-4o-mini"),
+    "provider": serializers.CharField(help_text="the chosen model's provider, e.g. openai"),
+    "reason": serializers.CharField(),
+    "candidates": serializers.ListField(child=serializers.CharField(), help_text="catalog ids, best first"),
     "estimated_cost_usd": serializers.FloatField(), "estimated_tokens": serializers.IntegerField(),
     "estimated_prompt_tokens": serializers.IntegerField(), "estimated_output_tokens": serializers.IntegerField(),
     "tier": serializers.IntegerField(allow_null=True), "characteristics": serializers.ListField(),

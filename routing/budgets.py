@@ -14,6 +14,7 @@ missing Redis hash is rebuilt from.
 from __future__ import annotations
 
 import calendar
+import logging
 import math
 import time
 import uuid
@@ -32,8 +33,9 @@ from mageagent.errors import BudgetExceeded
 from tasks import events
 
 from .models import BudgetPeriod, Spend
-from .selectors import budgets_for, spend_total
+from .selectors import budgets_for, budgets_forget, budgets_version_key, spend_total
 
+logger = logging.getLogger(__name__)
 NANO = 1_000_000_000
 
 _RELEASE = """
@@ -283,6 +285,22 @@ def budget_hold(*, tenant: Any, prompt: str, model: str | None, tools: list[str]
             yield hold
     finally:
         hold.release()
+
+
+# --- budget changes ------------------------------------------------------------------------
+def budgets_changed(**_: Any) -> None:
+    """A Budget was saved or deleted (signal receiver, routing/apps.py): this process
+    forgets its cached budgets now, every process once the change is committed."""
+    budgets_forget()
+    transaction.on_commit(_budgets_version_bump)
+
+
+def _budgets_version_bump() -> None:
+    budgets_forget()
+    try:
+        events.sync_client().incr(budgets_version_key())
+    except Exception:  # other processes then see the change within BUDGET_CACHE_S
+        logger.exception("could not announce a budget change to other processes")
 
 
 # --- the ledger ----------------------------------------------------------------------------

@@ -65,29 +65,50 @@ def _auto_routable(model_id: str, info: dict[str, Any], tier: int | None) -> boo
     return tier is not None and priced and not excluded.search(model_id.lower())
 
 
+def _source_model(model_id: str, provider: str, info: dict[str, Any], *, tier_of: str | None = None) -> SourceModel:
+    input_cost = float(info.get("input_cost_per_token") or 0.0)
+    output_cost = float(info.get("output_cost_per_token") or 0.0)
+    tier = default_tier(tier_of or model_id, input_cost, output_cost)
+    return SourceModel(
+        id=model_id, provider=provider,
+        context_window=_int(info.get("max_input_tokens") or info.get("max_tokens")),
+        max_output_tokens=_int(info.get("max_output_tokens") or info.get("max_tokens")),
+        input_cost_per_token=input_cost, output_cost_per_token=output_cost,
+        supports_tools=bool(info.get("supports_function_calling")),
+        supports_vision=bool(info.get("supports_vision")),
+        supports_json=bool(info.get("supports_response_schema") or info.get("supports_json_mode")),
+        default_tier=tier, auto_route=_auto_routable(tier_of or model_id, info, tier),
+    )
+
+
+@cache
+def _openrouter_models() -> dict[str, str]:
+    return dict(json.loads((DATA_DIR / "openrouter.json").read_text())["models"])
+
+
 def catalog_source(providers: list[str] | None = None) -> list[SourceModel]:
     import litellm
 
-    wanted = set(providers or settings.MAGEAGENT_ROUTING["CATALOG_PROVIDERS"])
+    wanted = catalog_providers(providers)
     out = []
     for model_id, info in litellm.model_cost.items():
         provider = info.get("litellm_provider")
         if info.get("mode") != "chat" or provider not in wanted or model_id.startswith("ft:"):
             continue
-        input_cost = float(info.get("input_cost_per_token") or 0.0)
-        output_cost = float(info.get("output_cost_per_token") or 0.0)
-        tier = default_tier(model_id, input_cost, output_cost)
-        out.append(SourceModel(
-            id=model_id, provider=provider,
-            context_window=_int(info.get("max_input_tokens") or info.get("max_tokens")),
-            max_output_tokens=_int(info.get("max_output_tokens") or info.get("max_tokens")),
-            input_cost_per_token=input_cost, output_cost_per_token=output_cost,
-            supports_tools=bool(info.get("supports_function_calling")),
-            supports_vision=bool(info.get("supports_vision")),
-            supports_json=bool(info.get("supports_response_schema") or info.get("supports_json_mode")),
-            default_tier=tier, auto_route=_auto_routable(model_id, info, tier),
-        ))
+        out.append(_source_model(model_id, provider, info))
+    if "openrouter" in wanted:
+        # litellm's bundled map has no OpenRouter entries; routing/data/openrouter.json
+        # names the first-party entry each OpenRouter model serves (same limits and prices).
+        listed = {m.id for m in out}
+        for model_id, served in _openrouter_models().items():
+            info = litellm.model_cost.get(served) or {}
+            if model_id not in listed and info.get("mode") == "chat":
+                out.append(_source_model(model_id, "openrouter", info, tier_of=served))
     return out
+
+
+def catalog_providers(providers: list[str] | None = None) -> set[str]:
+    return set(providers or settings.MAGEAGENT_ROUTING["CATALOG_PROVIDERS"])
 
 
 def _int(value: Any) -> int | None:
@@ -100,15 +121,19 @@ def _int(value: Any) -> int | None:
 def catalog_refresh(*, providers: list[str] | None = None, model_cls: Any = None) -> dict[str, int]:
     """Create new models, update litellm-owned columns of known ones, and mark the ones
     litellm dropped (`in_source=False`; they stay, with their overrides, until staff
-    delete them). `model_cls` lets the data migration pass its historical model."""
+    delete them). Only the refreshed providers' models are touched: refreshing one
+    provider says nothing about the others. `model_cls` lets the data migration pass its
+    historical model."""
     if model_cls is None:
         from .models import Model as model_cls
     source = {m.id: m for m in catalog_source(providers)}
     with transaction.atomic():
-        existing = {m.id: m for m in model_cls.objects.all()}
+        everything = {m.id: m for m in model_cls.objects.all()}
+        refreshed = catalog_providers(providers)
+        existing = {i: m for i, m in everything.items() if m.provider in refreshed or i in source}
         new = [model_cls(id=s.id, enabled=True, auto_route=s.auto_route, in_source=True,
                          **{f: getattr(s, f) for f in SOURCE_FIELDS if f != "in_source"})
-               for model_id, s in source.items() if model_id not in existing]
+               for model_id, s in source.items() if model_id not in everything]
         changed = []
         for model_id, row in existing.items():
             s = source.get(model_id)
@@ -123,7 +148,7 @@ def catalog_refresh(*, providers: list[str] | None = None, model_cls: Any = None
     from .selectors import catalog_invalidate
 
     catalog_invalidate()
-    return {"created": len(new), "updated": len(changed), "total": len(existing) + len(new),
+    return {"created": len(new), "updated": len(changed), "total": len(everything) + len(new),
             "dropped_by_source": sum(1 for i in existing if i not in source)}
 
 

@@ -80,8 +80,10 @@ async def rate_limit_try(deployment_id: str, *, rpm: int | None, tpm: int | None
 
 async def rate_limit_acquire(deployment_id: str, *, rpm: int | None, tpm: int | None, tokens: int,
                              burst_s: float | None = None,
-                             on_wait: Callable[[float], Awaitable[None]] | None = None) -> float:
-    """Wait until the deployment has room for one more call; returns the time waited."""
+                             on_wait: Callable[[float], Awaitable[None]] | None = None,
+                             before_sleep: Callable[[float], None] | None = None) -> float:
+    """Wait until the deployment has room for one more call; returns the time waited.
+    `before_sleep` hears of every sleep before it starts (the caller's time limit excludes it)."""
     if not rpm and not tpm:
         return 0.0
     waited = 0.0
@@ -92,6 +94,8 @@ async def rate_limit_acquire(deployment_id: str, *, rpm: int | None, tpm: int | 
         if on_wait is not None and waited == 0.0:
             await on_wait(wait)
         # A few ms past the refill moment: another worker may take it first, then we wait again.
+        if before_sleep is not None:
+            before_sleep(wait + 0.005)
         await asyncio.sleep(wait + 0.005)
         waited += wait
 

@@ -18,13 +18,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
 from mageagent.errors import BudgetExceeded
 from tasks import events
 from tasks.runtime.llm import Deployment, ProviderError
 
 from .budgets import BudgetContext, abudget_reserve, abudget_settle, task_reservation_id
 from .deployments import DeploymentSpec, registry
-from .pricing import count_tokens
+from .pricing import count_tokens, request_tokens, tokenizer_model
 from .ratelimit import rate_limit_acquire, rate_limit_adjust
 from .services import Candidate, RoutingDecision
 
@@ -49,13 +51,19 @@ class CallTarget:
 
 class AttemptRouter:
     def __init__(self, *, task_id: str, decision: RoutingDecision, budget: BudgetContext,
-                 base_messages: int) -> None:
+                 base_messages: int, tools: list[dict[str, Any]] | None = None) -> None:
         self.task_id, self.decision, self.budget = task_id, decision, budget
         self.queue: list[Candidate] = list(decision.options)
         self.larger = list(decision.larger)
         self.base_messages = base_messages
-        self.extra_tokens = 0  # tokens of tool-round messages added after the first call
-        self.counted_messages = base_messages
+        self.tools = tools or None  # the schemas every call sends: prompt tokens too
+        # Per tokenizer: how many messages are counted, and their tokens (tool schemas
+        # included), so a tool round only counts the messages it added.
+        self.counted: dict[str, tuple[int, int]] = {}
+        # Seconds spent waiting for rate limits: they do not count against the attempt's
+        # time limits (`time_limit` is run_attempt's asyncio.timeout; see _extend_limit).
+        self.rate_waited_s = 0.0
+        self.time_limit: Any = None
         self.tried: set[str] = set()
         self.pending: tuple[Candidate, DeploymentSpec] | None = None
         self.calls: list[dict[str, Any]] = []
@@ -81,12 +89,40 @@ class AttemptRouter:
             return cand, cand.deployments[0], True
         return None
 
-    def _prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
-        if len(messages) > self.counted_messages:
-            added = messages[self.counted_messages:]
-            self.extra_tokens += count_tokens("gpt-4o", messages=added)
-            self.counted_messages = len(messages)
-        return self.decision.estimated_prompt_tokens + self.extra_tokens
+    def _prompt_tokens(self, messages: list[dict[str, Any]], spec: Any) -> int:
+        """The call's prompt tokens with the model's own tokenizer where litellm has it
+        locally: messages, the tool schemas sent with them, and the provider's tool prompt."""
+        key = tokenizer_model(spec.id)
+        counted, tokens = self.counted.get(key, (0, 0))
+        if not counted:
+            tokens = count_tokens(spec.id, messages=messages, tools=self.tools)
+        elif len(messages) > counted:
+            tokens += count_tokens(spec.id, messages=messages[counted:])
+        self.counted[key] = (len(messages), tokens)
+        return request_tokens(spec.provider, tokens, tools=bool(self.tools))
+
+    def output_cap(self, spec: Any) -> int | None:
+        """A budgeted call's answer is always capped (tool rounds and fallbacks too): the
+        cap is what makes its reservation an upper bound of its cost."""
+        cap = self.decision.max_tokens
+        if cap is None and self.budget.active:
+            cap = int(settings.MAGEAGENT_ROUTING["BUDGET_MAX_OUTPUT_TOKENS"])
+        return min(cap, spec.max_output_tokens) if cap else None
+
+    def _extend_limit(self, seconds: float) -> None:
+        """Push the attempt's deadline back by a rate-limit wait about to start.
+
+        Waiting is not failing (the issue: a task over the limits waits or is delayed):
+        a wait counted against TASK_SOFT_TIME_LIMIT_S would turn a long queue on a low-rpm
+        deployment into a `timeout`, which is not retried. Requeueing with a countdown
+        instead would go through task_requeue, which spends one of the task's attempts
+        per wait, so a busy deployment could still fail it. The wait is an asyncio.sleep
+        for exactly the refill time, so holding the attempt costs no polling, and a
+        cancel still interrupts it."""
+        self.rate_waited_s += seconds
+        limit = self.time_limit
+        if limit is not None and limit.when() is not None:
+            limit.reschedule(limit.when() + seconds)
 
     async def begin_call(self, messages: list[dict[str, Any]], emit: Emit) -> CallTarget:
         if self.pending is not None:
@@ -100,16 +136,17 @@ class AttemptRouter:
                                     retryable=served)
             cand, dep, probe = found
         spec = cand.spec
-        prompt_tokens = self._prompt_tokens(messages)
-        cap = self.decision.max_tokens and min(self.decision.max_tokens, spec.max_output_tokens)
+        prompt_tokens = self._prompt_tokens(messages, spec)
+        cap = self.output_cap(spec)
         output = cap or self.decision.estimated_output_tokens
-        target = CallTarget(cand, dep, dep.runtime(), prompt_tokens, cap or None, probe=probe)
+        target = CallTarget(cand, dep, dep.runtime(), prompt_tokens, cap, probe=probe)
 
         async def on_wait(seconds: float) -> None:
             await emit(events.encode("step", name="rate_limited",
                                      detail={"model": spec.id, "deployment": dep.id, "wait_s": round(seconds, 3)}))
 
-        await rate_limit_acquire(dep.id, rpm=dep.rpm, tpm=dep.tpm, tokens=prompt_tokens + output, on_wait=on_wait)
+        await rate_limit_acquire(dep.id, rpm=dep.rpm, tpm=dep.tpm, tokens=prompt_tokens + output, on_wait=on_wait,
+                                 before_sleep=self._extend_limit)
         if self.budget.active:
             target.reserved_usd = spec.cost_usd(prompt_tokens, output)
             try:
@@ -129,7 +166,7 @@ class AttemptRouter:
         else:  # the stream broke (or was cancelled) before the provider reported usage
             self.usage_reported = False
             prompt = target.prompt_tokens if (streamed or error is None) else 0
-            completion = count_tokens("gpt-4o", text=streamed) if streamed else 0
+            completion = count_tokens(spec.id, text=streamed) if streamed else 0
         cost = spec.cost_usd(prompt, completion)
         self.usage["prompt_tokens"] += prompt
         self.usage["completion_tokens"] += completion
@@ -137,6 +174,11 @@ class AttemptRouter:
         self.calls.append({"model": spec.id, "deployment": target.deployment.id, "prompt_tokens": prompt,
                            "completion_tokens": completion, "cost_usd": round(cost, 10),
                            "error": error.code if error else None})
+        if self.budget.active and cost > target.reserved_usd * (1 + 1e-9) + 1e-12:
+            # The ledger books what was spent; a call costing more than it reserved means the
+            # estimate is wrong somewhere (a tokenizer far off, a cap the provider ignored).
+            logger.warning("task %s: call to %s cost $%.8f, over its reservation of $%.8f", self.task_id,
+                           spec.id, cost, target.reserved_usd)
         try:
             if self.budget.active:
                 await abudget_settle(self.budget, rid=self.rid, actual_usd=cost)
@@ -188,6 +230,8 @@ class AttemptRouter:
         return f"{spec.provider}/{name}"
 
     def record(self) -> dict[str, Any]:
-        return {"model_used": self.last.model if self.last else None, "actual_usage": dict(self.usage),
+        return {"model_used": self.last.model if self.last else None,
+                "provider_used": self.last.candidate.spec.provider if self.last else None,
+                "actual_usage": dict(self.usage),
                 "actual_cost_usd": round(self.cost_usd, 10), "usage_reported": self.usage_reported,
                 "fallbacks": list(self.fallbacks), "calls": list(self.calls)}

@@ -22,10 +22,13 @@ from tasks.runtime.llm import Deployment
 
 from .complexity import LABELS, complexity_estimate
 from .deployments import DeploymentSpec, registry
-from .pricing import count_tokens
+from .pricing import FALLBACK_TOKENIZER_MODEL, count_tokens, request_tokens, tokenizer_model
 from .selectors import ModelSpec, model_allowed, model_get, models_all, policy_for
 
 TIER_NAMES = {1: "economy", 2: "balanced", 3: "premium"}
+# Providers that resell other makers' models (same model, same price): a model's own
+# provider ranks before them at equal price.
+RESELLER_PROVIDERS = frozenset({"openrouter", "deepinfra", "together_ai"})
 
 
 @dataclass
@@ -75,12 +78,22 @@ def model_validate(*, tenant: Any, model: str | None) -> None:
         raise ValidationFailed(f"model {model!r} is not allowed for this company", details={"model": model})
 
 
-def _prompt_tokens(prompt: str, context_text: str) -> int:
+def _prompt_messages(prompt: str, context_text: str) -> list[dict[str, Any]]:
+    # The same messages tasks/runtime/executor.py sends.
     messages = [{"role": "system", "content": settings.MAGEAGENT["SYSTEM_PROMPT"]}]
     if context_text:
         messages.append({"role": "system", "content": f"Context:\n{context_text}"})
     messages.append({"role": "user", "content": prompt})
-    return count_tokens("gpt-4o", messages=messages)
+    return messages
+
+
+def _tool_schemas(tools: list[str]) -> list[dict[str, Any]] | None:
+    """The JSON schemas the calls will carry: sent on every call, billed as prompt tokens."""
+    if not tools:
+        return None
+    from tools.registry import tool_specs
+
+    return tool_specs(tools) or None
 
 
 def _unknown_spec(model: str) -> ModelSpec:
@@ -94,7 +107,9 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
                  company_id: int | None = None, budgeted: bool = False) -> RoutingDecision:
     policy = policy_for(company_id)
     reg = registry()
-    prompt_tokens = _prompt_tokens(prompt, context_text)
+    messages, schemas = _prompt_messages(prompt, context_text), _tool_schemas(tools)
+    counted = count_tokens(FALLBACK_TOKENIZER_MODEL, messages=messages, tools=schemas)
+    prompt_tokens = counted
     bias = [float(policy["complexity_bias"].get(label, 0.0)) for label in LABELS]
     complexity = complexity_estimate(prompt, bias=bias)
     output_tokens = int(policy["expected_output_tokens"][complexity.label])
@@ -125,7 +140,8 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
     else:
         pool = [s for s in _routable(company_id, bool(tools), reg) if room(s)]
         prefer = _preferences(policy, complexity.label, bool(tools), long_context)
-        ranked = sorted(pool, key=lambda s: (_band(s, need), prefer.get(s.id, len(prefer)), cost(s)))
+        ranked = sorted(pool, key=lambda s: (_band(s, need), prefer.get(s.id, len(prefer)), cost(s),
+                                             s.provider in RESELLER_PROVIDERS))
         if not ranked:  # nothing fits: the default model beats no answer
             default = settings.MAGEAGENT["DEFAULT_MODEL"]
             ranked = [model_get(default) or _unknown_spec(default)]
@@ -137,6 +153,12 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
     if model and not policy["explicit_fallbacks"]:
         options = options[:1]
     head = options[0]
+    # The constraints above were checked with one count; the chosen model's estimate uses
+    # its own tokenizer (when litellm has it locally) and its provider's tool prompt.
+    if tokenizer_model(head.spec.id) != FALLBACK_TOKENIZER_MODEL:
+        counted = count_tokens(head.spec.id, messages=messages, tools=schemas)
+    prompt_tokens = request_tokens(head.spec.provider, counted, tools=bool(schemas))
+    head = options[0] = Candidate(head.spec, head.deployments, cost(head.spec))
     larger = [candidate(s) for s in sorted(
         (s for s in _routable(company_id, bool(tools), reg) if (s.tier or 0) >= need
          and s.context_window > head.spec.context_window and room(s)),

@@ -4,6 +4,7 @@ and retrieval, from the built-in full-text index or from an external GraphRAG se
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -81,13 +82,32 @@ def _normalise(response: httpx.Response, limit: int) -> list[dict[str, Any]]:
     results = payload.get("results") if isinstance(payload, dict) else None
     if not isinstance(results, list):
         raise Unavailable("the GraphRAG service answered without a results list")
-    out = []
-    for item in results[:limit]:
-        if isinstance(item, dict):
-            out.append({"document_id": str(item.get("document_id") or item.get("id") or ""),
-                        "title": str(item.get("title") or ""), "content": str(item.get("content") or ""),
-                        "score": float(item.get("score") or 0.0)})
-    return out
+    return [_external_hit(item) for item in results[:limit]]
+
+
+def _external_hit(item: Any) -> dict[str, Any]:
+    """One result of the external service. Its answer is not trusted to be well formed: a
+    malformed one is Unavailable (an error step or tool result), never a crashed task."""
+    if not isinstance(item, dict):
+        raise Unavailable("the GraphRAG service answered a result that is not an object")
+    content, score = item.get("content"), _score(item.get("score", 0.0))
+    if not isinstance(content, str) or not content:
+        raise Unavailable("the GraphRAG service answered a result without content")
+    if score is None:
+        raise Unavailable(f"the GraphRAG service answered a non-numeric score: {str(item['score'])[:50]!r}")
+    return {"document_id": str(item.get("document_id") or item.get("id") or ""),
+            "title": str(item.get("title") or ""), "content": content, "score": score}
+
+
+def _score(raw: Any) -> float | None:
+    # bool is an int to Python, and NaN or an infinity ranks nothing.
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        return None
+    try:
+        score = float(raw)
+    except (ValueError, OverflowError):
+        return None
+    return score if math.isfinite(score) else None
 
 
 def knowledge_retrieve(*, company_id: int, query: str, limit: int) -> list[dict[str, Any]]:

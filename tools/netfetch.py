@@ -29,6 +29,8 @@ REDIRECTS = {301, 302, 303, 307, 308}
 METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"),
             ipaddress.ip_address("100.100.100.200")}
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Deprecated site-local IPv6 (RFC 3879): Python counts it as global, some networks still route it inside.
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -71,6 +73,7 @@ def address_refusal(address: str) -> str | None:
             reason = address_refusal(str(inner))
             return f"{ip} embeds {reason}" if reason else None
     checks = [(ip in METADATA, "a cloud metadata address"), (ip.is_loopback, "a loopback address"),
+              (ip.version == 6 and ip in SITE_LOCAL, "a site-local address"),
               (ip.is_link_local, "a link-local address"), (ip.is_private, "a private address"),
               (ip.is_multicast, "a multicast address"), (ip.is_reserved, "a reserved address"),
               (ip.is_unspecified, "an unspecified address"), (not ip.is_global, "not a public address")]
@@ -86,9 +89,18 @@ async def _resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def _allowed(host: str) -> bool:
-    allowed = {h.lower().rstrip(".") for h in knob("FETCH_ALLOWED_HOSTS")}
-    return host.lower().rstrip(".") in allowed
+def _allowed(url: URL) -> bool:
+    """An allowlisted host, named in the setting as Unicode or as punycode."""
+    allowed = {_ascii_host(h) for h in knob("FETCH_ALLOWED_HOSTS")}
+    return _ascii_host(str(url.raw_host)) in allowed
+
+
+def _ascii_host(host: str) -> str:
+    name = host.lower().rstrip(".")
+    try:
+        return str(URL.build(scheme="http", host=name).raw_host or name)
+    except ValueError:
+        return name  # not a host name yarl can encode: compared as written
 
 
 async def vet(url: URL) -> list[str]:
@@ -99,7 +111,8 @@ async def vet(url: URL) -> list[str]:
         raise FetchRefused("the URL has no host")
     if url.user or url.password:
         raise FetchRefused("URLs with credentials are not fetched")
-    host, port = url.host, url.explicit_port or (443 if url.scheme == "https" else 80)
+    # The ASCII (punycode) form: what aiohttp resolves and connects to, so what is vetted and pinned.
+    host, port = str(url.raw_host), url.explicit_port or (443 if url.scheme == "https" else 80)
     try:
         addresses = [str(ipaddress.ip_address(host.split("%", 1)[0]))]
     except ValueError:
@@ -109,7 +122,7 @@ async def vet(url: URL) -> list[str]:
             raise FetchRefused(f"cannot resolve {host}: {exc}") from None
     if not addresses:
         raise FetchRefused(f"{host} has no address")
-    if not _allowed(host):
+    if not _allowed(url):
         for address in addresses:
             reason = address_refusal(address)
             if reason:
@@ -160,7 +173,7 @@ async def fetch(url: str, *, max_bytes: int | None = None, timeout_s: float | No
 async def _follow(session: aiohttp.ClientSession, resolver: _PinnedResolver, url: URL, max_bytes: int,
                   max_redirects: int) -> Fetched:
     for _hop in range(max_redirects + 1):
-        resolver.pins = {str(url.host): await vet(url)}
+        resolver.pins = {str(url.raw_host): await vet(url)}
         async with session.get(url, allow_redirects=False) as resp:
             if resp.status in REDIRECTS and "Location" in resp.headers:
                 url = url.join(URL(resp.headers["Location"]))

@@ -23,6 +23,9 @@ from mageagent.errors import ValidationFailed
 from .conf import knob
 
 logger = logging.getLogger(__name__)
+# What a failed result's content starts with (a tool fitting its output in
+# tool_output_limit() leaves room for it).
+ERROR_PREFIX = "error: "
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ class Tool:
         """Why the tool cannot run here (backend not configured), or None when it can."""
         return None
 
+    def availability_note(self) -> str | None:
+        """A caveat of an available tool on this deployment (shown in /tools), or None."""
+        return None
+
     async def run(self, args: Any, ctx: ToolContext) -> str:
         raise NotImplementedError
 
@@ -74,9 +81,15 @@ def registered_tools() -> dict[str, Tool]:
     return tools
 
 
+def tool_output_limit() -> int:
+    """The characters of a tool's result the model gets. A tool whose output is
+    structured (JSON) fits it within this itself: the cut here would break the structure."""
+    return int(knob("TOOL_OUTPUT_MAX_CHARS", 20_000))
+
+
 def _clip(content: str) -> str:
     """Keep a tool's output within what the model's context can take; say it was cut."""
-    limit = int(knob("TOOL_OUTPUT_MAX_CHARS", 20_000))
+    limit = tool_output_limit()
     if len(content) <= limit:
         return content
     return content[:limit] + f"\n[output truncated: {len(content) - limit} more characters]"
@@ -88,7 +101,8 @@ def tools_list() -> list[dict[str, Any]]:
         reason = tool.unavailable_reason()
         out.append({"name": tool.name, "description": tool.description,
                     "parameters": tool.Arguments.model_json_schema(),
-                    "available": reason is None, "unavailable_reason": reason})
+                    "available": reason is None, "unavailable_reason": reason,
+                    "note": tool.availability_note() if reason is None else None})
     return out
 
 
@@ -112,24 +126,24 @@ def tool_specs(names: list[str]) -> list[dict[str, Any]]:
 async def tool_invoke(name: str, raw_arguments: str, ctx: ToolContext) -> ToolResult:
     tool = registered_tools().get(name)
     if tool is None or (ctx.allowed_tools is not None and name not in ctx.allowed_tools):
-        return ToolResult(False, f"error: unknown tool {name!r}")
+        return ToolResult(False, f"{ERROR_PREFIX}unknown tool {name!r}")
     try:
         args = tool.Arguments.model_validate(orjson.loads(raw_arguments or "{}"))
     except (orjson.JSONDecodeError, pydantic.ValidationError) as exc:
-        return ToolResult(False, f"error: invalid arguments: {str(exc)[:2000]}")
+        return ToolResult(False, f"{ERROR_PREFIX}invalid arguments: {str(exc)[:2000]}")
     reason = tool.unavailable_reason()
     if reason is not None:
-        return ToolResult(False, f"error: {name} is not available: {reason}")
+        return ToolResult(False, f"{ERROR_PREFIX}{name} is not available: {reason}")
     timeout_s = tool.timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             return ToolResult(True, _clip(await tool.run(args, ctx)))
     except TimeoutError:
-        return ToolResult(False, f"error: {name} timed out after {timeout_s:g} s")
+        return ToolResult(False, f"{ERROR_PREFIX}{name} timed out after {timeout_s:g} s")
     except asyncio.CancelledError:
         raise
     except ToolError as exc:
-        return ToolResult(False, _clip(f"error: {exc}"))
+        return ToolResult(False, _clip(f"{ERROR_PREFIX}{exc}"))
     except Exception as exc:
         logger.warning("tool %s failed: %s", name, exc, exc_info=True)
-        return ToolResult(False, f"error: {type(exc).__name__}: {str(exc)[:2000]}")
+        return ToolResult(False, f"{ERROR_PREFIX}{type(exc).__name__}: {str(exc)[:2000]}")

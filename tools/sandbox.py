@@ -2,10 +2,15 @@
 
 The sandbox has no network (own network namespace with only a loopback), its own user,
 PID, IPC, UTS and cgroup namespaces, no capabilities, no nested user namespaces, a
-read-only view of /usr (and the /bin, /lib* links), a private size-limited /tmp, and a
-read-only root. Limits come from rlimits set by `prlimit` before bwrap starts: CPU time
-(SIGKILL at the limit), data memory, address space, processes, file size, open files;
-wall time and output size are enforced here by killing the sandbox.
+read-only view of /usr (and the /bin, /lib* links), a private size-limited /tmp as its
+only writable place (/dev, /dev/shm included, is read-only), and a read-only root.
+
+Limits: each run gets its own cgroup (tools/cgroups.py) capping the memory (swap and
+shared mappings included) and the processes of the run as a whole. Under it, rlimits set
+by `prlimit` before bwrap starts limit each process: CPU time (SIGKILL at the limit), data
+memory, address space, processes, file size, open files. Where no cgroup can be made the
+rlimits are all there is (logged, and shown in /tools). Wall time and output size (stdout
+and stderr together) are enforced here by killing the sandbox.
 
 When this process runs as root, each run gets its own host uid from a pool (an flock'd
 slot per uid), because the kernel never applies RLIMIT_NPROC to root and counts it per
@@ -33,12 +38,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from .cgroups import CgroupError, RunCgroup, cgroup_layout
 from .conf import knob
 
 # Debian and most distributions: /bin, /lib, /lib64, /sbin are links into /usr.
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime")
-SHM_MB = 8
 
 
 class SandboxUnavailable(RuntimeError):
@@ -74,9 +79,10 @@ class RunResult:
     exit_code: int | None
     stdout: str
     stderr: str
-    killed: str | None = None  # wall_time | cpu_time | output_limit | signal:<NAME>
+    killed: str | None = None  # wall_time | cpu_time | memory | output_limit | signal:<NAME>
     truncated: bool = False
     duration_ms: int = 0
+    oom_kills: int = 0  # processes of the run the kernel killed at its memory limit
 
 
 def _binds() -> list[str]:
@@ -105,8 +111,10 @@ def bwrap_argv(command: list[str], limits: Limits, files: dict[str, int],
         "--as-pid-1",
         "--hostname", "sandbox",
         *_binds(),
+        # No tmpfs on /dev/shm: it stays a directory of the read-only /dev, so /tmp is the
+        # one writable place (POSIX shared memory and semaphores, e.g. multiprocessing's
+        # locks, fail with EROFS: the price of that).
         "--proc", "/proc", "--dev", "/dev",
-        "--size", str(SHM_MB * 1024 * 1024), "--tmpfs", "/dev/shm",
         "--size", str(limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
         "--dir", "/sandbox",
     ]
@@ -217,11 +225,13 @@ def _probe() -> str | None:
     return None
 
 
-async def _read_capped(stream: asyncio.StreamReader, cap: int, buf: bytearray, over: asyncio.Event) -> None:
+async def _read_capped(stream: asyncio.StreamReader, cap: int, buf: bytearray, shared: tuple[bytearray, ...],
+                       over: asyncio.Event) -> None:
+    """Append to `buf` while all of `shared` (stdout's and stderr's buffers) fit in `cap`."""
     # Reads on past the cap (discarding): asyncio only reports the process's exit once
     # its pipes reach EOF, and a pipe nobody reads pauses before it sees EOF.
     while chunk := await stream.read(65536):
-        room = cap - len(buf)
+        room = cap - sum(len(b) for b in shared)
         if room > 0:
             buf += chunk[:room]
         if len(chunk) > room:
@@ -276,11 +286,39 @@ async def sandbox_run(command: list[str], *, files: dict[str, bytes] | None = No
     fds = {name: _memfd(name, data) for name, data in (files or {}).items()}
     try:
         with _slot() as uid:
-            argv = limits_argv(limits, uid) + bwrap_argv(command, limits, fds, env)
-            return await _supervise(argv, tuple(fds.values()), stdin, limits)
+            cgroup = _run_cgroup(limits)
+            try:
+                # The cgroup is joined first, by root, before setpriv drops to the slot uid.
+                argv = ((cgroup.join_argv() if cgroup else []) + limits_argv(limits, uid)
+                        + bwrap_argv(command, limits, fds, env))
+                run = await _supervise(argv, tuple(fds.values()), stdin, limits)
+                return _with_oom_kills(run, cgroup.oom_kills() if cgroup else 0)
+            finally:
+                if cgroup is not None:
+                    # Before the slot (and its uid) goes to the next run.
+                    await asyncio.shield(cgroup.remove())
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def _run_cgroup(limits: Limits) -> RunCgroup | None:
+    layout = cgroup_layout()
+    if layout is None:
+        return None  # rlimits only: cgroup_unavailable_reason() says why
+    try:
+        return RunCgroup.create(layout, memory_bytes=limits.memory_mb * 1024 * 1024, max_procs=limits.max_procs)
+    except CgroupError as exc:
+        # Cgroups worked when probed: running with less than was promised is not an option.
+        raise SandboxUnavailable(str(exc)) from None
+
+
+def _with_oom_kills(run: RunResult, oom_kills: int) -> RunResult:
+    if oom_kills and run.killed in ("signal:SIGKILL", "cpu_time"):
+        # The kernel's OOM killer ended the program itself (its SIGKILL looks like the rest).
+        run.killed = "memory"
+    run.oom_kills = oom_kills
+    return run
 
 
 async def _supervise(argv: list[str], pass_fds: tuple[int, ...], stdin: bytes | None, limits: Limits) -> RunResult:
@@ -291,8 +329,9 @@ async def _supervise(argv: list[str], pass_fds: tuple[int, ...], stdin: bytes | 
         start_new_session=True, pass_fds=pass_fds)
     out, err, over = bytearray(), bytearray(), asyncio.Event()
     assert proc.stdout is not None and proc.stderr is not None
-    readers = [asyncio.ensure_future(_read_capped(proc.stdout, limits.output_bytes, out, over)),
-               asyncio.ensure_future(_read_capped(proc.stderr, limits.output_bytes, err, over))]
+    # One cap for both streams: output_bytes is all the run may print.
+    readers = [asyncio.ensure_future(_read_capped(proc.stdout, limits.output_bytes, out, (out, err), over)),
+               asyncio.ensure_future(_read_capped(proc.stderr, limits.output_bytes, err, (out, err), over))]
     overflow = asyncio.ensure_future(over.wait())
     exited = asyncio.ensure_future(proc.wait())
     killed = None

@@ -4,7 +4,9 @@ one guarded transition and, for terminal ones, the log's closing `done` event.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from django.conf import settings
@@ -78,16 +80,32 @@ def execute(task_id: str) -> float | None:
     owner = f"{attempt}-{WORKER_ID}"
     events.claim(task_id, owner)
     plan = _plan(started, decision, context_text, owner, step_events)
-    plan.router = AttemptRouter(task_id=task_id, decision=decision, budget=budget, base_messages=len(plan.messages))
+    plan.router = AttemptRouter(task_id=task_id, decision=decision, budget=budget, base_messages=len(plan.messages),
+                                tools=plan.tool_specs)
     connection.close()  # back to the pool while the answer streams
     try:
-        outcome = runtime.run(run_attempt(plan), timeout=settings.MAGEAGENT["TASK_HARD_TIME_LIMIT_S"])
+        outcome = _run_attempt(plan)
     except TimeoutError:
         outcome = AttemptOutcome(status="timeout")
     try:
         return _finish(started, plan, decision, outcome)
     finally:
         connection.close()  # hundreds of threads share a pool of a few connections
+
+
+def _run_attempt(plan: AttemptPlan) -> AttemptOutcome:
+    """The attempt on the loop, stopped at TASK_HARD_TIME_LIMIT_S, not counting the time
+    it spent waiting for rate limits (which the soft limit does not count either)."""
+    future = asyncio.run_coroutine_threadsafe(run_attempt(plan), runtime.ensure_started())
+    deadline = time.monotonic() + settings.MAGEAGENT["TASK_HARD_TIME_LIMIT_S"]
+    while True:
+        try:
+            return future.result(max(deadline + plan.router.rate_waited_s - time.monotonic(), 0.0))
+        except TimeoutError:
+            if deadline + plan.router.rate_waited_s > time.monotonic():
+                continue  # it waited for a rate limit meanwhile
+            future.cancel()
+            raise
 
 
 def _plan(task: Task, decision: RoutingDecision, context_text: str, owner: str,

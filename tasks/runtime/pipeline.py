@@ -145,20 +145,39 @@ def _merge_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, A
             call["arguments"] += fn["arguments"]
 
 
-async def _run_tools(plan: AttemptPlan, calls: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
-    from tools.registry import ToolContext, tool_invoke
+async def _run_tools(plan: AttemptPlan, calls: list[dict[str, Any]], messages: list[dict[str, Any]],
+                     text: str | None = None) -> None:
+    """Run one round's calls concurrently. `text` is what the model streamed before its
+    calls this round: the assistant message keeps it, or the next round loses it."""
+    from tools.registry import ToolContext, ToolResult, tool_invoke
 
     await _append(plan, *(events.encode("tool_call", id=c["id"], name=c["name"], arguments=c["arguments"])
                           for c in calls))
     # Only the tools the task asked for, whatever the model calls.
     allowed = frozenset(spec["function"]["name"] for spec in plan.tool_specs)
     ctx = ToolContext(task_id=plan.task_id, company_id=plan.company_id, allowed_tools=allowed)
-    results = await asyncio.gather(*(tool_invoke(c["name"], c["arguments"], ctx) for c in calls))
-    await _append(plan, *(events.encode("tool_result", id=c["id"], name=c["name"], ok=r.ok, content=r.content)
-                          for c, r in zip(calls, results, strict=True)))
-    messages.append({"role": "assistant", "content": None, "tool_calls": [
+
+    async def invoke(call: dict[str, Any]) -> ToolResult:
+        result = await tool_invoke(call["name"], call["arguments"], ctx)
+        # Live: a quick tool's result goes out while a slow one still runs.
+        await _append(plan, events.encode("tool_result", id=call["id"], name=call["name"], ok=result.ok,
+                                          content=result.content))
+        return result
+
+    running = [asyncio.ensure_future(invoke(c)) for c in calls]
+    try:
+        results = await asyncio.gather(*running)
+    except BaseException:
+        # Fenced or cancelled: no tool may outlive the round (gather alone leaves the rest
+        # running when one fails); wait for their clean-up, e.g. the sandbox's kill.
+        for task in running:
+            task.cancel()
+        await asyncio.shield(asyncio.gather(*running, return_exceptions=True))
+        raise
+    messages.append({"role": "assistant", "content": text or None, "tool_calls": [
         {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
         for c in calls]})
+    # In call order, whatever order they finished in.
     messages.extend({"role": "tool", "tool_call_id": c["id"], "content": r.content}
                     for c, r in zip(calls, results, strict=True))
 
@@ -232,16 +251,20 @@ async def run_attempt(plan: AttemptPlan) -> AttemptOutcome:
     outcome = AttemptOutcome(status="completed")
     emitter = ChunkEmitter(plan)
     try:
-        async with asyncio.timeout(plan.time_limit_s):
+        async with asyncio.timeout(plan.time_limit_s) as limit:
+            if plan.router is not None:
+                plan.router.time_limit = limit  # rate-limit waits push it back (routing/runtime.py)
             await _append(plan, *plan.start_events)
             messages = list(plan.messages)
             for round_no in range(plan.max_tool_rounds + 1):
                 tools = plan.tool_specs if plan.tool_specs and round_no < plan.max_tool_rounds else None
+                # An offset, not emitter.mark(): a fallback's rewind merges the chunks sent so far.
+                streamed_before = len(emitter.content)
                 calls = await _stream_round(plan, messages, tools, emitter, outcome)
                 if not calls or tools is None:
                     break  # an answer, or calls on the last round where no tools were offered
                 outcome.tool_rounds += 1
-                await _run_tools(plan, calls, messages)
+                await _run_tools(plan, calls, messages, text=emitter.content[streamed_before:])
     except asyncio.CancelledError:
         reason = runtime.cancel_reasons.pop(plan.task_id, None)
         if reason is None:

@@ -97,3 +97,39 @@ def test_a_model_may_be_named_with_its_provider_prefix(api, alice):
 
     assert response.status_code == 200
     assert (response.json()["model"], response.json()["provider"]) == ("gpt-4o-mini", "openai")
+
+
+def test_the_catalog_has_openrouter_among_at_least_5_providers_of_320_chat_models():
+    providers = set(Model.objects.values_list("provider", flat=True))
+
+    assert Model.objects.count() >= 320 and len(providers) >= 5 and "openrouter" in providers
+    sonnet = Model.objects.get(id="openrouter/anthropic/claude-sonnet-4.5")
+    first_party = Model.objects.get(id="claude-sonnet-4-5")
+    assert (sonnet.provider, sonnet.supports_tools, sonnet.default_tier) == ("openrouter", True, 3)
+    assert (sonnet.input_cost_per_token, sonnet.context_window) == (first_party.input_cost_per_token,
+                                                                   first_party.context_window)
+
+
+def test_refreshing_one_provider_leaves_the_others_in_source():
+    Model.objects.create(id="openai-only-here", provider="openai")
+
+    counts = catalog_refresh(providers=["anthropic"])
+
+    assert Model.objects.get(id="openai-only-here").in_source is True
+    assert Model.objects.get(id="gpt-4o").in_source is True
+    assert counts["dropped_by_source"] == 0
+
+
+def test_the_refresh_command_for_one_provider_touches_only_that_provider(capsys):
+    call_command("routing_refresh_catalog", "--provider", "openrouter")
+
+    assert not Model.objects.filter(in_source=False).exists()
+    assert "0 no longer in litellm's map" in capsys.readouterr().out
+
+
+def test_the_savings_report_by_default_compares_with_the_premium_pick_and_the_strongest_model(capsys):
+    call_command("routing_savings_report", "--no-cv")
+
+    out = capsys.readouterr().out
+    assert "| always `gpt-4.1` |" in out and "| always `gpt-4` |" in out
+    assert "strongest model by price" in out

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tools.registry import ToolContext, ToolResult, tool_invoke
+from tools.cgroups import cgroup_layout, cgroup_unavailable_reason
+from tools.registry import ToolContext, ToolResult, registered_tools, tool_invoke, tools_list
 from tools.sandbox import sandbox_unavailable_reason
 
 pytestmark = pytest.mark.skipif(sandbox_unavailable_reason() is not None,
                                 reason=f"no sandbox here: {sandbox_unavailable_reason()}")
+needs_cgroups = pytest.mark.skipif(cgroup_layout() is None, reason=f"no cgroups here: {cgroup_unavailable_reason()}")
 CTX = ToolContext(task_id="t-1", company_id=1)
 
 
@@ -84,7 +86,7 @@ async def test_it_cannot_write_outside_its_temp_dir_nor_read_host_files(tmp_path
     os.chmod(host_secret, 0o644)
     result = body(await run("bash", (
         f"cat {host_secret} 2>/dev/null && echo READ-HOST-FILE\n"
-        "for p in /etc/evil /usr/evil /evil /sandbox/evil /dev/evil /proc/evil; do\n"
+        "for p in /etc/evil /usr/evil /evil /sandbox/evil /dev/evil /dev/shm/evil /proc/evil; do\n"
         "  (echo x > $p) 2>/dev/null && echo WROTE $p\n"
         "done\n"
         "echo fine > /tmp/ok && cat /tmp/ok\n"
@@ -136,6 +138,64 @@ async def test_it_cannot_allocate_beyond_its_memory_limit(knobs):
     assert body(javascript)["exit_code"] != 0
 
 
+def run_cgroups_left() -> list[Path]:
+    layout = cgroup_layout()
+    assert layout is not None
+    return [c for parent in layout.parents for c in parent.glob(f"run-{os.getpid()}-*")]
+
+
+@needs_cgroups
+async def test_children_forked_by_a_run_share_one_memory_limit(knobs):
+    knobs(SANDBOX_MEMORY_MB=64)
+
+    # Each child stays under the per-process rlimit; together they need 200 MB.
+    result = await run("python", (
+        "import os, time\n"
+        "children = []\n"
+        "for _ in range(4):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        block = bytearray(50 * 1024 * 1024)\n"
+        "        for i in range(0, len(block), 4096):\n"
+        "            block[i] = 1\n"
+        "        time.sleep(2)\n"
+        "        os._exit(0)\n"
+        "    children.append(pid)\n"
+        "print('survivors', sum(os.waitpid(pid, 0)[1] == 0 for pid in children))\n"))
+
+    out = body(result)
+    assert "memory limit of 64 MB" in result.content
+    assert "survivors 4" not in out["stdout"]
+    assert run_cgroups_left() == []
+
+
+@needs_cgroups
+async def test_a_shared_anonymous_mapping_counts_against_the_memory_limit(knobs):
+    knobs(SANDBOX_MEMORY_MB=64)
+
+    result = await run("python", (
+        "import mmap\n"
+        "size = 400 * 1024 * 1024\n"
+        "shared = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)\n"
+        "for i in range(0, size, 4096):\n"
+        "    shared[i] = 1\n"
+        "print('filled')\n"))
+
+    assert not result.ok
+    assert "filled" not in body(result)["stdout"]
+    assert "killed: memory limit of 64 MB exceeded" in body(result)["killed"]
+
+
+def test_the_tool_says_when_its_limits_hold_per_process_only(monkeypatch):
+    monkeypatch.setattr("tools.builtin.code_execution.cgroup_unavailable_reason", lambda: "no cgroup v1 memory")
+
+    entry = next(t for t in tools_list() if t["name"] == "code_execution")
+
+    assert entry["available"] is True
+    assert "per process only" in entry["note"] and "no cgroup v1 memory" in entry["note"]
+    assert registered_tools()["code_execution"].availability_note() == entry["note"]
+
+
 async def test_it_cannot_start_more_processes_than_its_limit(knobs):
     knobs(SANDBOX_MAX_PROCS=8)
 
@@ -177,6 +237,37 @@ async def test_it_truncates_huge_output_and_stops_the_program(knobs):
     assert out["truncated"] is True
     assert len(out["stdout"]) == 4096
     assert "output limit of 4096 bytes" in out["killed"]
+
+
+async def test_stdout_and_stderr_share_one_output_limit(knobs):
+    knobs(SANDBOX_OUTPUT_BYTES=4096)
+
+    out = body(await run("python", "import sys\nprint('o' * 3000)\nprint('e' * 3000, file=sys.stderr)"))
+
+    assert len(out["stdout"]) + len(out["stderr"]) == 4096
+    assert out["truncated"] is True
+
+
+async def test_output_longer_than_the_models_limit_still_arrives_as_json(knobs):
+    knobs(TOOL_OUTPUT_MAX_CHARS=20_000)
+
+    result = await run("python", "import sys\nprint('x' * 30000)\nprint('a \"quoted\" warning', file=sys.stderr)")
+
+    assert result.ok and len(result.content) <= 20_000
+    out = json.loads(result.content)
+    assert out["truncated"] is True and out["exit_code"] == 0
+    assert out["stdout"].startswith("x" * 10_000)
+    assert out["stderr"] == 'a "quoted" warning\n'
+
+
+async def test_a_killed_run_with_long_output_is_valid_json_after_the_error_prefix(knobs):
+    knobs(TOOL_OUTPUT_MAX_CHARS=1000, SANDBOX_WALL_S=1.0)
+
+    result = await run("bash", "printf '\\n%.0s' {1..3000}; sleep 30")
+
+    assert not result.ok and len(result.content) <= 1000
+    out = body(result)
+    assert out["truncated"] is True and "wall time limit" in out["killed"]
 
 
 async def test_cancelling_the_call_kills_the_running_program(knobs):

@@ -4,14 +4,17 @@ base only, or an external GraphRAG service when one is configured."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from asgiref.sync import sync_to_async
 from django.db import connections
 
+from mageagent.errors import Unavailable
 from tests.fakes.providers import GRAPHRAG_KEY
+from tests.fakes.server import FakeServer
 from tools.knowledge import knowledge_retrieve
 from tools.registry import ToolContext, tool_invoke
 from tools.services import document_create
@@ -100,3 +103,49 @@ def test_the_search_api_answers_503_when_the_external_service_fails(api, alice, 
 
     assert response.status_code == 503
     assert response.json()["error"]["message"] == "the GraphRAG service is unreachable: ConnectError"
+
+
+@pytest.fixture(scope="module")
+def graphrag_service() -> Iterator[tuple[FakeServer, dict[str, Any]]]:
+    """An external GraphRAG service that answers whatever the test puts in `answer["body"]`."""
+    answer: dict[str, Any] = {"body": {"results": []}}
+
+    async def query(request: web.Request) -> web.Response:
+        return web.Response(text=answer["body"], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/query", query)
+    server = FakeServer(app).start()
+    yield server, answer
+    server.stop()
+
+
+@pytest.mark.parametrize(("results", "message"), [
+    ('[{"document_id": "x", "content": "text", "score": "very relevant"}]', "non-numeric score: 'very relevant'"),
+    ('[{"document_id": "x", "content": "text", "score": NaN}]', "non-numeric score"),
+    ('[{"document_id": "x", "content": "text", "score": {"value": 1}}]', "non-numeric score"),
+    ('[{"document_id": "x", "title": "no content", "score": 0.5}]', "a result without content"),
+    ('["just a string"]', "a result that is not an object"),
+])
+async def test_a_malformed_external_graphrag_answer_is_a_clear_error(alice, knobs, graphrag_service, results, message):
+    server, answer = graphrag_service
+    answer["body"] = f'{{"results": {results}}}'
+    knobs(GRAPHRAG_URL=f"{server.url}/query", GRAPHRAG_API_KEY="")
+
+    ok, content = await graphrag(ToolContext("t", alice.tenant.company_id), "anything")
+    with pytest.raises(Unavailable) as raised:  # what the worker records as the retrieval step's error
+        await in_thread(knowledge_retrieve)(company_id=alice.tenant.company_id, query="anything", limit=5)
+
+    assert not ok and content.startswith("error: the GraphRAG service answered") and message in content
+    assert message in raised.value.message
+
+
+async def test_a_numeric_score_sent_as_a_string_is_accepted(alice, knobs, graphrag_service):
+    server, answer = graphrag_service
+    answer["body"] = '{"results": [{"id": "d-1", "content": "text", "score": "0.5"}, {"content": "more"}]}'
+    knobs(GRAPHRAG_URL=f"{server.url}/query", GRAPHRAG_API_KEY="")
+
+    ok, body = await graphrag(ToolContext("t", alice.tenant.company_id), "anything")
+
+    assert ok
+    assert [(r["document_id"], r["score"]) for r in body["results"]] == [("d-1", 0.5), ("", 0.0)]

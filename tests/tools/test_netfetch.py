@@ -31,7 +31,7 @@ def dns(monkeypatch):
 @pytest.mark.parametrize("address", [
     "127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.100.100.200",
     "100.64.0.1", "0.0.0.0", "224.0.0.1", "240.0.0.1", "255.255.255.255", "192.0.2.10",
-    "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1",
+    "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1", "fec0::1", "feff:ffff::1",
     "::ffff:127.0.0.1", "::ffff:169.254.169.254", "2002:7f00:1::", "64:ff9b::a9fe:a9fe",
 ])
 def test_non_public_addresses_are_refused(address):
@@ -85,6 +85,31 @@ async def test_an_allowlisted_host_is_fetched_from_the_address_vetted_once(dns, 
 
     assert b"Quarterly report" in page.data and page.content_type.startswith("text/html")
     assert lookups == ["trusted.test"]
+
+
+def test_a_deprecated_site_local_address_is_refused_by_name():
+    assert address_refusal("fec0::1") == "fec0::1 is a site-local address"
+
+
+@pytest.mark.parametrize("allowed", ["bücher.test", "xn--bcher-kva.test"])
+async def test_an_internationalised_host_is_vetted_and_fetched_under_its_punycode_name(
+        dns, knobs, fake_services, allowed):
+    records, lookups = dns
+    records["xn--bcher-kva.test"] = ["127.0.0.1"]  # DNS only knows the ASCII form
+    knobs(FETCH_ALLOWED_HOSTS=[allowed])
+
+    page = await fetch(f"http://bücher.test:{fake_services.port}/page.html")
+
+    assert b"Quarterly report" in page.data
+    assert lookups == ["xn--bcher-kva.test"]
+
+
+async def test_an_internationalised_host_resolving_to_a_private_address_is_refused(dns):
+    records, _ = dns
+    records["xn--bcher-kva.example"] = ["10.9.8.7"]
+
+    with pytest.raises(FetchRefused, match=r"10\.9\.8\.7 is a private address"):
+        await fetch("http://bücher.example/")
 
 
 async def test_a_redirect_from_a_trusted_host_to_localhost_is_refused(dns, knobs, fake_services):

@@ -6,8 +6,9 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from tools.cgroups import cgroup_unavailable_reason
 from tools.conf import knob
-from tools.registry import Tool, ToolContext, ToolError
+from tools.registry import ERROR_PREFIX, Tool, ToolContext, ToolError, tool_output_limit
 from tools.sandbox import (
     Limits,
     RunResult,
@@ -63,17 +64,51 @@ def command_for(language: str, limits: Limits) -> list[str]:
     return [interpreter, source]
 
 
-def render(run: RunResult, limits: Limits) -> str:
+def render(run: RunResult, limits: Limits, max_chars: int) -> str:
+    """The run as JSON of at most `max_chars` characters: stdout and stderr are cut to fit
+    (truncated: true), so the registry never has to cut the JSON itself."""
     explained = {
         "wall_time": f"killed: wall time limit of {limits.wall_s:g} s exceeded",
         "cpu_time": f"killed: CPU time limit of {limits.cpu_s} s exceeded",
+        "memory": f"killed: memory limit of {limits.memory_mb} MB exceeded",
         "output_limit": f"killed: output limit of {limits.output_bytes} bytes exceeded",
     }
-    body = {"exit_code": run.exit_code, "stdout": run.stdout, "stderr": run.stderr,
-            "truncated": run.truncated, "duration_ms": run.duration_ms}
+    body: dict[str, object] = {"exit_code": run.exit_code, "stdout": run.stdout, "stderr": run.stderr,
+                               "truncated": run.truncated, "duration_ms": run.duration_ms}
     if run.killed:
         body["killed"] = explained.get(run.killed, f"killed by {run.killed.removeprefix('signal:')}")
-    return orjson.dumps(body).decode()
+    if run.oom_kills and run.killed != "memory":
+        body["memory"] = (f"the memory limit of {limits.memory_mb} MB was hit: "
+                          f"{run.oom_kills} process(es) of the run were killed")
+    text = _json(body)
+    if len(text) <= max_chars:
+        return text
+    body["truncated"] = True
+    room = max(0, max_chars - len(_json({**body, "stdout": "", "stderr": ""})))
+    # stderr (a traceback, an error) gets up to half the room, stdout the rest.
+    stderr = _fit(run.stderr, max(room // 2, room - _json_len(run.stdout)))
+    body["stdout"], body["stderr"] = _fit(run.stdout, room - _json_len(stderr)), stderr
+    return _json(body)
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _json_len(text: str) -> int:
+    """Characters `text` takes inside a JSON string (escapes included, quotes not)."""
+    return len(_json(text)) - 2
+
+
+def _fit(text: str, room: int) -> str:
+    """The longest start of `text` that takes at most `room` characters in JSON."""
+    if _json_len(text) <= room:
+        return text
+    low, high = 0, min(len(text), room)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if _json_len(text[:middle]) <= room else (low, middle - 1)
+    return text[:low]
 
 
 class CodeExecutionTool(Tool):
@@ -91,6 +126,12 @@ class CodeExecutionTool(Tool):
     def unavailable_reason(self) -> str | None:
         return sandbox_unavailable_reason()
 
+    def availability_note(self) -> str | None:
+        reason = cgroup_unavailable_reason()
+        if reason is None:
+            return None
+        return f"memory and process limits hold per process only, not per run (no usable cgroup: {reason})"
+
     async def run(self, args: CodeExecutionArguments, ctx: ToolContext) -> str:
         refusal = interpreter_refusal(args.language)
         if refusal:
@@ -103,7 +144,9 @@ class CodeExecutionTool(Tool):
             raise ToolError("the sandbox is busy (too many programs running); try again shortly") from None
         except SandboxUnavailable as exc:
             raise ToolError(f"the sandbox is not available: {exc}") from None
+        # Room for the prefix of a failed result too, so both stay within the limit.
+        content = render(run, limits, tool_output_limit() - len(ERROR_PREFIX))
         if run.killed:
             # A limit hit is a failed call: the model sees what ran and why it stopped.
-            raise ToolError(render(run, limits))
-        return render(run, limits)
+            raise ToolError(content)
+        return content

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,8 +10,19 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from routing.complexity import LABELS, cross_validate, keyword_baseline, labelled_prompts
-from routing.selectors import ModelSpec, model_get
-from routing.services import model_select
+from routing.selectors import ModelSpec, model_get, models_all
+from routing.services import RESELLER_PROVIDERS, model_select
+
+
+def default_baselines(policy: dict[str, Any]) -> list[str]:
+    """The router's premium pick, and 'the strongest model' by price: the most expensive
+    premium-tier model automatic routing may use, from its maker (not a reseller)."""
+    premium = policy["prefer"]["complex"][0]
+    strong = [s for s in models_all().values() if s.tier == 3 and s.enabled and s.auto_route
+              and s.provider not in RESELLER_PROVIDERS]
+    strongest = min(strong, key=lambda s: (-(s.input_cost_per_token + 3 * s.output_cost_per_token), s.id))
+    premium_spec = model_get(premium)
+    return [premium] if premium_spec is not None and premium_spec.id == strongest.id else [premium, strongest.id]
 
 
 @dataclass
@@ -28,16 +40,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--baseline", action="append", dest="baselines",
                             help="the 'always this model' comparison (repeatable); default: the policy's first "
-                                 "preferred model for complex prompts")
+                                 "preferred model for complex prompts (the router's premium pick) and the "
+                                 "catalog's most expensive premium-tier model (the strongest)")
         parser.add_argument("--mix", default="60,30,10",
                             help="a traffic mix (simple,moderate,complex percent) to re-weight the set for")
-        parser.add_argument("--cv", action="store_true", help="also cross-validate the complexity model (~15 s)")
+        parser.add_argument("--cv", action=BooleanOptionalAction, default=True,
+                            help="also cross-validate the complexity model (~15 s; default on)")
         parser.add_argument("--output", help="also write the report as Markdown to this file")
 
     def handle(self, *args: Any, baselines: list[str] | None, mix: str, cv: bool, output: str | None,
                **options: Any) -> None:
         policy = settings.MAGEAGENT_ROUTING["POLICY"]
-        specs = self._baselines(baselines or [policy["prefer"]["complex"][0]])
+        specs = self._baselines(baselines or default_baselines(policy))
+        named = None if baselines else specs
         rows = labelled_prompts()
         tallies = {tier: Tally(baselines=[0.0] * len(specs)) for tier in (1, 2, 3)}
         picks: Counter[str] = Counter()
@@ -56,7 +71,7 @@ class Command(BaseCommand):
             tally.below += (decision.tier or 0) < row["tier"]
             agree += (decision.complexity or {}).get("label") == LABELS[row["tier"] - 1]
             picks[decision.model] += 1
-        report = self._report(rows, specs, tallies, picks, agree, [float(p) for p in mix.split(",")], cv)
+        report = self._report(rows, specs, tallies, picks, agree, [float(p) for p in mix.split(",")], cv, named)
         self.stdout.write(report)
         if output:
             Path(output).write_text(report)
@@ -70,7 +85,8 @@ class Command(BaseCommand):
 
     @staticmethod
     def _report(rows: list[dict[str, Any]], specs: list[ModelSpec], tallies: dict[int, Tally],
-                picks: Counter[str], agree: int, mix: list[float], cv: bool) -> str:
+                picks: Counter[str], agree: int, mix: list[float], cv: bool,
+                named: list[ModelSpec] | None = None) -> str:
         n = len(rows)
         routed = sum(t.routed for t in tallies.values())
         below = sum(t.below for t in tallies.values())
@@ -87,6 +103,10 @@ class Command(BaseCommand):
         for i, spec in enumerate(specs):
             base = sum(t.baselines[i] for t in tallies.values())
             lines.append(f"| always `{spec.id}` | ${base:.4f} | {1 - routed / base:.1%} |")
+        if named and len(named) > 1:
+            lines += ["", f"`{named[0].id}` is the router's own premium pick (the policy's first choice for complex "
+                      f"prompts); `{named[1].id}` is the strongest model by price: the catalog's most expensive "
+                      "premium-tier model from its maker."]
         lines += ["", f"Picked a model below the label's required tier: {below} of {n} prompts ({below / n:.1%}).",
                   "", f"| label | prompts | routed | always `{specs[0].id}` | saving | below tier |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
