@@ -1,0 +1,76 @@
+"""The event log's async appends (tasks/events.py), against the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+
+from tasks import events
+
+
+def fresh_task() -> str:
+    return str(uuid.uuid4())
+
+
+def logged(task_id: str) -> list[dict]:
+    return [orjson.loads(raw) for raw in events.read_after(task_id, 0) or []]
+
+
+def run(coro):
+    async def main():
+        try:
+            return await coro
+        finally:  # each test's loop gets its own clients; close them with it
+            events._batchers.clear()
+            client = events._async_clients.pop(asyncio.get_running_loop(), None)
+            if client is not None:
+                await client.aclose()
+    return asyncio.run(main())
+
+
+def test_concurrent_appends_of_many_tasks_land_gapless_and_in_order():
+    tasks = [fresh_task() for _ in range(20)]
+
+    async def write(task_id: str) -> list[int]:
+        return [await events.aappend(task_id, events.encode("chunk", content=f"{task_id[:4]}-{i}"))
+                for i in range(30)]
+
+    async def main():
+        return await asyncio.gather(*(write(t) for t in tasks))
+
+    seqs = run(main())
+
+    assert seqs == [list(range(1, 31))] * 20
+    for task_id in tasks:
+        assert [e["content"] for e in logged(task_id)] == [f"{task_id[:4]}-{i}" for i in range(30)]
+        assert [e["seq"] for e in logged(task_id)] == list(range(1, 31))
+
+
+def test_a_fenced_append_fails_alone_in_its_batch():
+    owned, other = fresh_task(), fresh_task()
+    events.claim(owned, "attempt-2")
+
+    async def main():
+        return await asyncio.gather(
+            events.aappend(owned, events.encode("chunk", content="zombie"), owner="attempt-1"),
+            events.aappend(other, events.encode("chunk", content="fine")),
+            events.aappend(owned, events.encode("chunk", content="current"), owner="attempt-2"),
+        )
+
+    assert run(main()) == [events.FENCED, 1, 1]
+    assert [e["content"] for e in logged(owned)] == ["current"]
+
+
+def test_appends_go_on_after_redis_forgets_the_script():
+    task_id = fresh_task()
+
+    async def main():
+        first = await events.aappend(task_id, events.encode("chunk", content="a"))
+        await events.async_client().script_flush()  # as after a Redis restart
+        second = await events.aappend(task_id, events.encode("chunk", content="b"))
+        return first, second
+
+    assert run(main()) == (1, 2)
+    assert [e["content"] for e in logged(task_id)] == ["a", "b"]
