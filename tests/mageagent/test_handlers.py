@@ -74,3 +74,48 @@ def test_requests_under_the_limit_reach_their_view(small_limits):
     sent, _ = request("/healthz", [], [b""], method="GET")
 
     assert status_and_body(sent) == (200, {"status": "ok"})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_waiting_for_its_worker_holds_up_no_other_request(alice, settings):
+    from tasks.models import Task, TaskStatus
+
+    settings.MAGEAGENT = {**settings.MAGEAGENT, "CANCEL_WAIT_S": 3.0}
+    # Processing on a worker that never answers: the cancel waits out CANCEL_WAIT_S.
+    task = Task.objects.create(company_id=alice.tenant.company_id, app_id=alice.tenant.app_id, prompt="p",
+                               status=TaskStatus.PROCESSING, worker="gone@nowhere")
+    finished: list[str] = []
+    handler = MageAgentASGIHandler()
+
+    async def serve(name: str, method: str, path: str) -> None:
+        done = asyncio.get_running_loop().create_future()
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            if not sent and not done.done():
+                done.set_result(None)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {alice.key}".encode())],
+                 "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+        await handler(scope, receive, send)
+        assert sent[0]["status"] == 200, sent
+        finished.append(name)
+
+    async def main() -> None:
+        cancel = asyncio.ensure_future(serve("cancel", "POST", f"/mageagent/api/v1/tasks/{task.id}/cancel"))
+        await asyncio.sleep(0.2)  # the cancel is waiting for the worker by now
+        await serve("health", "GET", "/healthz")
+        await cancel
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+    assert finished == ["health", "cancel"]
+    assert Task.objects.get(pk=task.id).status == TaskStatus.CANCELLED
