@@ -60,13 +60,22 @@ class MageAgentASGIHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
 
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        # Django enters a ThreadSensitiveContext per request, whose first thread-sensitive
+        # call (the request signals, response.close) starts a new OS thread that is joined
+        # at the end: two thread starts per request for work that takes microseconds.
+        # Without it those calls share the process's one thread-sensitive thread, as the
+        # WebSocket consumers' do; the request itself runs on a pool thread (below).
+        if scope["type"] != "http":
+            raise ValueError(f"this handler serves HTTP only, not {scope['type']}")
+        await self.handle(scope, receive, send)
+
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
-        # The whole request runs in one thread, so it need not be "thread sensitive": under
-        # ASGIHandler's per-request ThreadSensitiveContext that means a new single-thread
-        # executor, so a new OS thread, for every request (Thread.start was 4.5% of the
-        # web's enqueue profile). The loop's pool threads are reused instead, requests run
-        # side by side as under a threaded WSGI server, and one that waits (a cancel waiting
-        # for its worker) holds up no other.
+        # The whole request runs in one thread, so it need not be "thread sensitive"
+        # (under Django's per-request context that was a new OS thread per request). The
+        # loop's pool threads are reused instead, requests run side by side as under a
+        # threaded WSGI server, and one that waits (a cancel waiting for its worker) holds
+        # up no other.
         return await sync_to_async(self._serve, thread_sensitive=False)(request)
 
     def _serve(self, request: HttpRequest) -> HttpResponseBase:
