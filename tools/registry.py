@@ -87,6 +87,51 @@ def tool_output_limit() -> int:
     return int(knob("TOOL_OUTPUT_MAX_CHARS", 20_000))
 
 
+def json_len(text: str) -> int:
+    """Characters `text` takes inside a JSON string (escapes included, quotes not)."""
+    return len(_json(text)) - 2
+
+
+def json_fit_text(text: str, room: int) -> str:
+    """The longest start of `text` that takes at most `room` characters in JSON."""
+    if json_len(text) <= room:
+        return text
+    low, high = 0, max(0, min(len(text), room))
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if json_len(text[:middle]) <= room else (low, middle - 1)
+    return text[:low]
+
+
+def json_fit_list(body: dict[str, Any], key: str, *, shorten: str, max_chars: int | None = None) -> str:
+    """`body` as JSON of at most `max_chars` characters (the tool output limit by default).
+    When it is longer, the list body[key] (best first) keeps the items that fit, the next
+    one with its `shorten` text cut to fit, and the body says "truncated": true, so the
+    registry never has to cut the JSON itself."""
+    limit = tool_output_limit() if max_chars is None else max_chars
+    text = _json(body)
+    if len(text) <= limit:
+        return text
+    kept: list[Any] = []
+    out = {**body, key: kept, "truncated": True}
+    # Quadratic in the items, but tools return a few dozen at most.
+    for item in body[key]:
+        kept.append(item)
+        if len(_json(out)) <= limit:
+            continue
+        kept[-1] = {**item, shorten: ""}
+        room = limit - len(_json(out))
+        kept.pop()
+        if room > 0:
+            kept.append({**item, shorten: json_fit_text(str(item[shorten]), room)})
+        break
+    return _json(out)
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
 def _clip(content: str) -> str:
     """Keep a tool's output within what the model's context can take; say it was cut."""
     limit = tool_output_limit()

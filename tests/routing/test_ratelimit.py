@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from routing import ratelimit
 from routing.ratelimit import rate_limit_acquire
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def acquire_all(n: int, **limits) -> list[float]:
@@ -33,17 +41,53 @@ def test_a_tpm_limit_admits_calls_as_tokens_refill():
     assert max(waited) > 0
 
 
-@pytest.mark.django_db
-def test_the_limit_is_shared_by_every_caller_of_the_deployment():
-    async def two_workers() -> tuple[list[float], list[float]]:
-        # Two independent clients, as two worker processes would have.
-        first = await acquire_all(2, rpm=120, tpm=None, tokens=1, burst_s=1.0)
-        second = await acquire_all(1, rpm=120, tpm=None, tokens=1, burst_s=1.0)
-        return first, second
+# One worker process: after the go line on stdin, it starts `calls` acquires at once and
+# prints how many were admitted before the window closed (the others are still waiting).
+WORKER = textwrap.dedent("""
+    import asyncio, sys
+    import django
+    django.setup()
+    from routing.ratelimit import rate_limit_acquire
 
-    first, second = asyncio.run(two_workers())
+    calls, rpm, burst_s, window_s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 
-    assert first == [0.0, 0.0] and second[0] > 0
+    async def admitted() -> int:
+        attempts = [asyncio.ensure_future(rate_limit_acquire("dep-shared", rpm=rpm, tpm=None, tokens=1,
+                                                             burst_s=burst_s)) for _ in range(calls)]
+        done, waiting = await asyncio.wait(attempts, timeout=window_s)
+        for attempt in waiting:
+            attempt.cancel()
+        return sum(1 for attempt in done if attempt.exception() is None)
+
+    print("ready", flush=True)
+    sys.stdin.readline()
+    print(asyncio.run(admitted()), flush=True)
+""")
+
+
+def spawn_worker(namespace: str, *, calls: int, rpm: int, burst_s: float, window_s: float) -> subprocess.Popen:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "REDIS_URL": settings.REDIS_URL,
+           "MAGEAGENT_ROUTING_REDIS_NAMESPACE": namespace, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(calls), str(rpm), str(burst_s), str(window_s)],
+                            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_two_worker_processes_together_never_exceed_the_deployments_limit(routing_namespace):
+    # A bucket of 10 requests that refills one a minute: within these few seconds the limit
+    # admits 10 calls in all, however the two processes' calls interleave. A limiter kept in
+    # each process would admit 10 in each.
+    workers = [spawn_worker(routing_namespace, calls=10, rpm=1, burst_s=600, window_s=2.0) for _ in range(2)]
+    for worker in workers:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready", worker.communicate()[1]
+    for worker in workers:  # both start acquiring at once
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    outputs = [worker.communicate(timeout=60) for worker in workers]
+
+    assert all(worker.returncode == 0 for worker in workers), [err for _, err in outputs]
+    assert sum(int(out) for out, _ in outputs) == 10
 
 
 @pytest.mark.django_db

@@ -149,3 +149,23 @@ async def test_a_numeric_score_sent_as_a_string_is_accepted(alice, knobs, graphr
 
     assert ok
     assert [(r["document_id"], r["score"]) for r in body["results"]] == [("d-1", 0.5), ("", 0.0)]
+
+
+async def test_more_passages_than_the_model_may_get_stay_valid_json_and_say_so(alice, knobs, graphrag_service):
+    server, answer = graphrag_service
+    # Quotes and newlines take more room in JSON than in the text: the fit must count them.
+    passages = [{"document_id": f"d-{i}", "title": f"Chapter {i}", "content": f'"{i}"\n' * 300, "score": 1 - i / 100}
+                for i in range(20)]
+    answer["body"] = json.dumps({"results": passages})
+    knobs(GRAPHRAG_URL=f"{server.url}/query", GRAPHRAG_API_KEY="", TOOL_OUTPUT_MAX_CHARS=20_000)
+
+    result = await tool_invoke("graphrag_search", json.dumps({"query": "everything", "limit": 20}),
+                               ToolContext("t", alice.tenant.company_id))
+
+    assert result.ok and len(result.content) <= 20_000
+    body = json.loads(result.content)
+    assert body["truncated"] is True
+    kept = body["results"]
+    assert 0 < len(kept) < 20
+    assert kept[:-1] == passages[:len(kept) - 1]  # best first, whole
+    assert passages[len(kept) - 1]["content"].startswith(kept[-1]["content"])

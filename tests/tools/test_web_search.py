@@ -86,3 +86,40 @@ def test_a_provider_selected_without_its_key_or_unknown_is_unavailable(knobs):
 
     assert unconfigured == "the tavily web search provider is selected but not configured"
     assert unknown.startswith("unknown web search provider 'altavista'")
+
+
+@pytest.fixture(scope="module")
+def verbose_searxng():
+    """A SearxNG whose results carry long tracking URLs and the longest snippets kept."""
+    from aiohttp import web
+
+    from tests.fakes.server import FakeServer
+
+    async def results(request: web.Request) -> web.Response:
+        return web.json_response({"results": [
+            {"title": f"Result {i}", "url": f"https://example.org/{i}?utm=" + "x" * 1500,
+             "content": f"Snippet {i} " + "<b>word</b> " * 300} for i in range(10)]})
+
+    app = web.Application()
+    app.router.add_get("/search", results)
+    server = FakeServer(app).start()
+    yield server
+    server.stop()
+
+
+async def test_results_longer_than_the_model_may_get_stay_valid_json_and_say_so(knobs, verbose_searxng):
+    knobs(NONE, SEARXNG_URL=verbose_searxng.url, TOOL_OUTPUT_MAX_CHARS=20_000)
+
+    result = await search("long pages", max_results=10)
+
+    assert result.ok and len(result.content) <= 20_000
+    body = json.loads(result.content)
+    assert body["truncated"] is True and body["query"] == "long pages"
+    assert 0 < len(body["results"]) < 10
+    assert [r["title"] for r in body["results"]] == [f"Result {i}" for i in range(len(body["results"]))]
+
+
+async def test_results_that_fit_are_not_marked_truncated(searxng):
+    body = json.loads((await search("red pandas", max_results=3)).content)
+
+    assert "truncated" not in body

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tools.cgroups import cgroup_unavailable_reason
 from tools.conf import knob
-from tools.registry import ERROR_PREFIX, Tool, ToolContext, ToolError, tool_output_limit
+from tools.registry import ERROR_PREFIX, Tool, ToolContext, ToolError, json_fit_text, json_len, tool_output_limit
 from tools.sandbox import (
     Limits,
     RunResult,
@@ -86,29 +86,13 @@ def render(run: RunResult, limits: Limits, max_chars: int) -> str:
     body["truncated"] = True
     room = max(0, max_chars - len(_json({**body, "stdout": "", "stderr": ""})))
     # stderr (a traceback, an error) gets up to half the room, stdout the rest.
-    stderr = _fit(run.stderr, max(room // 2, room - _json_len(run.stdout)))
-    body["stdout"], body["stderr"] = _fit(run.stdout, room - _json_len(stderr)), stderr
+    stderr = json_fit_text(run.stderr, max(room // 2, room - json_len(run.stdout)))
+    body["stdout"], body["stderr"] = json_fit_text(run.stdout, room - json_len(stderr)), stderr
     return _json(body)
 
 
 def _json(value: object) -> str:
     return orjson.dumps(value).decode()
-
-
-def _json_len(text: str) -> int:
-    """Characters `text` takes inside a JSON string (escapes included, quotes not)."""
-    return len(_json(text)) - 2
-
-
-def _fit(text: str, room: int) -> str:
-    """The longest start of `text` that takes at most `room` characters in JSON."""
-    if _json_len(text) <= room:
-        return text
-    low, high = 0, min(len(text), room)
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if _json_len(text[:middle]) <= room else (low, middle - 1)
-    return text[:low]
 
 
 class CodeExecutionTool(Tool):

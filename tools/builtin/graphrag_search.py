@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from mageagent.errors import Unavailable
 from tools.knowledge import knowledge_retrieve_async
-from tools.registry import Tool, ToolContext, ToolError
+from tools.registry import Tool, ToolContext, ToolError, json_fit_list
 
 
 class GraphragSearchArguments(BaseModel):
@@ -32,4 +31,5 @@ class GraphragSearchTool(Tool):
             results = await knowledge_retrieve_async(company_id=ctx.company_id, query=args.query, limit=args.limit)
         except Unavailable as exc:
             raise ToolError(exc.message) from None
-        return orjson.dumps({"results": results}).decode()
+        # 20 passages of a full chunk each are more than the model may get: fewer, not cut JSON.
+        return json_fit_list({"results": results}, "results", shorten="content")

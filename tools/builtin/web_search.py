@@ -9,12 +9,11 @@ import re
 from typing import Any, ClassVar
 
 import httpx
-import orjson
 from django.utils.module_loading import import_string
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.conf import knob
-from tools.registry import Tool, ToolContext, ToolError
+from tools.registry import Tool, ToolContext, ToolError, json_fit_list
 
 
 def _plain(text: Any) -> str:
@@ -133,5 +132,6 @@ class WebSearchTool(Tool):
             raise ToolError(f"the {provider.name} search provider answered HTTP {exc.response.status_code}") from None
         except (httpx.HTTPError, ValueError) as exc:
             raise ToolError(f"the {provider.name} search provider failed: {type(exc).__name__}: {exc}") from None
-        return orjson.dumps({"provider": provider.name, "query": args.query,
-                             "results": hits[:args.max_results]}).decode()
+        # Titles and URLs are the provider's and unbounded: fewer results, not cut JSON.
+        return json_fit_list({"provider": provider.name, "query": args.query, "results": hits[:args.max_results]},
+                             "results", shorten="snippet")
