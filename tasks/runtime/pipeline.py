@@ -54,9 +54,9 @@ class AttemptOutcome:
 class ChunkEmitter:
     """Coalesces tokens into chunk events: the first token goes out at once, later ones at
     most every `window` seconds, so a fast stream costs one Redis call per window. Adding a
-    token only buffers it (this runs once per token of every stream the worker holds); the
-    appends run from a loop callback, and a failed one stops the attempt through
-    `_after_background_flush`."""
+    token inside a window only buffers it (this runs once per token of every stream the
+    worker holds); that window's append runs from a loop callback, and a failed one stops
+    the attempt through `_after_background_flush`."""
 
     def __init__(self, plan: AttemptPlan) -> None:
         self.task_id, self.owner, self.window = plan.task_id, plan.owner, plan.coalesce_s
@@ -69,11 +69,16 @@ class ChunkEmitter:
         self.failure: BaseException | None = None
         self.owner_task = asyncio.current_task()
 
-    def add(self, text: str) -> None:
+    def add(self, text: str) -> bool:
+        """Buffer a token; True when its window has passed and the caller should flush now
+        (the first token, or one after a pause), so that it waits for no loop turn."""
         self.buffer.append(text)
+        wait = self.last_flush + self.window - time.monotonic()
+        if wait <= 0:
+            return True
         if self.timer is None:
-            wait = self.last_flush + self.window - time.monotonic()
-            self.timer = asyncio.get_running_loop().call_later(max(wait, 0.0), self._flush_later)
+            self.timer = asyncio.get_running_loop().call_later(wait, self._flush_later)
+        return False
 
     def _flush_later(self) -> None:
         self.timer = None
@@ -188,8 +193,8 @@ async def _stream_call(deployment: Deployment, messages: list[dict[str, Any]], t
                        usage: dict[str, int], max_tokens: int | None = None) -> None:
     delta: Delta
     async for delta in stream_chat(deployment, messages, tools=tools, max_tokens=max_tokens):
-        if delta.content:
-            emitter.add(delta.content)
+        if delta.content and emitter.add(delta.content):
+            await emitter.flush()
         if delta.tool_calls:
             _merge_tool_calls(calls, delta.tool_calls)
         if delta.finish_reason:
