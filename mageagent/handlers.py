@@ -16,6 +16,8 @@ can refuse it; here a declared or streamed body over MAX_REQUEST_BYTES gets its 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any
 
 import orjson
@@ -56,6 +58,13 @@ async def _send_too_large(send: Any, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+@cache
+def _request_threads() -> ThreadPoolExecutor:
+    # Its own pool: the loop's default one has min(32, cores + 4) threads, 6 here, and a
+    # few requests that wait (cancels whose worker is gone) would hold up the rest.
+    return ThreadPoolExecutor(settings.MAGEAGENT["WEB_THREADS"], thread_name_prefix="http")
+
+
 class MageAgentASGIHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
@@ -76,7 +85,7 @@ class MageAgentASGIHandler(ASGIHandler):
         # loop's pool threads are reused instead, requests run side by side as under a
         # threaded WSGI server, and one that waits (a cancel waiting for its worker) holds
         # up no other.
-        return await sync_to_async(self._serve, thread_sensitive=False)(request)
+        return await sync_to_async(self._serve, thread_sensitive=False, executor=_request_threads())(request)
 
     def _serve(self, request: HttpRequest) -> HttpResponseBase:
         # Django's request_started/finished signals close stale connections in the thread
