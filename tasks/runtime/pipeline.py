@@ -101,7 +101,20 @@ class ChunkEmitter:
             text = "".join(self.buffer)
             self.buffer.clear()
             self.last_flush = time.monotonic()
-            if await events.aappend(self.task_id, events.encode("chunk", content=text), owner=self.owner) < 0:
+            appended = asyncio.ensure_future(
+                events.aappend(self.task_id, events.encode("chunk", content=text), owner=self.owner))
+            try:
+                seq = await asyncio.shield(appended)
+            except asyncio.CancelledError:
+                # Cancelled with the append in flight: it may still land in the log, and the
+                # partial answer kept must be what the log holds (the contract's invariant).
+                try:
+                    if await appended >= 0:
+                        self.sent.append(text)
+                except Exception:
+                    pass
+                raise
+            if seq < 0:
                 raise Fenced()
             self.sent.append(text)
 

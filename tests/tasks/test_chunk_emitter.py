@@ -1,0 +1,45 @@
+"""The worker's chunk emitter (tasks/runtime/pipeline.py) at the edges of cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from tasks import events
+from tasks.runtime.llm import Deployment
+from tasks.runtime.pipeline import AttemptPlan, ChunkEmitter
+
+
+def plan() -> AttemptPlan:
+    return AttemptPlan(task_id=f"emit-{uuid.uuid4().hex}", attempt=1, owner=events.ANY_OWNER, messages=[],
+                       deployment=Deployment(model="sim", provider="sim", litellm_model="openai/sim"),
+                       start_events=[])
+
+
+def test_a_chunk_whose_append_lands_after_a_cancel_is_kept_in_the_answer(monkeypatch):
+    landed: list[bytes] = []
+
+    async def append_that_lands_late(task_id, *bodies, owner=events.ANY_OWNER, close=False):
+        # Like the batcher: once sent, the append completes whoever stopped waiting for it.
+        await asyncio.sleep(0.05)
+        landed.extend(bodies)
+        return len(landed)
+
+    monkeypatch.setattr(events, "aappend", append_that_lands_late)
+
+    async def main() -> ChunkEmitter:
+        emitter = ChunkEmitter(plan())
+        assert emitter.add("partial answer")  # the first token goes out at once
+        flushing = asyncio.ensure_future(emitter.flush())
+        await asyncio.sleep(0.01)  # the append is in flight
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        return emitter
+
+    emitter = asyncio.run(main())
+
+    assert len(landed) == 1  # in the log...
+    assert emitter.content == "partial answer"  # ...and in the answer the task keeps
