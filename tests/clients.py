@@ -143,3 +143,13 @@ def tokens(n: int) -> str:
 
 def sim(**directive: Any) -> str:
     return f"[[sim {json.dumps(directive)}]]"
+
+
+def wait_for(check: Any, what: str, timeout: float = 90.0) -> Any:
+    """Poll `check` until it returns something truthy (and return that), failing after
+    `timeout` seconds with `what` in the message: for state no event announces."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return found

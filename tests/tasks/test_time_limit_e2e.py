@@ -4,7 +4,6 @@ answer, fails the task with `timeout` and closes the provider stream."""
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients import Client, sim
+from tests.clients import Client, sim, wait_for
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -36,14 +35,6 @@ def short_stack(django_db_setup: None, django_db_blocker: Any) -> Iterator[Stack
         yield running
     finally:
         running.stop()
-
-
-def wait_for(check, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return found
 
 
 def sim_requests(stack: Stack, key: str) -> list[dict[str, Any]]:

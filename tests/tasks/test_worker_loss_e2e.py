@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 
 import httpx
@@ -12,19 +11,9 @@ import pytest
 from tasks import housekeeping
 from tasks.models import Task
 from tasks.runtime.heartbeat import is_alive
-from tests.clients import Client, answer_from_chunks, sim, tokens
+from tests.clients import Client, answer_from_chunks, sim, tokens, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def wait_for(check, what: str, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def sim_requests(stack, key: str) -> list[dict]:

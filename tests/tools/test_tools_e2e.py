@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from tests.clients import API, Client, sim
+from tests.clients import API, Client, sim, wait_for
 from tests.fakes.providers import providers_app
 from tests.fakes.server import FakeServer
 from tests.tools.test_code_execution import processes_with
@@ -26,14 +25,6 @@ def calls(*specs: tuple[str, dict]) -> str:
 
 def typed(events: list[dict], kind: str) -> list[dict]:
     return [e for e in events if e["type"] == kind]
-
-
-def wait_for(check, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return found
 
 
 @pytest.fixture
