@@ -211,7 +211,7 @@ class _Batcher:
         pool = self.client.connection_pool
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(packed, check_health=False)
+            await conn.send_packed_command(packed)  # pings first if idle past health_check_interval
             results: list[Any] = []
             for _ in calls:
                 try:
