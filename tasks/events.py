@@ -246,13 +246,15 @@ def _resp(args: list[bytes]) -> bytes:
 _batchers: dict[asyncio.AbstractEventLoop, _Batcher] = {}
 
 
-async def aappend(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False) -> int:
+def aappend(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False) -> asyncio.Future[int]:
+    """The async append: await it for the last seq, SEALED or FENCED. It is the batcher's
+    future itself, not a coroutine around it, so a caller may shield it without a task."""
     keys, args = _args(str(task_id), owner, list(bodies), close)
     loop = asyncio.get_running_loop()
     batcher = _batchers.get(loop)
     if batcher is None:
         batcher = _batchers[loop] = _Batcher()
-    return await batcher.append(keys, args)
+    return batcher.append(keys, args)
 
 
 async def aread_after(task_id: str, after: int) -> list[str] | None:
