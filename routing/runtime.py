@@ -13,6 +13,7 @@ Built in the Celery thread (executor.py), so nothing here touches the database.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from .deployments import DeploymentSpec, registry
 from .pricing import count_tokens, request_tokens, tokenizer_model
 from .ratelimit import rate_limit_acquire, rate_limit_adjust
 from .services import Candidate, RoutingDecision
+
+# Prompts longer than this are counted in a thread, off the worker's event loop.
+LONG_PROMPT_CHARS = 20_000
 
 logger = logging.getLogger(__name__)
 Emit = Callable[..., Awaitable[None]]
@@ -136,7 +140,11 @@ class AttemptRouter:
                                     retryable=served)
             cand, dep, probe = found
         spec = cand.spec
-        prompt_tokens = self._prompt_tokens(messages, spec)
+        if sum(len(str(m.get("content") or "")) for m in messages) > LONG_PROMPT_CHARS:
+            # Tokenizing a long prompt takes milliseconds: not on the loop every stream shares.
+            prompt_tokens = await asyncio.to_thread(self._prompt_tokens, messages, spec)
+        else:
+            prompt_tokens = self._prompt_tokens(messages, spec)
         cap = self.output_cap(spec)
         output = cap or self.decision.estimated_output_tokens
         target = CallTarget(cand, dep, dep.runtime(), prompt_tokens, cap, probe=probe)

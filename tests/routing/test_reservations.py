@@ -171,3 +171,26 @@ def test_waiting_for_a_rate_limit_does_not_run_the_attempt_out_of_time(alice, ll
 
     assert outcome.status == "completed" and outcome.content == "hello"
     assert plan.router.rate_waited_s > 0
+
+
+def test_a_long_prompt_is_tokenized_off_the_event_loop(alice, monkeypatch):
+    import threading
+
+    from routing import runtime as routing_runtime
+
+    prompt = "Summarise this report. " + "The quarterly figures rose again. " * 1000
+    decision = model_select(prompt=prompt, model=None, tools=[], company_id=alice.tenant.company_id)
+    monkeypatch.setattr(pipeline, "stream_chat", FakeProvider())
+    counted_on: list[str] = []
+    count = routing_runtime.count_tokens
+
+    def recording(*args, **kwargs):
+        counted_on.append(threading.current_thread().name)
+        return count(*args, **kwargs)
+
+    monkeypatch.setattr(routing_runtime, "count_tokens", recording)
+
+    outcome = runtime.run(run_attempt(attempt(alice, decision, prompt=prompt, tools=[])), timeout=60)
+
+    assert outcome.status == "completed", outcome.error
+    assert counted_on and "mageagent-loop" not in counted_on
