@@ -147,6 +147,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--workers", type=int, default=1, help="Celery worker processes for 'ours' (default 1)")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                      help="extra environment for the service (both configurations; the seed keeps its 3 knobs)")
+    run.add_argument("--set", action="append", default=[], metavar="SCENARIO.KEY=JSON", dest="overrides",
+                     help="override one parameter of the preset, e.g. capacity.rates=[30] (a JSON value)")
     run.add_argument("--profile", action="store_true",
                      help="after the measured runs, profile web and worker with py-spy (one extra run each)")
     run.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown file to update")
@@ -157,10 +159,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def preset_with(preset: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The preset with `scenario.key[.key...]=<JSON>` overrides applied (`--set`)."""
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        keys = path.split(".")
+        if not sep or len(keys) < 2 or keys[0] not in preset or not isinstance(preset[keys[0]], dict):
+            raise SystemExit(f"--set {item!r}: expected SCENARIO.KEY=JSON with a scenario of {SCENARIOS}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            raise SystemExit(f"--set {item!r}: the value is not JSON (quote strings: key='\"text\"')") from None
+        target = preset[keys[0]]
+        for key in keys[1:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = value
+    return preset
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    preset = copy.deepcopy(PRESETS[mode])
+    preset = preset_with(copy.deepcopy(PRESETS[mode]), args.overrides)
     runs = args.runs if args.runs is not None else preset["runs"]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
