@@ -134,6 +134,30 @@ def test_the_ledger_adds_up_per_company_app_and_day(alice):
         Decimal("0.35"), 200, 20, 4, 2)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_workers_booking_the_same_new_day_at_once_lose_nothing(alice):
+    from django.db import connection
+
+    barrier = threading.Barrier(8)
+
+    def book() -> None:
+        try:
+            barrier.wait()
+            spend_record(company_id=alice.tenant.company_id, app_id=alice.tenant.app_id, cost_usd=0.125,
+                         prompt_tokens=10, completion_tokens=1, calls=1)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=book) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    row = Spend.objects.get(company_id=alice.tenant.company_id)
+    assert (row.cost_usd, row.prompt_tokens, row.calls, row.tasks) == (Decimal("1.000"), 80, 8, 8)
+
+
 def test_a_task_that_would_exceed_the_budget_is_refused_with_402(api, alice, bob):
     route = api.post("/mageagent/api/v1/route", {"prompt": "What is 2 + 2?"}, format="json",
                      HTTP_AUTHORIZATION=f"Bearer {alice.key}").json()
