@@ -11,7 +11,9 @@ the rest (spread over providers) are its fallbacks.
 
 from __future__ import annotations
 
+import heapq
 import time
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,10 +140,9 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
         reason = "requested explicitly"
         need = spec.tier or need
     else:
-        pool = [s for s in _routable(company_id, bool(tools), reg) if room(s)]
         prefer = _preferences(policy, complexity.label, bool(tools), long_context)
-        ranked = sorted(pool, key=lambda s: (_band(s, need), prefer.get(s.id, len(prefer)), cost(s),
-                                             s.provider in RESELLER_PROVIDERS))
+        ranked = _rank(_routable(company_id, bool(tools), reg), need=need, prefer=prefer,
+                       prompt_tokens=prompt_tokens, output_tokens=output_tokens, cap=cap)
         if not ranked:  # nothing fits: the default model beats no answer
             default = settings.MAGEAGENT["DEFAULT_MODEL"]
             ranked = [model_get(default) or _unknown_spec(default)]
@@ -159,10 +160,8 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
         counted = count_tokens(head.spec.id, messages=messages, tools=schemas)
     prompt_tokens = request_tokens(head.spec.provider, counted, tools=bool(schemas))
     head = options[0] = Candidate(head.spec, head.deployments, cost(head.spec))
-    larger = [candidate(s) for s in sorted(
-        (s for s in _routable(company_id, bool(tools), reg) if (s.tier or 0) >= need
-         and s.context_window > head.spec.context_window and room(s)),
-        key=lambda s: (s.context_window, cost(s)))[:3]]
+    larger = [candidate(s) for s in _larger(_routable(company_id, bool(tools), reg), than=head.spec, need=need,
+                                            prompt_tokens=prompt_tokens, output_tokens=output_tokens, cap=cap)]
     out = min(cap, head.spec.max_output_tokens) if cap else output_tokens
     return RoutingDecision(
         model=head.spec.id, provider=head.spec.provider, reason=reason, candidates=[c.spec.id for c in options],
@@ -171,6 +170,41 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
         estimated_cost_usd=head.estimated_cost_usd, tier=head.spec.tier, characteristics=traits,
         complexity={"label": complexity.label, "score": complexity.score}, max_tokens=cap and out,
         options=options, larger=larger)
+
+
+def _rank(pool: list[ModelSpec], *, need: int, prefer: dict[str, int], prompt_tokens: int, output_tokens: int,
+          cap: int | None) -> list[ModelSpec]:
+    """The pool's models with room for the prompt, in routing order: the needed tier first
+    (then higher, then lower), the policy's preferences, the estimated cost, resellers
+    last. Inlined rather than a key function over helpers: it runs for every task over
+    the whole routable pool (~430 models), and the helper calls were most of a
+    routing decision's CPU."""
+    unpreferred, room = len(prefer), prompt_tokens + output_tokens
+    keyed: list[tuple[tuple[int, int, float, bool], ModelSpec]] = []
+    for spec in pool:
+        if spec.context_window < room:
+            continue
+        tier = spec.tier or 0
+        band = 0 if tier == need else 1 if tier > need else 2 + (need - tier)
+        out = min(cap, spec.max_output_tokens) if cap else output_tokens
+        cost = prompt_tokens * spec.input_cost_per_token + out * spec.output_cost_per_token
+        keyed.append(((band, prefer.get(spec.id, unpreferred), cost, spec.provider in RESELLER_PROVIDERS), spec))
+    keyed.sort(key=itemgetter(0))
+    return [spec for _, spec in keyed]
+
+
+def _larger(pool: list[ModelSpec], *, than: ModelSpec, need: int, prompt_tokens: int, output_tokens: int,
+            cap: int | None, n: int = 3) -> list[ModelSpec]:
+    """The next larger context windows (at the needed tier or above), cheapest first per
+    window: where a context_window_exceeded error reroutes. Inlined like _rank."""
+    least = max(than.context_window + 1, prompt_tokens + output_tokens)
+    keyed = []
+    for i, spec in enumerate(pool):
+        if spec.context_window >= least and (spec.tier or 0) >= need:
+            out = min(cap, spec.max_output_tokens) if cap else output_tokens
+            keyed.append((spec.context_window, prompt_tokens * spec.input_cost_per_token
+                          + out * spec.output_cost_per_token, i))
+    return [pool[i] for _, _, i in heapq.nsmallest(n, keyed)]
 
 
 def _usable(spec: ModelSpec, company_id: int | None, tools: bool, reg: Any) -> bool:
@@ -208,11 +242,6 @@ def _preferences(policy: dict[str, Any], label: str, tools: bool, long_context: 
         if spec is not None:
             order.setdefault(spec.id, len(order))
     return order
-
-
-def _band(spec: ModelSpec, need: int) -> int:
-    tier = spec.tier or 0
-    return 0 if tier == need else 1 if tier > need else 2 + (need - tier)
 
 
 def _reason(complexity: Any, need: int, traits: list[str], prompt_tokens: int, head: ModelSpec,
