@@ -146,6 +146,8 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery ------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+if CELERY_BROKER_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "mageagent.broker:Transport"  # kombu's, one Redis client per channel
 CELERY_RESULT_BACKEND = None  # tasks report through the Task row and the event log
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
