@@ -387,31 +387,48 @@ async def scenario_overhead(ctx: Ctx) -> dict[str, Any]:
 async def _chunk_cost(ctx: Ctx) -> dict[str, Any]:
     """Worker CPU per streamed chunk: two loads with the same task rate and LLM duration but
     different token counts; the difference in worker CPU over the difference in tokens is
-    what one chunk costs (parse, coalesce, publish), per-task costs cancelling out."""
+    what one chunk costs (parse, coalesce, publish), per-task costs cancelling out.
+
+    Measured twice: with few streams open (each token is a socket read and a loop turn of
+    its own: the worst case) and, under `dense`, with ~100 streams open, where one loop
+    turn serves several streams' tokens: the regime of the capacity targets."""
     p = ctx.params["chunk_cost"]
+    out = await _chunk_cost_at(ctx, p, "chunkcost")
+    if p.get("dense"):
+        out["dense"] = await _chunk_cost_at(ctx, {**p, **p["dense"]}, "chunkdense")
+    return out
+
+
+async def _chunk_cost_at(ctx: Ctx, p: dict[str, Any], label_: str) -> dict[str, Any]:
     api = ctx.api
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"rate": p["rate"], "duration_ms": p["duration_ms"]}
     for label, tokens in (("hi", p["tokens_hi"]), ("lo", p["tokens_lo"])):
-        prompt = sim_prompt("chunkcost", tokens=tokens, duration_ms=p["duration_ms"])
+        prompt = sim_prompt(label_, tokens=tokens, duration_ms=p["duration_ms"])
         t0 = time.time()
         loader = asyncio.ensure_future(open_loop(p["rate"], p["settle_s"] + p["window_s"] + 0.5,
-                                                 lambda _i, prompt=prompt: api.create(prompt), max_outstanding=64))
-        await sleep_until(t0 + p["settle_s"])
+                                                 lambda _i, prompt=prompt: api.create(prompt),
+                                                 max_outstanding=max(64, int(p["rate"] * 2))))
+        w0 = t0 + p["settle_s"]
+        await sleep_until(w0)
         snap0, stats0 = ctx.snapshot(), await api.sim_stats()
-        await sleep_until(t0 + p["settle_s"] + p["window_s"])
+        await sleep_until(w0 + p["window_s"])
+        w1 = time.time()
         snap1, stats1 = ctx.snapshot(), await api.sim_stats()
         load = await loader
         created = await asyncio.gather(*load.tasks)
         cpu = cpu_delta(snap0, snap1)
+        conc = _concurrency(await api.sim_records(w0 - 10), w0, w1)
         out[label] = {"tokens_per_task": tokens, "tokens": stats1["tokens_sent_total"] - stats0["tokens_sent_total"],
                       "worker_cpu_s": cpu.get("worker", 0.0), "cpu_s": cpu,
-                      "errors": sum(1 for c in created if not c.ok)}
+                      "streams_median": percentile([float(c) for c in conc], 50),
+                      "errors": sum(1 for c in created if not c.ok) + load.shed}
         out[label].update(await drain(api, p.get("drain_s", 15)))
     hi, lo = out["hi"], out["lo"]
     dtok = hi["tokens"] - lo["tokens"]
     marginal = (hi["worker_cpu_s"] - lo["worker_cpu_s"]) / dtok * 1e6 if dtok > 0 else None
     out["marginal_us_per_chunk"] = None if marginal is None else round(marginal, 1)
     out["average_us_per_chunk_hi"] = round(hi["worker_cpu_s"] / hi["tokens"] * 1e6, 1) if hi["tokens"] else None
+    out["streams"] = hi["streams_median"]
     return out
 
 
@@ -548,6 +565,9 @@ async def scenario_capacity(ctx: Ctx) -> dict[str, Any]:
         **{f"cpu_ms_per_task_{k}": v for k, v in top["cpu_ms_per_task"].items()},
         "worker_us_per_chunk_avg": top["worker_us_per_chunk_avg"],
         "worker_us_per_chunk_marginal": chunk["marginal_us_per_chunk"] if chunk else None,
+        "worker_chunk_streams": chunk["streams"] if chunk else None,
+        "worker_us_per_chunk_marginal_dense": (chunk.get("dense") or {}).get("marginal_us_per_chunk") if chunk else None,
+        "worker_chunk_streams_dense": (chunk.get("dense") or {}).get("streams") if chunk else None,
         "errors": sum(1 for c in created if not c.ok) + len(failed) + llm_errors + check["broken"],
         "lost": check["lost"], "repeated": check["repeated"],
         "followed_sse": check["sse"], "followed_ws": check["ws"], "unfinished_streams": check["unfinished"],

@@ -103,8 +103,10 @@ ROWS: list[tuple[str, str, str, str, str, Callable[[float], bool] | None]] = [
      lambda v: v >= 1000),
     ("3 · RSS web + worker at the top step (MB)", "capacity", "rss_web_worker_mb", "≤ 1,024", "low",
      lambda v: v <= 1024),
-    ("3 · worker CPU per streamed chunk, marginal (µs)", "capacity", "worker_us_per_chunk_marginal", "≤ 40", "low",
-     lambda v: v <= 40),
+    ("3 · worker CPU per streamed chunk, marginal, ~100 streams open (µs)", "capacity",
+     "worker_us_per_chunk_marginal_dense", "≤ 40", "low", lambda v: v <= 40),
+    ("3 · worker CPU per streamed chunk, marginal, ~8 streams open (µs)", "capacity",
+     "worker_us_per_chunk_marginal", "", "low", None),
     ("3 · worker CPU per streamed chunk, all-in at the top step (µs)", "capacity", "worker_us_per_chunk_avg", "",
      "low", None),
     ("3 · pickup p50 during the ramp (ms)", "capacity", "pickup_p50_ms", "", "low", None),
@@ -277,13 +279,31 @@ def _details(results: dict[str, Any], configs: list[str], per: dict[str, Any], a
             label = {"other processes": "other processes (e.g. short-lived PostgreSQL backends: a new "
                                         "connection forks one)"}.get(g, g)
             out.append(f"| {label} | " + " | ".join(row) + " |")
-        chunk = {c: [r["chunk_cost"]["marginal_us_per_chunk"] for r in per[c].get("capacity", [])
-                     if (r.get("chunk_cost") or {}).get("marginal_us_per_chunk") is not None] for c in configs}
-        if any(chunk.values()):
-            out += ["", "Worker CPU per streamed chunk: two loads at 4 tasks/s with a 2 s LLM, 200 vs 10 tokens per "
-                    "task; (CPU difference) / (token difference) is the marginal cost of one chunk (parse, coalesce, "
-                    "publish): " + "; ".join(f"{c} {fmt(statistics.median(chunk[c]))} µs"
-                                              for c in configs if chunk[c]) + "."]
+        def chunk_costs(c: str, dense: bool) -> list[tuple[float, float | None, dict[str, Any]]]:
+            rows = []
+            for r in per[c].get("capacity", []):
+                m = (r.get("chunk_cost") or {})
+                m = (m.get("dense") or {}) if dense else m
+                if m.get("marginal_us_per_chunk") is not None:
+                    rows.append((m["marginal_us_per_chunk"], m.get("streams"), m))
+            return rows
+
+        for dense in (False, True):
+            found = {c: chunk_costs(c, dense) for c in configs}
+            if not any(found.values()):
+                continue
+            load = next(m for c in configs for _, _, m in found[c])
+            parts = []
+            for c in configs:
+                if found[c]:
+                    streams = [s for _, s, _ in found[c] if _num(s)]
+                    parts.append(f"{c} {fmt(statistics.median(v for v, _, _ in found[c]))} µs"
+                                 + (f" ({fmt(statistics.median(streams), 0)} streams open)" if streams else ""))
+            out += ["", f"Worker CPU per streamed chunk{' (dense)' if dense else ''}: two loads at "
+                    f"{fmt(load['rate'], 0)} tasks/s with a {load['duration_ms'] / 1000:g} s LLM, "
+                    f"{load['hi']['tokens_per_task']} vs {load['lo']['tokens_per_task']} tokens per task; "
+                    "(CPU difference) / (token difference) is the marginal cost of one chunk (parse, coalesce, "
+                    "publish): " + "; ".join(parts) + "."]
     if any("fanout" in per[c] for c in configs):
         parts = []
         for c in configs:
