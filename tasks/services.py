@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 from contextlib import nullcontext
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -133,10 +133,11 @@ def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] |
     return qs.update(updated_at=timezone.now(), **values) == 1
 
 
-def task_start(*, task: Task, worker: str, routing: dict[str, Any] | None, steps: list[str]) -> Task | None:
+def task_start(*, task: Task, worker: str, routing: dict[str, Any] | None, steps: list[str],
+               started_at: datetime | None = None) -> Task | None:
     """queued → processing for the attempt `task` was read at. None when another actor got
     there first (a duplicate delivery, a cancel); otherwise `task`, updated."""
-    values = {"status": TaskStatus.PROCESSING, "worker": worker, "started_at": timezone.now(),
+    values = {"status": TaskStatus.PROCESSING, "worker": worker, "started_at": started_at or timezone.now(),
               "routing": routing, "steps": steps}
     if not _transition(str(task.id), from_=(TaskStatus.QUEUED,), extra={"attempts": task.attempts}, **values):
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import datetime
 
 import httpx
 import pytest
@@ -18,6 +19,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 @pytest.fixture
 def client(stack, alice) -> Client:
     return Client(stack.web_url, alice.key)
+
+
+def when(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def assert_gapless(events: list[dict]) -> None:
@@ -47,6 +52,9 @@ def test_a_task_streams_to_completion_over_sse(client):
     assert finished["result"]["tokensUsed"] > 30
     assert finished["started_at"] and finished["completed_at"]
     assert "llm_execution" in finished["steps"]
+    # started_at is when the worker took the task: before its routing and start events
+    processing = next(e for e in events if e["type"] == "status" and e["status"] == "processing")
+    assert when(finished["created_at"]) <= when(finished["started_at"]) <= when(processing["ts"]) + 0.001
 
 
 def test_a_client_resuming_with_last_event_id_misses_and_repeats_nothing(client):
