@@ -9,11 +9,12 @@ import logging
 import time
 from contextlib import nullcontext
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from mageagent.errors import Conflict
@@ -127,10 +128,37 @@ def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = 
 # --- transitions ----------------------------------------------------------------------------
 def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] | None = None,
                 **values: Any) -> bool:
-    qs = Task.objects.filter(pk=task_id, status__in=from_)
-    if extra:
-        qs = qs.filter(**extra)
-    return qs.update(updated_at=timezone.now(), **values) == 1
+    """UPDATE task SET <values> WHERE id = task_id AND status IN from_ [AND <extra> =]: True
+    when it changed the row. The statement is what QuerySet.update() would send, values
+    prepared by the fields as the ORM prepares them, but written once per shape: the ORM
+    compiled it again on every call (~0.4 ms of CPU, twice per task in the worker)."""
+    values["updated_at"] = timezone.now()
+    where = extra or {}
+    connection = connections[router.db_for_write(Task)]
+    sql, set_fields, where_fields = _transition_sql(connection.alias, tuple(values), len(from_), tuple(where))
+    params = [f.get_db_prep_save(values[f.name], connection) for f in set_fields]
+    params += [_PK.get_db_prep_value(task_id, connection)]
+    params += [_STATUS.get_db_prep_value(status, connection) for status in from_]
+    params += [f.get_db_prep_value(where[f.name], connection) for f in where_fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount == 1
+
+
+_PK = Task._meta.pk
+_STATUS = Task._meta.get_field("status")
+
+
+@cache
+def _transition_sql(alias: str, set_names: tuple[str, ...], statuses: int,
+                    where_names: tuple[str, ...]) -> tuple[str, list[Any], list[Any]]:
+    q = connections[alias].ops.quote_name
+    set_fields = [Task._meta.get_field(name) for name in set_names]
+    where_fields = [Task._meta.get_field(name) for name in where_names]
+    sql = (f"UPDATE {q(Task._meta.db_table)} SET {', '.join(f'{q(f.column)} = %s' for f in set_fields)} "
+           f"WHERE {q(_PK.column)} = %s AND {q(_STATUS.column)} IN ({', '.join(['%s'] * statuses)})"
+           + "".join(f" AND {q(f.column)} = %s" for f in where_fields))
+    return sql, set_fields, where_fields
 
 
 def task_start(*, task: Task, worker: str, routing: dict[str, Any] | None, steps: list[str],
