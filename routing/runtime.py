@@ -62,8 +62,10 @@ class AttemptRouter:
         self.base_messages = base_messages
         self.tools = tools or None  # the schemas every call sends: prompt tokens too
         # Per tokenizer: how many messages are counted, and their tokens (tool schemas
-        # included), so a tool round only counts the messages it added.
-        self.counted: dict[str, tuple[int, int]] = {}
+        # included), so a tool round only counts the messages it added. The routing
+        # decision counted the first call's messages already.
+        self.counted: dict[str, tuple[int, int]] = {
+            key: (base_messages, tokens) for key, tokens in decision.prompt_counts.items()} if base_messages else {}
         # Seconds spent waiting for rate limits: they do not count against the attempt's
         # time limits (`time_limit` is run_attempt's asyncio.timeout; see _extend_limit).
         self.rate_waited_s = 0.0

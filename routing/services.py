@@ -57,6 +57,9 @@ class RoutingDecision:
     max_tokens: int | None = None  # the answer's cap (budgeted tasks: what bounds their cost)
     options: list[Candidate] = field(default_factory=list, repr=False)
     larger: list[Candidate] = field(default_factory=list, repr=False)
+    # Raw token counts of the prompt (messages + tool schemas) per tokenizer: the first
+    # call of the attempt sends these messages, so its router need not count them again.
+    prompt_counts: dict[str, int] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "provider": self.provider, "reason": self.reason,
@@ -111,6 +114,7 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
     reg = registry()
     messages, schemas = _prompt_messages(prompt, context_text), _tool_schemas(tools)
     counted = count_tokens(FALLBACK_TOKENIZER_MODEL, messages=messages, tools=schemas)
+    prompt_counts = {tokenizer_model(FALLBACK_TOKENIZER_MODEL): counted}
     prompt_tokens = counted
     bias = [float(policy["complexity_bias"].get(label, 0.0)) for label in LABELS]
     complexity = complexity_estimate(prompt, bias=bias)
@@ -156,8 +160,9 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
     head = options[0]
     # The constraints above were checked with one count; the chosen model's estimate uses
     # its own tokenizer (when litellm has it locally) and its provider's tool prompt.
-    if tokenizer_model(head.spec.id) != FALLBACK_TOKENIZER_MODEL:
-        counted = count_tokens(head.spec.id, messages=messages, tools=schemas)
+    if tokenizer_model(head.spec.id) not in prompt_counts:
+        counted = prompt_counts[tokenizer_model(head.spec.id)] = count_tokens(head.spec.id, messages=messages,
+                                                                              tools=schemas)
     prompt_tokens = request_tokens(head.spec.provider, counted, tools=bool(schemas))
     head = options[0] = Candidate(head.spec, head.deployments, cost(head.spec))
     larger = [candidate(s) for s in _larger(_routable(company_id, bool(tools), reg), than=head.spec, need=need,
@@ -169,7 +174,7 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
         estimated_tokens=prompt_tokens + out, estimated_prompt_tokens=prompt_tokens, estimated_output_tokens=out,
         estimated_cost_usd=head.estimated_cost_usd, tier=head.spec.tier, characteristics=traits,
         complexity={"label": complexity.label, "score": complexity.score}, max_tokens=cap and out,
-        options=options, larger=larger)
+        options=options, larger=larger, prompt_counts=prompt_counts)
 
 
 def _rank(pool: list[ModelSpec], *, need: int, prefer: dict[str, int], prompt_tokens: int, output_tokens: int,

@@ -65,6 +65,36 @@ def test_the_estimate_uses_the_routed_models_tokenizer_and_its_tool_prompt(alice
     assert decision.estimated_prompt_tokens == claude + TOOL_PROMPT_TOKENS["anthropic"]
 
 
+def test_the_first_call_reuses_the_routing_decisions_count_and_a_tool_round_counts_only_what_it_adds(
+        alice, monkeypatch):
+    import routing.runtime
+
+    prompt = "Résumé: naïve coöperation — 東京 の 天気 は? " * 20
+    decision = model_select(prompt=prompt, model="claude-sonnet-4-5", tools=TOOLS,
+                            company_id=alice.tenant.company_id)
+    messages = messages_for(prompt)
+    router = AttemptRouter(task_id=str(uuid.uuid4()), decision=decision, budget=budget_context(
+        company_id=alice.tenant.company_id, app_id=alice.tenant.app_id), base_messages=len(messages),
+        tools=tool_specs(TOOLS))
+    counted: list[int] = []
+    real = routing.runtime.count_tokens
+
+    def counting(model: str, **kwargs: Any) -> int:
+        counted.append(len(kwargs.get("messages") or []))
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(routing.runtime, "count_tokens", counting)
+    spec = decision.options[0].spec
+    first = router._prompt_tokens(messages, spec)
+    round_two = [*messages, {"role": "assistant", "content": None, "tool_calls": []},
+                 {"role": "tool", "tool_call_id": "call_1", "content": "168"}]
+    second = router._prompt_tokens(round_two, spec)
+
+    assert first == decision.estimated_prompt_tokens  # the decision's own count, not a second one
+    assert counted == [2]  # the tool round counted its two new messages only
+    assert second == first + real(spec.id, messages=round_two[len(messages):])
+
+
 class FakeProvider:
     """Bills like a provider: the prompt by the model's tokenizer with the tool schemas
     (and Anthropic's tool prompt), the answer up to max_tokens. The first call fails with
