@@ -25,10 +25,3 @@ application = ProtocolTypeRouter({
     "http": django_asgi_app,
     "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
 })
-
-from django.urls import get_resolver  # noqa: E402
-
-from .heap import freeze_startup_objects  # noqa: E402
-
-get_resolver().url_patterns  # import every view now, so that its modules are frozen below
-freeze_startup_objects()

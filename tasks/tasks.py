@@ -36,9 +36,6 @@ def _start_runtime(**_: Any) -> None:
     # this worker before its first task.
     import litellm  # noqa: F401  (a 3 s import: pay it at start, not in the first task)
 
-    from mageagent.heap import freeze_startup_objects
-
     from .runtime.loop import runtime
 
     runtime.ensure_started()
-    freeze_startup_objects()  # a full collection would walk all of start-up: ~200 ms, GIL held
