@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -95,16 +96,20 @@ class AttemptRouter:
             return cand, cand.deployments[0], True
         return None
 
-    def _prompt_tokens(self, messages: list[dict[str, Any]], spec: Any) -> int:
+    async def _prompt_tokens(self, messages: list[dict[str, Any]], spec: Any) -> int:
         """The call's prompt tokens with the model's own tokenizer where litellm has it
-        locally: messages, the tool schemas sent with them, and the provider's tool prompt."""
+        locally: messages, the tool schemas sent with them, and the provider's tool prompt.
+        Only messages not counted yet for that tokenizer are counted (the routing decision
+        counted the first call's), in a thread when they are long: tokenizing takes
+        milliseconds, and this loop carries every stream of the worker."""
         key = tokenizer_model(spec.id)
         counted, tokens = self.counted.get(key, (0, 0))
-        if not counted:
-            tokens = count_tokens(spec.id, messages=messages, tools=self.tools)
-        elif len(messages) > counted:
-            tokens += count_tokens(spec.id, messages=messages[counted:])
-        self.counted[key] = (len(messages), tokens)
+        new = messages[counted:]
+        if new:
+            count = partial(count_tokens, spec.id, messages=new, tools=None if counted else self.tools)
+            long = sum(len(str(m.get("content") or "")) for m in new) > LONG_PROMPT_CHARS
+            tokens += await asyncio.to_thread(count) if long else count()
+            self.counted[key] = (len(messages), tokens)
         return request_tokens(spec.provider, tokens, tools=bool(self.tools))
 
     def output_cap(self, spec: Any) -> int | None:
@@ -142,11 +147,7 @@ class AttemptRouter:
                                     retryable=served)
             cand, dep, probe = found
         spec = cand.spec
-        if sum(len(str(m.get("content") or "")) for m in messages) > LONG_PROMPT_CHARS:
-            # Tokenizing a long prompt takes milliseconds: not on the loop every stream shares.
-            prompt_tokens = await asyncio.to_thread(self._prompt_tokens, messages, spec)
-        else:
-            prompt_tokens = self._prompt_tokens(messages, spec)
+        prompt_tokens = await self._prompt_tokens(messages, spec)
         cap = self.output_cap(spec)
         output = cap or self.decision.estimated_output_tokens
         target = CallTarget(cand, dep, dep.runtime(), prompt_tokens, cap, probe=probe)

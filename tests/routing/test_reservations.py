@@ -5,6 +5,7 @@ not run the attempt out of time."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -85,10 +86,10 @@ def test_the_first_call_reuses_the_routing_decisions_count_and_a_tool_round_coun
 
     monkeypatch.setattr(routing.runtime, "count_tokens", counting)
     spec = decision.options[0].spec
-    first = router._prompt_tokens(messages, spec)
+    first = asyncio.run(router._prompt_tokens(messages, spec))
     round_two = [*messages, {"role": "assistant", "content": None, "tool_calls": []},
                  {"role": "tool", "tool_call_id": "call_1", "content": "168"}]
-    second = router._prompt_tokens(round_two, spec)
+    second = asyncio.run(router._prompt_tokens(round_two, spec))
 
     assert first == decision.estimated_prompt_tokens  # the decision's own count, not a second one
     assert counted == [2]  # the tool round counted its two new messages only
