@@ -101,9 +101,7 @@ class ChunkEmitter:
             text = "".join(self.buffer)
             self.buffer.clear()
             self.last_flush = time.monotonic()
-            # ensure_future: a no-op on the batcher's future, a task for a stand-in coroutine.
-            appended = asyncio.ensure_future(
-                events.aappend(self.task_id, events.encode("chunk", content=text), owner=self.owner))
+            appended = events.aappend(self.task_id, events.encode("chunk", content=text), owner=self.owner)
             try:
                 seq = await asyncio.shield(appended)
             except asyncio.CancelledError:

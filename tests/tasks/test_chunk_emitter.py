@@ -21,11 +21,14 @@ def plan() -> AttemptPlan:
 def test_a_chunk_whose_append_lands_after_a_cancel_is_kept_in_the_answer(monkeypatch):
     landed: list[bytes] = []
 
-    async def append_that_lands_late(task_id, *bodies, owner=events.ANY_OWNER, close=False):
-        # Like the batcher: once sent, the append completes whoever stopped waiting for it.
+    async def land_late(bodies):
         await asyncio.sleep(0.05)
         landed.extend(bodies)
         return len(landed)
+
+    def append_that_lands_late(task_id, *bodies, owner=events.ANY_OWNER, close=False):
+        # Like the batcher: a future that, once sent, completes whoever stopped waiting for it.
+        return asyncio.ensure_future(land_late(bodies))
 
     monkeypatch.setattr(events, "aappend", append_that_lands_late)
 
