@@ -1,0 +1,218 @@
+"""In-process CPU probes: the CPU one code path costs, without the noise of a full stack.
+
+    python -m bench.probe post                 # POST /tasks through the ASGI app, in-process
+    python -m bench.probe execute              # executor.execute(), one task at a time
+    python -m bench.probe stream               # K concurrent tasks: CPU per streamed chunk
+    python -m bench.probe all --repeat 3       # each of them, 3 times, medians printed
+
+The full benchmark (`python -m bench run`) measures the service as separate processes,
+which is the truth but moves by ±15-50% between runs on a shared 2-core machine. A probe
+runs one path of the real code in this process against the real PostgreSQL, Redis and
+LLM simulator (a separate process, so its CPU is not counted) and reads this process's
+`time.process_time()`: every thread of it, the event loop's included. Use it to decide
+a change (run it before and after, interleaved); use the benchmark to report.
+
+What is left out, by design: daphne and Twisted (the `post` probe calls the ASGI
+application directly; ~0.9 ms per request measured under daphne), and Celery's consumer
+(`execute` and `stream` call what the Celery task calls).
+
+- post:    N sequential `POST /tasks` (a 1-token task each; the worker is not running,
+           so nothing else runs here): CPU ms per request.
+- execute: N tasks (1 token, no latency) created first, then executed one after
+           another: CPU ms per task (routing, start, the stream, complete, spend).
+- stream:  K threads each executing tasks of T tokens spread over D ms, for T=10 and
+           T=200: (CPU at 200 − CPU at 10) / (190 × tasks) is the marginal CPU of one
+           chunk read from the provider (parse, coalesce, publish), per-task costs
+           cancelling out; K=100, D=4000 is the benchmark's dense regime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .client import API, sim_prompt
+from .stack import Proc, _get, base_env, db_fresh, infra_setup, template_prepare
+
+PROBES = ("post", "execute", "stream")
+
+
+def _setup() -> tuple[Any, Proc, str]:
+    """A fresh probe database and Redis db, the simulator, Django configured on them."""
+    from mageagent.devinfra import free_port
+
+    infra = infra_setup(db_name="mageagent_probe", redis_db=13)
+    log = infra.workdir / "probe.log"
+    env = base_env()
+    key = template_prepare(infra, env, log)
+    db_url = db_fresh(infra)
+    port = free_port()
+    sim = Proc("simulator", [sys.executable, "mageagent/simulator/server.py", "--port", str(port)], env,
+               infra.workdir / "simulator.log")
+    deadline = time.monotonic() + 30
+    while _get(f"http://127.0.0.1:{port}/_sim/health")[0] != 200:
+        if time.monotonic() > deadline or sim.proc.poll() is not None:
+            raise RuntimeError(f"the simulator did not start:\n{sim.tail()}")
+        time.sleep(0.1)
+    os.environ.update({**env, "DATABASE_URL": db_url, "REDIS_URL": infra.redis_url,
+                       "MAGEAGENT_QUEUE": f"mageagent-probe-{os.getpid()}",
+                       "MAGEAGENT_LLM_API_BASE": f"http://127.0.0.1:{port}/v1"})
+    import django
+
+    django.setup(set_prefix=False)
+    return infra, sim, key
+
+
+def _tenant() -> Any:
+    from mageagent.tenancy.auth import Tenant
+    from mageagent.tenancy.models import App
+
+    app = App.objects.select_related("company").get(slug="bench")
+    return Tenant(company_id=app.company_id, company_slug=app.company.slug, app_id=app.pk, app_slug=app.slug)
+
+
+def _cpu_per(n: int, run: Callable[[], None]) -> float:
+    t0 = time.process_time()
+    run()
+    return (time.process_time() - t0) / n
+
+
+# --- post -----------------------------------------------------------------------------------------
+def probe_post(key: str, n: int, warmup: int) -> dict[str, float]:
+    from mageagent.asgi import application
+
+    body = json.dumps({"prompt": sim_prompt("probe", tokens=1)}).encode()
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+               (b"authorization", f"Bearer {key}".encode()), (b"content-length", str(len(body)).encode())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": f"{API}/tasks", "raw_path": f"{API}/tasks".encode(), "query_string": b"",
+             "root_path": "", "headers": headers, "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
+
+    async def one() -> None:
+        sent: list[dict[str, Any]] = []
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await asyncio.Event().wait()  # the client stays connected (the handler cancels this)
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await application(dict(scope), receive, send)
+        if sent[0].get("status") != 202:
+            raise RuntimeError(f"POST /tasks answered {sent[0].get('status')}: {sent[-1].get('body', b'')[:300]!r}")
+
+    async def many(count: int) -> None:
+        for _ in range(count):
+            await one()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(many(warmup))  # warm-up: imports, pools, caches
+    cpu = _cpu_per(n, lambda: loop.run_until_complete(many(n)))
+    loop.close()
+    return {"cpu_ms_per_post": cpu * 1000}
+
+
+# --- execute and stream ---------------------------------------------------------------------------
+def _create(tenant: Any, count: int, **directive: Any) -> list[str]:
+    from tasks import services
+
+    return [str(services.task_create(tenant=tenant, prompt=sim_prompt("probe", **directive))[0].id)
+            for _ in range(count)]
+
+
+def _execute_all(ids: list[str], threads: int) -> None:
+    from tasks.models import Task, TaskStatus
+    from tasks.runtime import executor
+
+    def run(task_id: str) -> None:
+        executor.execute(task_id)
+
+    if threads == 1:
+        for task_id in ids:
+            run(task_id)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, ids))
+    done = Task.objects.filter(pk__in=ids, status=TaskStatus.COMPLETED).count()
+    if done != len(ids):
+        raise RuntimeError(f"{len(ids) - done} of {len(ids)} probe tasks did not complete")
+
+
+def probe_execute(tenant: Any, n: int, warmup: int) -> dict[str, float]:
+    _execute_all(_create(tenant, warmup, tokens=1), 1)  # warm-up
+    ids = _create(tenant, n, tokens=1)
+    return {"cpu_ms_per_task": _cpu_per(n, lambda: _execute_all(ids, 1)) * 1000}
+
+
+def probe_stream(tenant: Any, streams: int, duration_ms: int, rounds: int) -> dict[str, float]:
+    _execute_all(_create(tenant, streams, tokens=10, duration_ms=500), streams)  # warm-up
+    count = streams * rounds
+    cpu: dict[int, float] = {}
+    for tokens in (10, 200):
+        ids = _create(tenant, count, tokens=tokens, duration_ms=duration_ms)
+        cpu[tokens] = _cpu_per(count, lambda ids=ids: _execute_all(ids, streams))
+    return {"cpu_ms_per_task_10_tokens": cpu[10] * 1000, "cpu_ms_per_task_200_tokens": cpu[200] * 1000,
+            "cpu_us_per_chunk_marginal": (cpu[200] - cpu[10]) / 190 * 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("probe", choices=(*PROBES, "all"))
+    parser.add_argument("--n", type=int, default=300, help="requests (post) or tasks (execute); default 300")
+    parser.add_argument("--streams", type=int, default=100, help="stream: concurrent tasks (default 100)")
+    parser.add_argument("--duration-ms", type=int, default=4000, help="stream: LLM duration (default 4000)")
+    parser.add_argument("--rounds", type=int, default=2, help="stream: tasks per thread (default 2)")
+    parser.add_argument("--repeat", type=int, default=1, help="run each probe this many times")
+    parser.add_argument("--warmup", type=int, default=200, help="post/execute: unmeasured calls first (default 200)")
+    parser.add_argument("--json", type=Path, help="also write every result to this file")
+    args = parser.parse_args(argv)
+
+    infra, sim, key = _setup()
+    try:
+        tenant = _tenant()
+        results: dict[str, list[dict[str, float]]] = {}
+        for _ in range(args.repeat):
+            for probe in PROBES if args.probe == "all" else (args.probe,):
+                if probe == "post":
+                    result = probe_post(key, args.n, args.warmup)
+                elif probe == "execute":
+                    result = probe_execute(tenant, args.n, args.warmup)
+                else:
+                    result = probe_stream(tenant, args.streams, args.duration_ms, args.rounds)
+                results.setdefault(probe, []).append(result)
+                print(f"{probe}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()), flush=True)
+        if args.repeat > 1:
+            for probe, runs in results.items():
+                medians = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                print(f"{probe} median of {len(runs)}: " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        sim.stop()
+        infra.close()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    # The worker runtime's event loop thread has no stop: leave without the interpreter's
+    # teardown collecting its open HTTP sessions.
+    os._exit(code)
