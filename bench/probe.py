@@ -23,7 +23,9 @@ application directly; ~0.9 ms per request measured under daphne), and Celery's c
 - stream:  K threads each executing tasks of T tokens spread over D ms, for T=10 and
            T=200: (CPU at 200 − CPU at 10) / (190 × tasks) is the marginal CPU of one
            chunk read from the provider (parse, coalesce, publish), per-task costs
-           cancelling out; K=100, D=4000 is the benchmark's dense regime.
+           cancelling out; K=100, D=4000 is the benchmark's dense regime. The same over
+           the event-loop thread alone (loop_us_per_chunk_marginal) is steadier: the
+           Celery-thread work per task, which varies, is not in it.
 """
 
 from __future__ import annotations
@@ -157,15 +159,30 @@ def probe_execute(tenant: Any, n: int, warmup: int) -> dict[str, float]:
     return {"cpu_ms_per_task": _cpu_per(n, lambda: _execute_all(ids, 1)) * 1000}
 
 
+def _loop_cpu() -> float:
+    """CPU seconds of the worker runtime's event-loop thread so far (every stream's I/O)."""
+    from tasks.runtime.loop import runtime
+
+    async def now() -> float:
+        return time.thread_time()
+
+    return asyncio.run_coroutine_threadsafe(now(), runtime.ensure_started()).result()
+
+
 def probe_stream(tenant: Any, streams: int, duration_ms: int, rounds: int) -> dict[str, float]:
     _execute_all(_create(tenant, streams, tokens=10, duration_ms=500), streams)  # warm-up
     count = streams * rounds
     cpu: dict[int, float] = {}
+    loop: dict[int, float] = {}
     for tokens in (10, 200):
         ids = _create(tenant, count, tokens=tokens, duration_ms=duration_ms)
+        loop0 = _loop_cpu()
         cpu[tokens] = _cpu_per(count, lambda ids=ids: _execute_all(ids, streams))
+        loop[tokens] = (_loop_cpu() - loop0) / count
     return {"cpu_ms_per_task_10_tokens": cpu[10] * 1000, "cpu_ms_per_task_200_tokens": cpu[200] * 1000,
-            "cpu_us_per_chunk_marginal": (cpu[200] - cpu[10]) / 190 * 1e6}
+            "cpu_us_per_chunk_marginal": (cpu[200] - cpu[10]) / 190 * 1e6,
+            "loop_ms_per_task_200_tokens": loop[200] * 1000,
+            "loop_us_per_chunk_marginal": (loop[200] - loop[10]) / 190 * 1e6}
 
 
 def main(argv: list[str] | None = None) -> int:
