@@ -30,8 +30,12 @@ class _TaskSocket(AsyncWebsocketConsumer):
         self.recheck: asyncio.Task[None] | None = None
         self.query = query_params(self.scope.get("query_string", b""))
         headers = {k.decode().lower(): v.decode() for k, v in self.scope.get("headers", [])}
-        self.tenant = await tenant_from(headers, self.query.get("token"), self.scope.get("user"))
+        # Accept before the key's lookup: it waits for a thread of the shared pool, and
+        # daphne drops a handshake left open 5 s (a loaded server then refused sockets,
+        # which an SSE request, simply waiting its turn, never is). A bad key still gets
+        # its error event and close code 4401.
         await self.accept()
+        self.tenant = await tenant_from(headers, self.query.get("token"), self.scope.get("user"))
         if self.tenant is None:
             await self.send_error(None, "authentication_failed", "an API key is required")
             await self.close(code=4401)
