@@ -12,7 +12,7 @@ from .handlers import MageAgentASGIHandler  # noqa: E402
 django_asgi_app = MageAgentASGIHandler()
 
 import litellm  # noqa: E402, F401  (a 3 s import: pay it at start, not in the first request)
-from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from tasks.ws_urls import websocket_urlpatterns  # noqa: E402
@@ -23,5 +23,8 @@ redact_daphne_access_log()
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
-    "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+    # Sessions only: a staff session's user is looked up by the consumer, and only when no
+    # API key was given (channels' AuthMiddleware would do it in the pool for every socket,
+    # before the handshake completes).
+    "websocket": SessionMiddlewareStack(URLRouter(websocket_urlpatterns)),
 })

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import orjson
+from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -30,12 +31,12 @@ class _TaskSocket(AsyncWebsocketConsumer):
         self.recheck: asyncio.Task[None] | None = None
         self.query = query_params(self.scope.get("query_string", b""))
         headers = {k.decode().lower(): v.decode() for k, v in self.scope.get("headers", [])}
-        # Accept before the key's lookup: it waits for a thread of the shared pool, and
-        # daphne drops a handshake left open 5 s (a loaded server then refused sockets,
-        # which an SSE request, simply waiting its turn, never is). A bad key still gets
-        # its error event and close code 4401.
+        # Accept before anything waits for a thread of the shared pool (the key's lookup,
+        # a staff session's user): daphne drops a handshake left open 5 s, so a loaded
+        # server refused sockets, which an SSE request, simply waiting its turn, never is.
+        # A bad key still gets its error event and close code 4401.
         await self.accept()
-        self.tenant = await tenant_from(headers, self.query.get("token"), self.scope.get("user"))
+        self.tenant = await tenant_from(headers, self.query.get("token"), auser=lambda: get_user(self.scope))
         if self.tenant is None:
             await self.send_error(None, "authentication_failed", "an API key is required")
             await self.close(code=4401)
@@ -74,6 +75,10 @@ class _TaskSocket(AsyncWebsocketConsumer):
             # The hot path, once per event per subscriber. It touches no database, so skip
             # Channels' per-message close_old_connections (a thread hop each time).
             await self.task_event(message)
+        elif message["type"] == "websocket.connect":
+            # Nor before the handshake (see connect): its lookups run in database_sync_to_async,
+            # which closes stale connections itself.
+            await self.websocket_connect(message)
         else:
             await super().dispatch(message)
 

@@ -55,7 +55,7 @@ async def task_stream_view(request: HttpRequest, task_id: str) -> HttpResponseBa
 
 async def _stream(request: HttpRequest, task_id: str) -> HttpResponseBase:
     headers = {k.lower(): v for k, v in request.headers.items()}
-    tenant = await tenant_from(headers, request.GET.get("token"), await request.auser())
+    tenant = await tenant_from(headers, request.GET.get("token"), auser=request.auser)
     if tenant is None:
         return error_response("authentication_failed", "an API key is required", 401)
     try:
