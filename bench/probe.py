@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import API, sim_prompt
-from .stack import Proc, _get, base_env, db_fresh, infra_setup, template_prepare
+from .stack import Proc, _get, base_env, db_fresh, infra_setup, template_prepare, wait_ready
 
 PROBES = ("post", "execute", "stream")
 
@@ -53,18 +53,14 @@ def _setup() -> tuple[Any, Proc, str]:
     from mageagent.devinfra import free_port
 
     infra = infra_setup(db_name="mageagent_probe", redis_db=13)
-    log = infra.workdir / "probe.log"
     env = base_env()
-    key = template_prepare(infra, env, log)
+    key = template_prepare(infra, env, infra.workdir / "probe.log")
     db_url = db_fresh(infra)
     port = free_port()
     sim = Proc("simulator", [sys.executable, "mageagent/simulator/server.py", "--port", str(port)], env,
                infra.workdir / "simulator.log")
-    deadline = time.monotonic() + 30
-    while _get(f"http://127.0.0.1:{port}/_sim/health")[0] != 200:
-        if time.monotonic() > deadline or sim.proc.poll() is not None:
-            raise RuntimeError(f"the simulator did not start:\n{sim.tail()}")
-        time.sleep(0.1)
+    wait_ready(lambda: _get(f"http://127.0.0.1:{port}/_sim/health")[0] == 200, "simulator",
+               time.monotonic() + 30, [sim])
     os.environ.update({**env, "DATABASE_URL": db_url, "REDIS_URL": infra.redis_url,
                        "MAGEAGENT_QUEUE": f"mageagent-probe-{os.getpid()}",
                        "MAGEAGENT_LLM_API_BASE": f"http://127.0.0.1:{port}/v1"})
@@ -72,14 +68,6 @@ def _setup() -> tuple[Any, Proc, str]:
 
     django.setup(set_prefix=False)
     return infra, sim, key
-
-
-def _tenant() -> Any:
-    from mageagent.tenancy.auth import Tenant
-    from mageagent.tenancy.models import App
-
-    app = App.objects.select_related("company").get(slug="bench")
-    return Tenant(company_id=app.company_id, company_slug=app.company.slug, app_id=app.pk, app_slug=app.slug)
 
 
 def _cpu_per(n: int, run: Callable[[], None]) -> float:
@@ -90,35 +78,21 @@ def _cpu_per(n: int, run: Callable[[], None]) -> float:
 
 # --- post -----------------------------------------------------------------------------------------
 def probe_post(key: str, n: int, warmup: int) -> dict[str, float]:
+    from channels.testing import HttpCommunicator
+
     from mageagent.asgi import application
 
     body = json.dumps({"prompt": sim_prompt("probe", tokens=1)}).encode()
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
                (b"authorization", f"Bearer {key}".encode()), (b"content-length", str(len(body)).encode())]
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": f"{API}/tasks", "raw_path": f"{API}/tasks".encode(), "query_string": b"",
-             "root_path": "", "headers": headers, "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
-
-    async def one() -> None:
-        sent: list[dict[str, Any]] = []
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            if messages:
-                return messages.pop()
-            await asyncio.Event().wait()  # the client stays connected (the handler cancels this)
-            raise AssertionError("unreachable")
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await application(dict(scope), receive, send)
-        if sent[0].get("status") != 202:
-            raise RuntimeError(f"POST /tasks answered {sent[0].get('status')}: {sent[-1].get('body', b'')[:300]!r}")
 
     async def many(count: int) -> None:
         for _ in range(count):
-            await one()
+            communicator = HttpCommunicator(application, "POST", f"{API}/tasks", body=body, headers=headers)
+            response = await communicator.get_response(timeout=30)
+            await communicator.wait(timeout=30)  # the handler's own end, within the measure
+            if response["status"] != 202:
+                raise RuntimeError(f"POST /tasks answered {response['status']}: {response['body'][:300]!r}")
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(many(warmup))  # warm-up: imports, pools, caches
@@ -139,15 +113,8 @@ def _execute_all(ids: list[str], threads: int) -> None:
     from tasks.models import Task, TaskStatus
     from tasks.runtime import executor
 
-    def run(task_id: str) -> None:
-        executor.execute(task_id)
-
-    if threads == 1:
-        for task_id in ids:
-            run(task_id)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, ids))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(executor.execute, ids))
     done = Task.objects.filter(pk__in=ids, status=TaskStatus.COMPLETED).count()
     if done != len(ids):
         raise RuntimeError(f"{len(ids) - done} of {len(ids)} probe tasks did not complete")
@@ -200,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
 
     infra, sim, key = _setup()
     try:
-        tenant = _tenant()
+        from mageagent.tenancy.auth import tenant_for_key
+
+        tenant = tenant_for_key(key)
         results: dict[str, list[dict[str, float]]] = {}
         for _ in range(args.repeat):
             for probe in PROBES if args.probe == "all" else (args.probe,):
@@ -221,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from django.db import connections
 
+        from tasks.runtime.llm import close_sessions
+        from tasks.runtime.loop import runtime
+
+        if runtime.loop is not None:  # the worker loop's provider sessions, closed on their loop
+            asyncio.run_coroutine_threadsafe(close_sessions(), runtime.loop).result(10)
         connections.close_all()
         sim.stop()
         infra.close()
@@ -228,8 +202,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    # The worker runtime's event loop thread has no stop: leave without the interpreter's
-    # teardown collecting its open HTTP sessions.
-    os._exit(code)
+    raise SystemExit(main())

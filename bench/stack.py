@@ -272,6 +272,18 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+def wait_ready(check: Any, what: str, deadline: float, procs: list[Proc]) -> None:
+    """Poll `check` until it is true; fail when one of `procs` exits or at `deadline`."""
+    while not check():
+        for proc in procs:
+            if proc.proc.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited (rc={proc.proc.returncode}):\n{proc.tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready:\n" +
+                               "\n".join(f"--- {p.name}\n{p.tail(1500)}" for p in procs))
+        time.sleep(0.1)
+
+
 class BenchStack:
     """simulator + daphne + Celery worker(s) for one configuration."""
 
@@ -337,14 +349,7 @@ class BenchStack:
         return int(args[args.index("-c") + 1]) if "-c" in args else 1
 
     def _wait(self, check: Any, what: str, deadline: float) -> None:
-        while not check():
-            for proc in self.procs.values():
-                if proc.proc.poll() is not None:
-                    raise RuntimeError(f"{proc.name} exited (rc={proc.proc.returncode}):\n{proc.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not become ready:\n" +
-                                   "\n".join(f"--- {p.name}\n{p.tail(1500)}" for p in self.procs.values()))
-            time.sleep(0.1)
+        wait_ready(check, what, deadline, list(self.procs.values()))
 
     def pids(self) -> dict[str, Any]:
         """What the load generator measures: root pids per group (workers with their children)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from channels.auth import get_user
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -71,16 +72,14 @@ class _TaskSocket(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(events.group_name(task_id), self.channel_name)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        if message["type"] == "task.event":
-            # The hot path, once per event per subscriber. It touches no database, so skip
-            # Channels' per-message close_old_connections (a thread hop each time).
-            await self.task_event(message)
-        elif message["type"] == "websocket.connect":
-            # Nor before the handshake (see connect): its lookups run in database_sync_to_async,
-            # which closes stale connections itself.
-            await self.websocket_connect(message)
-        else:
-            await super().dispatch(message)
+        # Channels runs close_old_connections (a hop into the thread pool) before every
+        # message: once per event per subscriber, and before the handshake (see connect).
+        # Every database call here goes through database_sync_to_async, which closes stale
+        # connections itself, so the handler runs directly.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
 
     async def task_event(self, message: dict[str, Any]) -> None:
         async with self.lock:

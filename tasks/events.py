@@ -17,8 +17,8 @@ therefore cannot write into a task that was re-run or finished elsewhere.
 from __future__ import annotations
 
 import asyncio
-import math
 import datetime as dt
+import math
 from typing import Any
 
 import orjson

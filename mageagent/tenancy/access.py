@@ -31,17 +31,16 @@ def origin_is_ours(headers: dict[str, str]) -> bool:
     return bool(domain) and validate_host(domain, allowed)
 
 
-async def tenant_from(headers: dict[str, str], query_token: str | None, user: object = None, *,
+async def tenant_from(headers: dict[str, str], query_token: str | None,
                       auser: Callable[[], Awaitable[object]] | None = None) -> Tenant | None:
-    """The caller: its API key, else a staff session (`user`, or `auser()` to look the
-    session's user up only when no key was given: that lookup is a hop into the thread pool)."""
+    """The caller: its API key, else a staff session. `auser()` gives the session's user;
+    it is called only when no key was given (the lookup is a hop into the thread pool)."""
     raw = raw_key_from(headers, query_token)
     if raw is not None:
         # A key is a credential the page had to hold: valid from any origin (like a bearer
         # token under CORS).
         return await database_sync_to_async(tenant_for_key)(raw)
-    if user is None and auser is not None:
-        user = await auser()
+    user = await auser() if auser is not None else None
     if user is not None and getattr(user, "is_active", False) and getattr(user, "is_staff", False):
         # A session cookie rides along on any page's WebSocket (browsers apply no CORS to
         # them), so a foreign page a signed-in staff member visits could read and cancel

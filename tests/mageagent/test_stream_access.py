@@ -12,28 +12,36 @@ from mageagent.tenancy.access import tenant_from
 STAFF = SimpleNamespace(is_active=True, is_staff=True)
 
 
+async def staff() -> SimpleNamespace:
+    return STAFF
+
+
+async def no_lookup() -> None:
+    raise AssertionError("the session's user was looked up although a key was given")
+
+
 @pytest.mark.parametrize("origin", [None, "http://127.0.0.1:8080", "http://localhost:3000", "https://[::1]"])
 async def test_a_staff_session_counts_from_our_own_origin_or_none(origin):
     headers = {} if origin is None else {"origin": origin}
 
-    tenant = await tenant_from(headers, None, STAFF)
+    tenant = await tenant_from(headers, None, staff)
 
     assert tenant is not None and tenant.is_staff
 
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "http://127.0.0.1.evil.example", "null", ""])
 async def test_a_staff_session_from_a_foreign_page_counts_for_nothing(origin):
-    assert await tenant_from({"origin": origin}, None, STAFF) is None
+    assert await tenant_from({"origin": origin}, None, staff) is None
 
 
 @override_settings(ALLOWED_HOSTS=[".example.com"])
 async def test_the_allowed_origins_are_the_allowed_hosts():
-    assert await tenant_from({"origin": "https://ops.example.com"}, None, STAFF) is not None
-    assert await tenant_from({"origin": "http://127.0.0.1:8080"}, None, STAFF) is None
+    assert await tenant_from({"origin": "https://ops.example.com"}, None, staff) is not None
+    assert await tenant_from({"origin": "http://127.0.0.1:8080"}, None, staff) is None
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_an_api_key_counts_from_any_origin(alice):
-    tenant = await tenant_from({"origin": "https://evil.example"}, alice.key, None)
+async def test_an_api_key_counts_from_any_origin_without_a_session_lookup(alice):
+    tenant = await tenant_from({"origin": "https://evil.example"}, alice.key, no_lookup)
 
     assert tenant is not None and tenant.company_id == alice.tenant.company_id
