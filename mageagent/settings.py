@@ -192,8 +192,10 @@ MAGEAGENT = {
     "RETENTION_FAILED_MAX": env_int("MAGEAGENT_RETENTION_FAILED_MAX", 5000, minimum=0),
     "IDEMPOTENCY_TTL_S": env_int("MAGEAGENT_IDEMPOTENCY_TTL", 86400, minimum=60),
     "MAX_PROMPT_CHARS": env_int("MAGEAGENT_MAX_PROMPT_CHARS", 400_000, minimum=1),
-    # Threads of a web process that run HTTP requests (mageagent/handlers.py).
-    "WEB_THREADS": env_int("MAGEAGENT_WEB_THREADS", 32, minimum=1),
+    # Threads of a web process that run HTTP requests, and those for requests that wait
+    # (cancels, the admin): mageagent/handlers.py.
+    "WEB_THREADS": env_int("MAGEAGENT_WEB_THREADS", 8, minimum=1),
+    "WEB_WAIT_THREADS": env_int("MAGEAGENT_WEB_WAIT_THREADS", 32, minimum=1),
     "API_KEY_CACHE_S": env_float("MAGEAGENT_API_KEY_CACHE_S", 5.0, minimum=0.0),
     "DEFAULT_MODEL": env_str("MAGEAGENT_DEFAULT_MODEL", "gpt-4o-mini"),
     "LLM_API_BASE": env_str("MAGEAGENT_LLM_API_BASE", ""),

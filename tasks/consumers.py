@@ -16,6 +16,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from mageagent.errors import DomainError, error_body
+from mageagent.handlers import waiting_threads
 from mageagent.tenancy.access import query_params, tenant_from
 from mageagent.tenancy.auth import Tenant
 
@@ -105,7 +106,10 @@ class _TaskSocket(AsyncWebsocketConsumer):
     async def cancel(self, task_id: str) -> None:
         try:
             task = await database_sync_to_async(selectors.task_get)(tenant=self.tenant, task_id=task_id)
-            await database_sync_to_async(services.task_cancel)(task=task)
+            # A cancel waits up to CANCEL_WAIT_S for its worker: not on the one thread every
+            # consumer's database calls share.
+            await database_sync_to_async(services.task_cancel, thread_sensitive=False,
+                                         executor=waiting_threads())(task=task)
         except DomainError as exc:
             await self.send_error(task_id, exc.code, exc.message)
 

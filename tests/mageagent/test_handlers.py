@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -82,9 +83,10 @@ def test_cancels_waiting_for_their_worker_hold_up_no_other_request(alice, settin
 
     settings.MAGEAGENT = {**settings.MAGEAGENT, "CANCEL_WAIT_S": 3.0}
     # Processing on a worker that never answers: the cancel waits out CANCEL_WAIT_S.
-    # More of them than the event loop's default executor has threads (6 on 2 cores).
+    # More of them than the API's own pool has threads (WEB_THREADS): they wait on theirs.
+    count = settings.MAGEAGENT["WEB_THREADS"] + 2
     tasks = [Task.objects.create(company_id=alice.tenant.company_id, app_id=alice.tenant.app_id, prompt="p",
-                                 status=TaskStatus.PROCESSING, worker="gone@nowhere") for _ in range(8)]
+                                 status=TaskStatus.PROCESSING, worker="gone@nowhere") for _ in range(count)]
     finished: list[str] = []
     handler = MageAgentASGIHandler()
 
@@ -119,5 +121,38 @@ def test_cancels_waiting_for_their_worker_hold_up_no_other_request(alice, settin
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
-    assert finished == ["health"] + ["cancel"] * 8
+    assert finished == ["health"] + ["cancel"] * count
     assert {t.status for t in Task.objects.filter(pk__in=[t.id for t in tasks])} == {TaskStatus.CANCELLED}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_websocket_cancel_waiting_for_its_worker_holds_up_no_other_socket(alice, settings):
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from mageagent.asgi import application
+    from tasks.models import Task, TaskStatus
+
+    settings.MAGEAGENT = {**settings.MAGEAGENT, "CANCEL_WAIT_S": 3.0}
+    task = Task.objects.create(company_id=alice.tenant.company_id, app_id=alice.tenant.app_id, prompt="p",
+                               status=TaskStatus.PROCESSING, worker="gone@nowhere")
+
+    async def main() -> float:
+        ws = WebsocketCommunicator(application, f"/mageagent/ws?token={alice.key}",
+                                   headers=[(b"host", b"testserver")])
+        connected, _ = await ws.connect(timeout=10)
+        assert connected
+        await ws.send_json_to({"type": "cancel-task", "taskId": str(task.id)})
+        await asyncio.sleep(0.5)  # the cancel is waiting for the worker by now
+        # Another socket's database call (the thread every consumer shares) is not queued
+        # behind it.
+        t0 = time.monotonic()
+        await database_sync_to_async(Task.objects.filter(pk=task.pk).exists)()
+        waited = time.monotonic() - t0
+        await ws.disconnect()
+        return waited
+
+    waited = asyncio.run(asyncio.wait_for(main(), 30))
+
+    assert waited < 1.5, f"a consumer's database call waited {waited:.2f}s behind a cancel"
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.CANCELLED
