@@ -148,6 +148,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
     run.add_argument("--configs", default="ours,seed", help="comma-separated subset of ours,seed")
     run.add_argument("--workers", type=int, default=1, help="Celery worker processes for 'ours' (default 1)")
+    run.add_argument("--web-processes", type=int, default=1,
+                     help="web processes for both configurations: 1 = the contract's single daphne (default), "
+                          "N > 1 = `python -m mageagent.web --processes N` (N daphnes on one socket)")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                      help="extra environment for the service (both configurations; the seed keeps its 3 knobs)")
     run.add_argument("--set", action="append", default=[], metavar="SCENARIO.KEY=JSON", dest="overrides",
@@ -217,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             for cfg in order:
                 tag = f"r{run + 1}-{cfg}"
                 stack = BenchStack(infra, CONFIGS[cfg], db_url=db_fresh(infra), logdir=workdir,
-                                   workers=args.workers, extra_env=extra_env, tag=tag)
+                                   workers=args.workers, extra_env=extra_env, tag=tag,
+                                   web_processes=args.web_processes)
                 _log(f"run {run + 1}/{runs}: starting the {cfg} stack")
                 try:
                     start_stack(stack, key, workdir, tag)
@@ -268,7 +272,7 @@ def profile_pass(infra: Any, configs: list[str], preset: dict[str, Any], key: st
     out: dict[str, Any] = {}
     for cfg in configs:
         stack = BenchStack(infra, CONFIGS[cfg], db_url=db_fresh(infra), logdir=workdir, workers=args.workers,
-                           extra_env=extra_env, tag=f"profile-{cfg}")
+                           extra_env=extra_env, tag=f"profile-{cfg}", web_processes=args.web_processes)
         _log(f"profile: starting the {cfg} stack")
         try:
             start_stack(stack, key, workdir, f"profile-{cfg}")
@@ -280,7 +284,7 @@ def profile_pass(infra: Any, configs: list[str], preset: dict[str, Any], key: st
                          tag=f"profile-{cfg}", profile=spec)
             enq = copy.deepcopy(preset["enqueue"])
             enq.update(rates=[enq.get("reference_rate", 200)], step_s=max(enq["step_s"], 4.0),
-                       profile_at=enq.get("reference_rate", 200))
+                       profile_at=enq.get("reference_rate", 200), phases=["burst"])
             run_scenario(stack, scenario="enqueue", params=enq, key=key, workdir=workdir,
                          tag=f"profile-{cfg}", profile={**spec, "targets": ["web"]})
         finally:

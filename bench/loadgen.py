@@ -11,9 +11,11 @@ Every load loop here is bounded in count and time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ from typing import Any
 import orjson
 
 from .client import Api, Created, Follow, parse_ts, pcts, percentile, sim_prompt, verify
-from .procs import ProcGroups, Snapshot, cpu_delta
+from .procs import ProcGroups, Snapshot, cpu_delta, descendants
 
 MB = 1024 * 1024
 
@@ -244,7 +246,29 @@ def _concurrency(records: list[dict[str, Any]], t0: float, t1: float, step: floa
 
 
 # --- 1. enqueue ----------------------------------------------------------------------------------
-async def scenario_enqueue(ctx: Ctx) -> dict[str, Any]:
+class _Paused:
+    """SIGSTOP the worker processes (and their children) for a burst step, SIGCONT after:
+    the front door alone, every task staying queued, which is what a queue absorbs."""
+
+    def __init__(self, groups: dict[str, Any] | None) -> None:
+        self.pids: list[int] = []
+        for pid in (groups or {}).get("pids", []):
+            self.pids += descendants(pid) if groups.get("tree") else [pid]
+
+    def __enter__(self) -> _Paused:
+        self._signal(signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
+async def _enqueue_phase(ctx: Ctx, phase: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     p = ctx.params
     api = ctx.api
     target = p.get("p99_target_ms", 25.0)
@@ -252,24 +276,28 @@ async def scenario_enqueue(ctx: Ctx) -> dict[str, Any]:
     misses = 0
     for rate in p["rates"]:
         prompt = sim_prompt("enqueue", tokens=p.get("tokens", 1))
-        snap0, t0 = ctx.snapshot(), time.time()
-        if p.get("profile_at") == rate:
-            ctx.profile_start(p["step_s"], "enqueue")
-        load = await open_loop(rate, p["step_s"], lambda _i, prompt=prompt: api.create(prompt),
-                               max_outstanding=max(32, int(rate * p.get("max_backlog_s", 1.0))))
-        created: list[Created] = await asyncio.gather(*load.tasks)
-        snap1, t1 = ctx.snapshot(), time.time()
-        ctx.profile_wait()
+        pause = _Paused(ctx.spec["pids"].get("worker")) if phase == "burst" else contextlib.nullcontext()
+        with pause:
+            snap0, t0 = ctx.snapshot(), time.time()
+            if p.get("profile_at") == rate and phase == p.get("profile_phase", "burst"):
+                ctx.profile_start(p["step_s"], "enqueue")
+            load = await open_loop(rate, p["step_s"], lambda _i, prompt=prompt: api.create(prompt),
+                                   max_outstanding=max(32, int(rate * p.get("max_backlog_s", 1.0))))
+            created: list[Created] = await asyncio.gather(*load.tasks)
+            snap1, t1 = ctx.snapshot(), time.time()
+            ctx.profile_wait()
         lags = load.lags
         ok = [c for c in created if c.ok]
         lat = [c.latency_ms for c in ok]
         cpu = cpu_delta(snap0, snap1)
-        step = {"rate": rate, "requests": len(created), "shed": load.shed, "errors": len(created) - len(ok),
+        step = {"phase": phase, "rate": rate, "requests": len(created), "shed": load.shed,
+                "errors": len(created) - len(ok),
                 "error_examples": list({c.error or str(c.status) for c in created if not c.ok})[:3],
                 "latency_ms": pcts(lat, 2), "client_lag_ms": pcts([x * 1000 for x in lags], 2),
                 "achieved_rate": round(len(created) / max(t1 - t0, 1e-9), 1),
                 "cpu_s": cpu, "cpu_ms_per_request": per_task_ms(cpu, len(created))}
-        step.update(await drain(api, p.get("drain_s", 20)))
+        # A burst's backlog is run by the resumed worker before the next step.
+        step.update(await drain(api, p.get("drain_s", 20) * (3 if phase == "burst" else 1)))
         steps.append(step)
         p99 = step["latency_ms"]["p99"]
         misses = misses + 1 if (p99 is None or p99 > target or step["errors"] or step["shed"]) else 0
@@ -288,6 +316,22 @@ async def scenario_enqueue(ctx: Ctx) -> dict[str, Any]:
         "shed_at_ref": ref["shed"] if ref else None,
         "errors": sum(s["errors"] for s in steps),
     }
+    return steps, summary
+
+
+async def scenario_enqueue(ctx: Ctx) -> dict[str, Any]:
+    """Two phases over the same rates: "burst", the worker stopped (SIGSTOP) during each
+    step, so that the web, Redis and the database take the requests alone, as when a
+    burst arrives faster than tasks run; "sustained", the worker running the 1-token
+    tasks meanwhile, so that enqueue shares the machine with their execution."""
+    steps: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    for phase in ctx.params.get("phases", ["burst", "sustained"]):
+        phase_steps, phase_summary = await _enqueue_phase(ctx, phase)
+        steps += phase_steps
+        prefix = "" if phase == "burst" else f"{phase}_"
+        summary.update({f"{prefix}{k}": v for k, v in phase_summary.items() if k != "errors"})
+        summary["errors"] = summary.get("errors", 0) + phase_summary["errors"]
     return {"summary": summary, "steps": steps}
 
 

@@ -60,11 +60,16 @@ def median_path(runs: list[dict[str, Any]], getter: Callable[[dict[str, Any]], A
     return statistics.median(values) if values else None
 
 
-def steps_by_rate(runs: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any]) -> dict[float, Any]:
-    rates = sorted({s["rate"] for r in runs for s in r.get("steps", [])})
+def steps_by_rate(runs: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any],
+                  phase: str | None = None) -> dict[float, Any]:
+    """Median of getter(step) per rate over runs; `phase` keeps the steps of one enqueue phase."""
+    def keep(s: dict[str, Any]) -> bool:
+        return phase is None or s.get("phase", "sustained") == phase
+
+    rates = sorted({s["rate"] for r in runs for s in r.get("steps", []) if keep(s)})
     out = {}
     for rate in rates:
-        values = [getter(s) for r in runs for s in r.get("steps", []) if s["rate"] == rate]
+        values = [getter(s) for r in runs for s in r.get("steps", []) if s["rate"] == rate and keep(s)]
         values = [v for v in values if _num(v)]
         out[rate] = statistics.median(values) if values else None
     return out
@@ -86,10 +91,18 @@ def fmt(v: Any, digits: int = 1) -> str:
 
 # metric rows: (label, scenario, key, target text, better, target check)
 ROWS: list[tuple[str, str, str, str, str, Callable[[float], bool] | None]] = [
-    ("1 · enqueue p50 at 200 req/s (ms)", "enqueue", "p50_ms_at_ref", "≤ 5", "low", lambda v: v <= 5),
-    ("1 · enqueue p99 at 200 req/s (ms)", "enqueue", "p99_ms_at_ref", "≤ 25", "low", lambda v: v <= 25),
-    ("1 · highest rate held with p99 < 25 ms (req/s)", "enqueue", "best_rate", "≥ 200", "high", lambda v: v >= 200),
-    ("1 · web CPU per enqueue at 200 req/s (ms)", "enqueue", "web_cpu_ms_per_request_at_ref", "", "low", None),
+    ("1 · enqueue p50 at 200 req/s, burst (worker paused) (ms)", "enqueue", "p50_ms_at_ref", "≤ 5", "low",
+     lambda v: v <= 5),
+    ("1 · enqueue p99 at 200 req/s, burst (ms)", "enqueue", "p99_ms_at_ref", "≤ 25", "low", lambda v: v <= 25),
+    ("1 · highest rate held with p99 < 25 ms, burst (req/s)", "enqueue", "best_rate", "≥ 200", "high",
+     lambda v: v >= 200),
+    ("1 · web CPU per enqueue at 200 req/s, burst (ms)", "enqueue", "web_cpu_ms_per_request_at_ref", "", "low", None),
+    ("1 · enqueue p50 at 200 req/s, sustained (worker running the tasks) (ms)", "enqueue",
+     "sustained_p50_ms_at_ref", "≤ 5", "low", lambda v: v <= 5),
+    ("1 · enqueue p99 at 200 req/s, sustained (ms)", "enqueue", "sustained_p99_ms_at_ref", "≤ 25", "low",
+     lambda v: v <= 25),
+    ("1 · highest rate held with p99 < 25 ms, sustained (req/s)", "enqueue", "sustained_best_rate", "≥ 200", "high",
+     lambda v: v >= 200),
     ("2 · pickup p50 at 50 tasks/s (ms)", "overhead", "pickup_p50_ms", "≤ 10", "low", lambda v: v <= 10),
     ("2 · pickup p99 at 50 tasks/s (ms)", "overhead", "pickup_p99_ms", "≤ 50", "low", lambda v: v <= 50),
     ("2 · TTFT overhead p50 at 20 tasks/s (ms)", "overhead", "ttft_p50_ms_at_ref", "≤ 10", "low", lambda v: v <= 10),
@@ -220,19 +233,22 @@ def render(results: dict[str, Any]) -> str:
 def _details(results: dict[str, Any], configs: list[str], per: dict[str, Any], agg: dict[str, Any]) -> list[str]:
     out: list[str] = ["", "### Details (medians over runs)"]
     if any("enqueue" in per[c] for c in configs):
-        out += ["", "**1 · Enqueue** — `POST /tasks` open-loop at each rate (the worker runs the 1-token tasks "
-                "meanwhile); latency p50 / p99 (ms), web CPU per request (ms).", "",
-                "| req/s | " + " | ".join(f"{c} p50 / p99 | {c} web CPU" for c in configs) + " |",
-                "| --- |" + " --- | --- |" * len(configs)]
-        rates = sorted({s["rate"] for c in configs for r in per[c].get("enqueue", []) for s in r.get("steps", [])})
-        cols = {c: (steps_by_rate(per[c].get("enqueue", []), lambda s: s["latency_ms"]["p50"]),
-                    steps_by_rate(per[c].get("enqueue", []), lambda s: s["latency_ms"]["p99"]),
-                    steps_by_rate(per[c].get("enqueue", []), lambda s: s["cpu_ms_per_request"].get("web")))
-                for c in configs}
-        for rate in rates:
-            row = [f"{fmt(cols[c][0].get(rate))} / {fmt(cols[c][1].get(rate))} | {fmt(cols[c][2].get(rate), 2)}"
-                   for c in configs]
-            out.append(f"| {fmt(rate)} | " + " | ".join(row) + " |")
+        out += ["", "**1 · Enqueue** — `POST /tasks` open-loop at each rate, latency p50 / p99 (ms) and web CPU "
+                "per request (ms); *burst*: the worker stopped during the step (its backlog run before the next "
+                "step), *sustained*: the worker running the 1-token tasks meanwhile.", "",
+                "| phase | req/s | " + " | ".join(f"{c} p50 / p99 | {c} web CPU" for c in configs) + " |",
+                "| --- | --- |" + " --- | --- |" * len(configs)]
+        for phase in ("burst", "sustained"):
+            runs = {c: per[c].get("enqueue", []) for c in configs}
+            cols = {c: (steps_by_rate(runs[c], lambda s: s["latency_ms"]["p50"], phase),
+                        steps_by_rate(runs[c], lambda s: s["latency_ms"]["p99"], phase),
+                        steps_by_rate(runs[c], lambda s: s["cpu_ms_per_request"].get("web"), phase))
+                    for c in configs}
+            rates = sorted({rate for c in configs for rate in cols[c][0]})
+            for rate in rates:
+                row = [f"{fmt(cols[c][0].get(rate))} / {fmt(cols[c][1].get(rate))} | "
+                       f"{fmt(cols[c][2].get(rate), 2)}" for c in configs]
+                out.append(f"| {phase} | {fmt(rate)} | " + " | ".join(row) + " |")
     if any("overhead" in per[c] for c in configs):
         out += ["", "**2 · Overhead** — 20-token LLM without latency; every task followed (SSE and WS alternately). "
                 "Where the first token's time goes (p50, ms, at the highest rate; the last two stages over streams "

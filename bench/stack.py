@@ -288,10 +288,11 @@ class BenchStack:
     """simulator + daphne + Celery worker(s) for one configuration."""
 
     def __init__(self, infra: Infra, config: Config, *, db_url: str, logdir: Path, workers: int = 1,
-                 extra_env: dict[str, str] | None = None, tag: str = "") -> None:
+                 extra_env: dict[str, str] | None = None, tag: str = "", web_processes: int = 1) -> None:
         self.infra, self.config, self.db_url, self.logdir = infra, config, db_url, logdir
         self.workers = workers if config.name == "ours" else 1
         self.extra_env = extra_env or {}
+        self.web_processes = web_processes
         self.tag = tag or config.name
         self.procs: dict[str, Proc] = {}
         self.sim_url = self.web_url = ""
@@ -310,8 +311,11 @@ class BenchStack:
         log = self.logdir
         self.procs["simulator"] = Proc("simulator", [sys.executable, "mageagent/simulator/server.py", "--port",
                                                      str(sim_port)], env, log / f"{self.tag}-simulator.log")
-        self.procs["web"] = Proc("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(web_port),
-                                         "mageagent.asgi:application"], env, log / f"{self.tag}-web.log")
+        web = ([str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(web_port), "mageagent.asgi:application"]
+               if self.web_processes == 1 else
+               [sys.executable, "-m", "mageagent.web", "-b", "127.0.0.1", "-p", str(web_port),
+                "--processes", str(self.web_processes)])
+        self.procs["web"] = Proc("web", web, env, log / f"{self.tag}-web.log")
         for i in range(self.workers):
             name = "worker" if i == 0 else f"worker{i + 1}"
             argv = [str(BIN / "celery"), "-A", "mageagent", "worker", "-n", f"bench-{self.tag}-{i}-{os.getpid()}@%h",
@@ -354,7 +358,7 @@ class BenchStack:
     def pids(self) -> dict[str, Any]:
         """What the load generator measures: root pids per group (workers with their children)."""
         return {
-            "web": {"pids": [self.procs["web"].pid], "tree": False},
+            "web": {"pids": [self.procs["web"].pid], "tree": self.web_processes > 1},
             "worker": {"pids": [p.pid for n, p in self.procs.items() if n.startswith("worker")], "tree": True},
             "simulator": {"pids": [self.procs["simulator"].pid], "tree": False},
             "redis": {"pids": [self.infra.redis_pid] if self.infra.redis_pid else [], "tree": False},
