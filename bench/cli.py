@@ -21,10 +21,13 @@ from . import report
 from .profiling import py_spy, summarize
 from .stack import CONFIGS, ROOT, BenchStack, base_env, db_fresh, infra_setup, template_prepare
 
-SCENARIOS = ("enqueue", "overhead", "capacity", "cancel", "fanout")
+SCENARIOS = ("enqueue", "overhead", "capacity", "inflight", "cancel", "fanout")
 
 # The 3 s LLM of the capacity scenario: 0.5 s to the first token, then 100 tokens over 2.5 s.
 CAPACITY_LLM = {"ttft_ms": 500, "tokens": 100, "duration_ms": 2500}
+# The in-flight variant: the same 100 tokens over 35 s, so that over 1,000 tasks are open at
+# 35 tasks/s, a rate the machine holds (with the 3 s LLM, 1,000 open means 333 tasks/s).
+INFLIGHT_LLM = {"ttft_ms": 500, "tokens": 100, "duration_ms": 34500}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {
@@ -37,6 +40,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "chunk_cost": {"rate": 4, "duration_ms": 2000, "tokens_hi": 200, "tokens_lo": 10,
                                     "settle_s": 2.5, "window_s": 6.0,
                                     "dense": {"rate": 25, "duration_ms": 4000, "settle_s": 4.5}}},
+        "inflight": {"llm": INFLIGHT_LLM, "rates": [35], "step_s": 47.0, "settle_s": 37.0, "follow_per_step": 100,
+                     "hold_ratio": 0.9, "chunk_cost": None, "follow_grace_s": 15},
         "cancel": {"n": 40, "concurrency": 5, "llm": {"ttft_ms": 200, "tokens": 200, "interval_ms": 50}},
         "fanout": {"subscribers": 500, "connect_concurrency": 50,
                    "llm": {"ttft_ms": 8000, "tokens": 50, "interval_ms": 40}},
@@ -51,6 +56,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "chunk_cost": {"rate": 4, "duration_ms": 2000, "tokens_hi": 200, "tokens_lo": 10,
                                     "settle_s": 2.2, "window_s": 2.0, "drain_s": 8,
                                     "dense": {"rate": 25, "duration_ms": 4000, "settle_s": 4.5, "window_s": 2.5}}},
+        "inflight": {"llm": INFLIGHT_LLM, "rates": [35], "step_s": 44.0, "settle_s": 37.0, "follow_per_step": 50,
+                     "hold_ratio": 0.9, "chunk_cost": None, "follow_grace_s": 15},
         "cancel": {"n": 10, "concurrency": 5, "llm": {"ttft_ms": 200, "tokens": 200, "interval_ms": 50}},
         "fanout": {"subscribers": 500, "connect_concurrency": 50,
                    "llm": {"ttft_ms": 4500, "tokens": 50, "interval_ms": 40}},
@@ -65,6 +72,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "chunk_cost": {"rate": 2, "duration_ms": 300, "tokens_hi": 20, "tokens_lo": 2,
                                     "settle_s": 0.5, "window_s": 1.0,
                                     "dense": {"rate": 4, "duration_ms": 500, "settle_s": 0.6}}},
+        "inflight": {"llm": {"ttft_ms": 100, "tokens": 10, "duration_ms": 1000}, "rates": [4], "step_s": 2.0,
+                     "settle_s": 1.3, "follow_per_step": 4, "hold_ratio": 0.0, "chunk_cost": None},
         "cancel": {"n": 2, "concurrency": 2, "llm": {"ttft_ms": 100, "tokens": 100, "interval_ms": 50}},
         "fanout": {"subscribers": 6, "connect_concurrency": 6,
                    "llm": {"ttft_ms": 2500, "tokens": 5, "interval_ms": 20}},
@@ -119,7 +128,7 @@ def run_scenario(stack: BenchStack, *, scenario: str, params: dict[str, Any], ke
 def run_order(scenarios: list[str]) -> list[str]:
     """Capacity runs last in a stack's life: whatever an overloaded configuration leaves
     behind (queued backlog, open streams) then disturbs no other scenario."""
-    return [s for s in ("enqueue", "overhead", "cancel", "fanout", "capacity") if s in scenarios]
+    return [s for s in ("enqueue", "overhead", "cancel", "fanout", "inflight", "capacity") if s in scenarios]
 
 
 def start_stack(stack: BenchStack, key: str, workdir: Path, tag: str) -> None:

@@ -480,6 +480,7 @@ async def scenario_capacity(ctx: Ctx) -> dict[str, Any]:
     p = ctx.params
     api = ctx.api
     llm = p["llm"]
+    llm_s = (llm.get("ttft_ms", 0) + llm.get("duration_ms", 0)) / 1000
     chunk = await _chunk_cost(ctx) if p.get("chunk_cost") else None
 
     rates = list(p["rates"])
@@ -539,7 +540,8 @@ async def scenario_capacity(ctx: Ctx) -> dict[str, Any]:
         load = await loader
         post_tasks.extend(load.tasks)
         shed += load.shed
-        records = await api.sim_records(w0 - 5)
+        # Every stream open in the window began at most one LLM duration before it.
+        records = await api.sim_records(w0 - llm_s - 5)
         done_in = [r for r in records if r.get("finished_at") and w0 <= r["finished_at"] < w1]
         began_in = [r for r in records if w0 <= r["received_at"] < w1]
         conc = _concurrency(records, w0, w1)
@@ -576,7 +578,6 @@ async def scenario_capacity(ctx: Ctx) -> dict[str, Any]:
             cancelled = await cancel_backlog(api, created_after=t_start - 1)
     except TimeoutError:
         cancelled = -1
-    llm_s = (llm.get("ttft_ms", 0) + llm.get("duration_ms", 0)) / 1000
     _, pending = await asyncio.wait(follow_tasks, timeout=llm_s + p.get("follow_grace_s", 10)) if follow_tasks \
         else (set(), set())
     for f in follows:
@@ -784,6 +785,8 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "enqueue": scenario_enqueue,
     "overhead": scenario_overhead,
     "capacity": scenario_capacity,
+    # The capacity scenario with a 30 s LLM at one rate: ~1,000 tasks open at once.
+    "inflight": scenario_capacity,
     "cancel": scenario_cancel,
     "fanout": scenario_fanout,
 }

@@ -168,7 +168,7 @@ CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_POOL = env_str("MAGEAGENT_WORKER_POOL", "threads")
-CELERY_WORKER_CONCURRENCY = env_int("MAGEAGENT_WORKER_CONCURRENCY", 1000, minimum=1)
+CELERY_WORKER_CONCURRENCY = env_int("MAGEAGENT_WORKER_CONCURRENCY", 2000, minimum=1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Where operators find Flower (linked from the admin queue page); empty hides the link.

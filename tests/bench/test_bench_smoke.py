@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("enqueue", "overhead", "capacity", "cancel", "fanout")
+SCENARIOS = ("enqueue", "overhead", "capacity", "inflight", "cancel", "fanout")
 NUMERIC = {
-    "enqueue": ("best_rate", "p50_ms_at_ref", "p99_ms_at_ref"),
+    "enqueue": ("best_rate", "p50_ms_at_ref", "p99_ms_at_ref", "sustained_best_rate", "sustained_p99_ms_at_ref"),
     "overhead": ("pickup_p50_ms", "pickup_p99_ms", "ttft_p50_ms_at_ref", "end_p50_ms"),
     "capacity": ("tasks_per_s", "in_flight", "rss_web_worker_mb", "cpu_ms_per_task_web", "cpu_ms_per_task_worker",
                  "worker_us_per_chunk_marginal"),
+    "inflight": ("tasks_per_s", "in_flight", "rss_web_worker_mb"),
     "cancel": ("p50_ms", "p99_ms"),
     "fanout": ("p50_ms", "p99_ms", "subscribers"),
 }
@@ -53,7 +54,7 @@ def test_no_followed_stream_lost_or_repeated_an_event(smoke_run):
     results, _ = smoke_run
 
     for config in ("ours", "seed"):
-        for scenario in ("overhead", "capacity", "cancel", "fanout"):
+        for scenario in ("overhead", "capacity", "inflight", "cancel", "fanout"):
             run = results["runs"][config][scenario][0]
             check = run["events_check"]
             assert check["followed"] > 0 and check["verified"] > 0, (config, scenario, check)
@@ -67,5 +68,6 @@ def test_the_report_has_the_results_table_and_keeps_the_hand_written_prose(smoke
 
     assert "the lead's words" in report
     assert "| metric | target | ours | seed | ours vs seed | target met |" in report
+    assert "| burst | 10 |" in report and "| sustained | 10 |" in report
     assert results["meta"]["machine"]["commit"] in report
     assert results["meta"]["runs"] == 1
