@@ -785,7 +785,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "enqueue": scenario_enqueue,
     "overhead": scenario_overhead,
     "capacity": scenario_capacity,
-    # The capacity scenario with a 30 s LLM at one rate: ~1,000 tasks open at once.
+    # The capacity scenario with a 35 s LLM at one rate: over 1,000 tasks open at once.
     "inflight": scenario_capacity,
     "cancel": scenario_cancel,
     "fanout": scenario_fanout,

@@ -27,12 +27,13 @@ import sys
 import time
 from pathlib import Path
 
+from mageagent.env import env_int
+
 APP = "mageagent.asgi:application"
 
 
 def default_processes() -> int:
-    value = os.environ.get("MAGEAGENT_WEB_PROCESSES", "").strip()
-    return int(value) if value else (os.cpu_count() or 1)
+    return env_int("MAGEAGENT_WEB_PROCESSES", os.cpu_count() or 1, minimum=1)
 
 
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
