@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
 
@@ -40,6 +41,23 @@ def test_creating_a_task_answers_202_with_the_task_and_its_location(api, alice):
     assert task["metadata"] == {"ticket": 7} and task["priority"] == 5
     assert task["result"] is None and task["error"] is None
     assert task["estimated_duration_ms"] > 0
+
+
+def test_the_stored_task_reads_back_as_the_answer_showed_it(api, alice):
+    # The row is written by a hand-held INSERT (tasks.services._insert): every field,
+    # JSON and timestamps included, must land as the ORM would have written it.
+    body = {"prompt": "hi \u00e9\u00e8 \U0001f600", "metadata": {"ticket": 7, "tags": ["a"]}, "priority": 3,
+            "tools": ["file_processing"], "stream": False, "context": {"additionalContext": "x"}}
+    response = post(api, alice, body, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert response.status_code == 202, response.content
+    answered = response.json()
+
+    stored = get(api, alice, f"{TASKS}/{answered['id']}").json()
+    row = Task.objects.get(pk=answered["id"])
+    assert stored == answered
+    assert row.idempotency_key == "k-1" and len(row.request_hash) == 64
+    assert timedelta(0) <= row.updated_at - row.created_at < timedelta(seconds=1)
+    assert (row.status, row.attempts, row.worker, row.steps) == ("queued", 1, "", [])
 
 
 @pytest.mark.parametrize("body, field", [
