@@ -7,7 +7,6 @@ import orjson
 import pytest
 from django.utils import timezone
 
-from mageagent.celery import app as celery_app
 from tasks import events, housekeeping, services
 from tasks.models import Task, TaskStatus
 from tasks.runtime.heartbeat import WORKER_KEY
@@ -72,17 +71,6 @@ def dispatched(monkeypatch) -> list[str]:
     sent: list[str] = []
     monkeypatch.setattr(services, "task_dispatch", lambda *, task_id, priority=0, countdown=None: sent.append(task_id))
     return sent
-
-
-@pytest.fixture
-def private_queue(settings):
-    """Point the reconciler's broker check at a queue of this test's own."""
-    name = f"hk-test-{uuid.uuid4().hex[:8]}"
-    settings.CELERY_TASK_DEFAULT_QUEUE = name
-    with celery_app.connection_for_write() as conn:
-        client = conn.default_channel.client
-        yield name, client
-        client.delete(name, *[f"{name}:{p}" for p in range(10)])
 
 
 # --- prune ----------------------------------------------------------------------------------------
