@@ -59,6 +59,16 @@ class Created:
     error: str = ""
 
     @property
+    def refused(self) -> bool:
+        """The web answered 503 at capacity (its admission control): load shed by the
+        server, counted with the client's own shedding rather than as an error."""
+        return self.status == 503
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok and not self.refused
+
+    @property
     def latency_ms(self) -> float:
         return (self.t_done - self.t_sent) * 1000.0
 
@@ -155,7 +165,7 @@ class Api:
                 raw = await resp.read()
                 t_done = time.time()
                 if resp.status != 202:
-                    return Created(False, resp.status, t_sent=t_sent, t_done=t_done, error=raw[:300].decode("replace"))
+                    return Created(False, resp.status, t_sent=t_sent, t_done=t_done, error=raw[:300].decode(errors="replace"))
                 return Created(True, resp.status, orjson.loads(raw)["id"], t_sent, t_done)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return Created(False, 0, t_sent=t_sent, t_done=time.time(), error=f"{type(exc).__name__}: {exc}")

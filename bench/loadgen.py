@@ -290,9 +290,10 @@ async def _enqueue_phase(ctx: Ctx, phase: str) -> tuple[list[dict[str, Any]], di
         ok = [c for c in created if c.ok]
         lat = [c.latency_ms for c in ok]
         cpu = cpu_delta(snap0, snap1)
-        step = {"phase": phase, "rate": rate, "requests": len(created), "shed": load.shed,
-                "errors": len(created) - len(ok),
-                "error_examples": list({c.error or str(c.status) for c in created if not c.ok})[:3],
+        step = {"phase": phase, "rate": rate, "requests": len(created),
+                "shed": load.shed + sum(c.refused for c in created), "refused": sum(c.refused for c in created),
+                "errors": sum(c.failed for c in created),
+                "error_examples": list({c.error or str(c.status) for c in created if c.failed})[:3],
                 "latency_ms": pcts(lat, 2), "client_lag_ms": pcts([x * 1000 for x in lags], 2),
                 "achieved_rate": round(len(created) / max(t1 - t0, 1e-9), 1),
                 "cpu_s": cpu, "cpu_ms_per_request": per_task_ms(cpu, len(created))}
@@ -366,7 +367,7 @@ async def scenario_overhead(ctx: Ctx) -> dict[str, Any]:
         created: list[Created] = await asyncio.gather(*load.tasks)
         snap1 = ctx.snapshot()
         n_ok = sum(1 for c in created if c.ok)
-        errors += len(created) - n_ok
+        errors += sum(c.failed for c in created)
         records = {r["key"]: r for r in await api.sim_records(t0 - 1)}
         rows = {t["id"]: t for t in await api.list_tasks(created_after=t0 - 1)}
         pickup, ttft, ttft_all, end, worker_part, delivery, start_to_llm = [], [], [], [], [], [], []
@@ -397,7 +398,8 @@ async def scenario_overhead(ctx: Ctx) -> dict[str, Any]:
             if rec and rec.get("last_token_at") and done:
                 end.append((done[0] - rec["last_token_at"]) * 1000)
         steps.append({
-            "rate": rate, "tasks": len(created), "errors": len(created) - n_ok, "shed": load.shed,
+            "rate": rate, "tasks": len(created), "errors": sum(c.failed for c in created),
+            "shed": load.shed + sum(c.refused for c in created),
             "client_lag_ms": pcts([x * 1000 for x in lags], 2),
             "pickup_ms": pcts(pickup), "ttft_overhead_ms": pcts(ttft), "ttft_overhead_incl_late_ms": pcts(ttft_all),
             "ttft_overhead_sse_ms": pcts(by_transport["sse"]), "ttft_overhead_ws_ms": pcts(by_transport["ws"]),
@@ -465,7 +467,7 @@ async def _chunk_cost_at(ctx: Ctx, p: dict[str, Any], label_: str) -> dict[str, 
         out[label] = {"tokens_per_task": tokens, "tokens": stats1["tokens_sent_total"] - stats0["tokens_sent_total"],
                       "worker_cpu_s": cpu.get("worker", 0.0), "cpu_s": cpu,
                       "streams_median": percentile([float(c) for c in conc], 50),
-                      "errors": sum(1 for c in created if not c.ok) + load.shed}
+                      "errors": sum(1 for c in created if not c.ok) + load.shed}  # any shed spoils the pair
         out[label].update(await drain(api, p.get("drain_s", 15)))
     hi, lo = out["hi"], out["lo"]
     dtok = hi["tokens"] - lo["tokens"]
@@ -611,15 +613,15 @@ async def scenario_capacity(ctx: Ctx) -> dict[str, Any]:
         "worker_us_per_chunk_avg": top["worker_us_per_chunk_avg"],
         "worker_us_per_chunk_marginal": chunk["marginal_us_per_chunk"] if chunk else None,
         "worker_us_per_chunk_marginal_dense": (chunk.get("dense") or {}).get("marginal_us_per_chunk") if chunk else None,
-        "errors": sum(1 for c in created if not c.ok) + len(failed) + llm_errors + check["broken"],
+        "errors": sum(c.failed for c in created) + len(failed) + llm_errors + check["broken"],
         "lost": check["lost"], "repeated": check["repeated"],
         "followed_sse": check["sse"], "followed_ws": check["ws"], "unfinished_streams": check["unfinished"],
-        "shed": shed,
+        "shed": shed + sum(c.refused for c in created), "refused": sum(c.refused for c in created),
         "pickup_p50_ms": percentile(pickup, 50), "pickup_p99_ms": percentile(pickup, 99),
     }
     return {"summary": summary, "steps": steps, "chunk_cost": chunk, "events_check": check,
-            "tasks": len(created), "post_errors": sum(1 for c in created if not c.ok),
-            "error_examples": list({c.error or str(c.status) for c in created if not c.ok})[:3],
+            "tasks": len(created), "post_errors": sum(c.failed for c in created),
+            "error_examples": list({c.error or str(c.status) for c in created if c.failed})[:3],
             "failed_tasks": len(failed), "llm_errors": llm_errors, "cancelled_backlog": cancelled, "shed": shed}
 
 

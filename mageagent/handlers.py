@@ -12,6 +12,13 @@ then serves.
 
 Django's own handler spools any body, however large, to a temporary file before a view
 can refuse it; here a declared or streamed body over MAX_REQUEST_BYTES gets its 413 first.
+
+Admission: past WEB_THREADS requests running and WEB_QUEUE_MAX more waiting for a thread,
+an API request is answered 503 `unavailable` with Retry-After at once, on the loop, instead
+of joining a queue that only grows. Offered twice what it could serve, the web used to
+queue POSTs for seconds while its event loop, starved of the GIL, let WebSocket handshakes
+pass daphne's 5 s limit. Health checks, cancels and the admin run on their own threads
+and are never refused.
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.db import close_old_connections
-from django.http import HttpRequest
+from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
+
+from .errors import error_response
 
 Scope = dict[str, Any]
 
@@ -69,17 +78,30 @@ def _request_threads() -> ThreadPoolExecutor:
 
 @cache
 def waiting_threads() -> ThreadPoolExecutor:
-    """Threads for requests that mostly wait: a cancel waits up to CANCEL_WAIT_S for its
+    """Threads for requests that mostly wait (and health checks, which must answer whatever
+    the API threads are doing): a cancel waits up to CANCEL_WAIT_S for its
     worker to close the stream, and staff pages run the admin's heavier queries. They get
     a pool of their own so that they never hold up the API's fast path."""
     return ThreadPoolExecutor(settings.MAGEAGENT["WEB_WAIT_THREADS"], thread_name_prefix="http-wait")
 
 
+# Health checks answer even when every API thread is busy and the queue is full.
+_HEALTH = ("/healthz", "/readyz")
+RETRY_AFTER_S = 1
+
+
 def _executor_for(request: HttpRequest) -> ThreadPoolExecutor:
     path = request.path_info
-    if path.startswith("/admin/") or (request.method == "POST" and path.endswith("/cancel")):
+    if path.startswith("/admin/") or path in _HEALTH or (request.method == "POST" and path.endswith("/cancel")):
         return waiting_threads()
     return _request_threads()
+
+
+def _overloaded(admitted: int) -> JsonResponse:
+    response = error_response("unavailable", "the server is at capacity; retry after the Retry-After seconds",
+                              503, {"retry_after_s": RETRY_AFTER_S, "requests_admitted": admitted})
+    response["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 class MageAgentASGIHandler(ASGIHandler):
@@ -96,13 +118,26 @@ class MageAgentASGIHandler(ASGIHandler):
             raise ValueError(f"this handler serves HTTP only, not {scope['type']}")
         await self.handle(scope, receive, send)
 
+    admitted = 0  # API requests given to the request threads and not answered yet (loop thread only)
+
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         # The whole request runs in one thread, so it need not be "thread sensitive"
         # (under Django's per-request context that was a new OS thread per request). The
         # loop's pool threads are reused instead, requests run side by side as under a
         # threaded WSGI server, and one that waits (a cancel waiting for its worker) holds
         # up no other.
-        return await sync_to_async(self._serve, thread_sensitive=False, executor=_executor_for(request))(request)
+        executor = _executor_for(request)
+        serve = sync_to_async(self._serve, thread_sensitive=False, executor=executor)
+        if executor is not _request_threads():
+            return await serve(request)
+        knobs = settings.MAGEAGENT
+        if self.admitted >= knobs["WEB_THREADS"] + knobs["WEB_QUEUE_MAX"]:
+            return _overloaded(self.admitted)
+        self.admitted += 1
+        try:
+            return await serve(request)
+        finally:
+            self.admitted -= 1
 
     def _serve(self, request: HttpRequest) -> HttpResponseBase:
         # Django's request_started/finished signals close stale connections in the thread

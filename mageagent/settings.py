@@ -196,6 +196,8 @@ MAGEAGENT = {
     # (cancels, the admin): mageagent/handlers.py.
     "WEB_THREADS": env_int("MAGEAGENT_WEB_THREADS", 8, minimum=1),
     "WEB_WAIT_THREADS": env_int("MAGEAGENT_WEB_WAIT_THREADS", 32, minimum=1),
+    # API requests that may wait for one of those threads; past it a request gets a 503.
+    "WEB_QUEUE_MAX": env_int("MAGEAGENT_WEB_QUEUE_MAX", 64, minimum=0),
     "API_KEY_CACHE_S": env_float("MAGEAGENT_API_KEY_CACHE_S", 5.0, minimum=0.0),
     "DEFAULT_MODEL": env_str("MAGEAGENT_DEFAULT_MODEL", "gpt-4o-mini"),
     "LLM_API_BASE": env_str("MAGEAGENT_LLM_API_BASE", ""),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import uuid
 from typing import Any
 
 import orjson
@@ -41,6 +43,30 @@ def request(path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes],
              "headers": [(b"host", b"testserver"), *headers], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
     asyncio.run(asyncio.wait_for(MageAgentASGIHandler()(scope, receive, send), 30))
     return sent, read
+
+
+async def serve_one(handler: MageAgentASGIHandler, method: str, path: str, key: str) -> list[dict[str, Any]]:
+    """One request with an empty body through `handler`, on the running loop; what it sent."""
+    sent: list[dict[str, Any]] = []
+    asked = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {key}".encode())],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    await handler(scope, receive, send)
+    return sent
 
 
 def status_and_body(sent: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
@@ -90,24 +116,7 @@ def test_cancels_waiting_for_their_worker_hold_up_no_other_request(alice, settin
     handler = MageAgentASGIHandler()
 
     async def serve(name: str, method: str, path: str) -> None:
-        done = asyncio.get_running_loop().create_future()
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            if not sent and not done.done():
-                done.set_result(None)
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await asyncio.sleep(3600)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                 "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {alice.key}".encode())],
-                 "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
-        await handler(scope, receive, send)
+        sent = await serve_one(handler, method, path, alice.key)
         assert sent[0]["status"] == 200, sent
         finished.append(name)
 
@@ -115,12 +124,12 @@ def test_cancels_waiting_for_their_worker_hold_up_no_other_request(alice, settin
         cancels = [asyncio.ensure_future(serve("cancel", "POST", f"/mageagent/api/v1/tasks/{t.id}/cancel"))
                    for t in tasks]
         await asyncio.sleep(0.5)  # the cancels are waiting for the worker by now
-        await serve("health", "GET", "/healthz")
+        await serve("list", "GET", "/mageagent/api/v1/tasks")  # an API request, on the API's threads
         await asyncio.gather(*cancels)
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
-    assert finished == ["health"] + ["cancel"] * count
+    assert finished == ["list"] + ["cancel"] * count
     assert {t.status for t in Task.objects.filter(pk__in=[t.id for t in tasks])} == {TaskStatus.CANCELLED}
 
 
@@ -156,3 +165,41 @@ def test_a_websocket_cancel_waiting_for_its_worker_holds_up_no_other_socket(alic
 
     assert not closed_when_answered, "a consumer's database call waited behind a cancel"
     assert Task.objects.get(pk=task.pk).status == TaskStatus.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_past_the_threads_and_the_queue_an_api_request_gets_a_503_at_once(alice, settings):
+    settings.MAGEAGENT = {**settings.MAGEAGENT, "WEB_QUEUE_MAX": 2}
+    capacity = settings.MAGEAGENT["WEB_THREADS"] + 2
+    handler = MageAgentASGIHandler()
+    release = threading.Event()
+    serve = handler._serve
+
+    def slow_serve(request: Any) -> Any:  # the API's requests hold their thread until released
+        if request.path_info.startswith("/mageagent/api/v1/tasks") and not request.path_info.endswith("/cancel"):
+            release.wait(20)
+        return serve(request)
+
+    handler._serve = slow_serve  # type: ignore[method-assign]
+    tasks_url = "/mageagent/api/v1/tasks"
+
+    async def main() -> dict[str, Any]:
+        held = [asyncio.ensure_future(serve_one(handler, "GET", tasks_url, alice.key)) for _ in range(capacity)]
+        await asyncio.sleep(0.3)
+        refused = await serve_one(handler, "GET", tasks_url, alice.key)
+        health = await serve_one(handler, "GET", "/healthz", alice.key)
+        cancel = await serve_one(handler, "POST", f"{tasks_url}/{uuid.uuid4()}/cancel", alice.key)
+        release.set()
+        answered = await asyncio.gather(*held)
+        after = await serve_one(handler, "GET", tasks_url, alice.key)
+        return {"refused": refused, "health": health, "cancel": cancel, "held": answered, "after": after}
+
+    out = asyncio.run(asyncio.wait_for(main(), 30))
+
+    status, body = status_and_body(out["refused"])
+    assert status == 503 and body["error"]["code"] == "unavailable"
+    assert (b"retry-after", b"1") in [(k.lower(), v) for k, v in out["refused"][0]["headers"]]
+    assert status_and_body(out["health"])[0] == 200  # never refused
+    assert status_and_body(out["cancel"])[0] == 404  # reached its view (no such task)
+    assert [m[0]["status"] for m in out["held"]] == [200] * capacity  # those admitted are all served
+    assert out["after"][0]["status"] == 200  # and once they are, requests are admitted again
