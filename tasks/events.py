@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import math
+import time
 from typing import Any
 
 import orjson
@@ -76,8 +78,18 @@ def _group_channel(task_id: str) -> str:
     return f"{prefix}__group__{group_name(task_id)}"
 
 
+_second: tuple[int, str] = (0, "")
+
+
 def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC now as 2026-12-03T08:01:11.123Z. Every event carries one; the date part is
+    formatted once a second."""
+    global _second
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second = (second, dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{_second[1]}{int((now - second) * 1000):03d}Z"
 
 
 def encode(event_type: str, **fields: Any) -> bytes:
@@ -169,14 +181,13 @@ class _Batcher:
 
     def __init__(self) -> None:
         self.client = async_client()
-        self.sha: str | None = None
-        self.pending: list[tuple[list[Any], asyncio.Future[int]]] = []
+        self.pending: list[tuple[bytes, asyncio.Future[int]]] = []
         self.flushing = False
         self.task: asyncio.Task[None] | None = None
 
-    def append(self, keys: list[str], args: list[Any]) -> asyncio.Future[int]:
+    def append(self, command: bytes) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.pending.append(([*keys, *args], future))
+        self.pending.append((command, future))
         if not self.flushing:
             self.flushing = True
             self.task = asyncio.ensure_future(self._flush())
@@ -187,7 +198,7 @@ class _Batcher:
             while self.pending:
                 batch, self.pending = self.pending, []
                 try:
-                    results = await self._execute([params for params, _ in batch])
+                    results = await self._execute([command for command, _ in batch])
                 except BaseException as exc:
                     for _, future in batch:
                         if not future.done():
@@ -204,11 +215,8 @@ class _Batcher:
         finally:
             self.flushing = False
 
-    async def _execute(self, calls: list[list[Any]]) -> list[Any]:
-        if self.sha is None:
-            self.sha = await self.client.script_load(_APPEND)
-        head = [b"EVALSHA", self.sha.encode(), b"2"]
-        packed = b"".join(_resp([*head, *(_bytes(a) for a in params)]) for params in calls)
+    async def _execute(self, calls: list[bytes]) -> list[Any]:
+        packed = b"".join(calls)
         pool = self.client.connection_pool
         conn = await pool.get_connection()
         try:
@@ -229,22 +237,38 @@ class _Batcher:
         finally:
             await pool.release(conn)
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-            self.sha = None  # Redis restarted or flushed its scripts: load and send again
+            # Redis restarted or flushed its scripts: load it and send again (a NOSCRIPT
+            # reply means that call did nothing).
+            await self.client.script_load(_APPEND)
             return await self._execute(calls)
         return results
 
 
-def _bytes(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    return str(value).encode()
+_APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest().encode()  # what SCRIPT LOAD answers
+_EVALSHA = b"$7\r\nEVALSHA\r\n$40\r\n" + _APPEND_SHA + b"\r\n$1\r\n2\r\n"
+_heads: dict[tuple[str, str], tuple[bytes, bytes]] = {}
 
 
-def _resp(args: list[bytes]) -> bytes:
-    """One command in the Redis protocol (RESP): what redis-py's pack_command makes."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _append_command(task_id: str, owner: str, bodies: tuple[bytes, ...], close: bool) -> bytes:
+    """The append script's EVALSHA call in the Redis protocol (RESP), as redis-py would pack
+    it. Everything but the bodies is the same for every append of one attempt, so it is
+    packed once (a stream's appends cost little more than their bodies)."""
+    head = _heads.get((task_id, owner))
+    if head is None:
+        if len(_heads) > 10_000:
+            _heads.clear()
+        keys, args = _args(task_id, owner, [], close)
+        before = b"".join(_bulk(str(a).encode()) for a in (*keys, *args[:2]))
+        after = b"".join(_bulk(str(a).encode()) for a in args[3:])
+        head = _heads[(task_id, owner)] = (before, after)
+    parts = [b"*%d\r\n" % (10 + len(bodies)), _EVALSHA, head[0], b"$1\r\n1\r\n" if close else b"$1\r\n0\r\n",
+             head[1]]
+    for body in bodies:
+        parts.append(_bulk(body))
     return b"".join(parts)
 
 
@@ -254,12 +278,11 @@ _batchers: dict[asyncio.AbstractEventLoop, _Batcher] = {}
 def aappend(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False) -> asyncio.Future[int]:
     """The async append: await it for the last seq, SEALED or FENCED. It is the batcher's
     future itself, not a coroutine around it, so a caller may shield it without a task."""
-    keys, args = _args(str(task_id), owner, list(bodies), close)
     loop = asyncio.get_running_loop()
     batcher = _batchers.get(loop)
     if batcher is None:
         batcher = _batchers[loop] = _Batcher()
-    return batcher.append(keys, args)
+    return batcher.append(_append_command(str(task_id), owner, bodies, close))
 
 
 async def aread_after(task_id: str, after: int) -> list[str] | None:

@@ -1,10 +1,11 @@
 """Streaming chat completions.
 
 OpenAI-compatible endpoints (OpenAI, OpenRouter, vLLM, a local gateway, the simulator) are
-streamed directly: aiohttp reads raw bytes and each `data:` line is parsed with orjson,
-which costs a few µs per chunk instead of litellm's ~550 µs streaming wrapper (see
-BENCHMARKS.md). Every other provider goes through litellm.acompletion, which translates
-Anthropic, Gemini, Cohere, ... into the same deltas.
+streamed directly: tasks/runtime/httpstream.py reads the body a read at a time and each
+`data:` line is parsed with orjson, ~23 µs of CPU per chunk in all instead of litellm's
+~550 µs streaming wrapper or ~40 through aiohttp (see BENCHMARKS.md). Every other provider
+goes through litellm.acompletion, which translates Anthropic, Gemini, Cohere, ... into the
+same deltas.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 from django.conf import settings
+
+from . import httpstream
 
 logger = logging.getLogger(__name__)
 
@@ -92,19 +94,16 @@ def _float(raw: str | None) -> float | None:
 
 
 # --- direct OpenAI-compatible streaming ------------------------------------------------
-_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+_pools: dict[asyncio.AbstractEventLoop, httpstream.Pool] = {}
 
 
-def _session() -> aiohttp.ClientSession:
+def _pool() -> httpstream.Pool:
     loop = asyncio.get_running_loop()
-    session = _sessions.get(loop)
-    if session is None or session.closed:
-        connector = aiohttp.TCPConnector(limit=settings.MAGEAGENT["LLM_MAX_CONNECTIONS"], limit_per_host=0,
-                                         ttl_dns_cache=300, keepalive_timeout=30)
-        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=settings.MAGEAGENT["LLM_TIMEOUT_S"])
-        session = aiohttp.ClientSession(connector=connector, timeout=timeout)
-        _sessions[loop] = session
-    return session
+    pool = _pools.get(loop)
+    if pool is None:
+        pool = _pools[loop] = httpstream.Pool(limit=settings.MAGEAGENT["LLM_MAX_CONNECTIONS"], connect_timeout=10,
+                                              read_timeout=settings.MAGEAGENT["LLM_TIMEOUT_S"])
+    return pool
 
 
 def request_body(deployment: Deployment, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
@@ -124,36 +123,46 @@ async def _stream_openai(deployment: Deployment, body: dict[str, Any]) -> AsyncI
     if deployment.api_key:
         headers["Authorization"] = f"Bearer {deployment.api_key}"
     try:
-        async with _session().post(f"{base}/chat/completions", data=orjson.dumps(body), headers=headers) as resp:
+        async with await _pool().post(f"{base}/chat/completions", orjson.dumps(body), headers) as resp:
             if resp.status != 200:
-                raise error_for_status(resp.status, await resp.read(), resp.headers.get("Retry-After"))
-            finished = False
-            async for obj in _sse_objects(resp.content):
-                if obj is None:
-                    finished = True
-                    break
-                yield _delta(obj)
-            if finished:
-                await resp.content.read()  # drain to the end so the connection is reused
-            else:
+                raise error_for_status(resp.status, await resp.read(), resp.headers.get("retry-after"))
+            events, finished = _SSEEvents(), False
+            async for data in resp.reads():
+                if finished:
+                    continue  # read to the end of the body, so the connection is reused
+                for obj in events.feed(data):
+                    if obj is None:
+                        finished = True
+                        break
+                    yield _delta(obj)
+            if not finished:
                 raise ProviderError("provider_stream_interrupted", "the provider closed the stream early",
                                     retryable=True)
     except ProviderError:
         raise
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-        raise ProviderError("provider_stream_interrupted", f"stream interrupted: {exc}", retryable=True) from exc
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+    except httpstream.StreamError as exc:
+        code = "provider_stream_interrupted" if exc.answered else "provider_unreachable"
+        raise ProviderError(code, f"stream interrupted: {exc}" if exc.answered else str(exc),
+                            retryable=True) from exc
+    except (TimeoutError, OSError) as exc:
         raise ProviderError("provider_unreachable", f"{type(exc).__name__}: {exc}", retryable=True) from exc
+    except orjson.JSONDecodeError as exc:
+        raise ProviderError("provider_error", f"malformed stream event: {exc}", retryable=True) from exc
 
 
-async def _sse_objects(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any] | None]:
-    """Each `data:` payload of an SSE body as a dict; None for [DONE]. Events may be split
-    across reads and reads may hold many events."""
-    buf = b""
-    async for data in content.iter_any():
-        buf = buf + data if buf else data
+class _SSEEvents:
+    """The `data:` payloads of an SSE body fed a read at a time, as dicts, None for [DONE].
+    Events may be split across reads and a read may hold many events. Synchronous, so a
+    read costs the stream no extra generator step."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> list[dict[str, Any] | None]:
+        buf = self.buf + data if self.buf else data
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
+        out: list[dict[str, Any] | None] = []
         start = 0
         while True:
             end = buf.find(b"\n\n", start)
@@ -163,11 +172,13 @@ async def _sse_objects(content: aiohttp.StreamReader) -> AsyncIterator[dict[str,
                 if line.startswith(b"data:"):
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
-                        yield None
-                        return
-                    yield orjson.loads(payload)
+                        out.append(None)
+                        self.buf = b""
+                        return out
+                    out.append(orjson.loads(payload))
             start = end + 2
-        buf = buf[start:]
+        self.buf = buf[start:]
+        return out
 
 
 def _delta(obj: dict[str, Any]) -> Delta:
@@ -251,6 +262,7 @@ def stream_chat(deployment: Deployment, messages: list[dict[str, Any]], *,
 
 
 async def close_sessions() -> None:
-    for session in list(_sessions.values()):
-        await session.close()
-    _sessions.clear()
+    """Close this event loop's provider connections (before the loop ends)."""
+    pool = _pools.pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        pool.close()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import re
+import time
 import uuid
 
 import orjson
@@ -74,3 +77,25 @@ def test_appends_go_on_after_redis_forgets_the_script():
 
     assert run(main()) == (1, 2)
     assert [e["content"] for e in logged(task_id)] == ["a", "b"]
+
+
+def test_an_async_append_that_closes_the_log_seals_it_for_every_later_writer():
+    task_id = fresh_task()
+
+    async def main():
+        done = await events.aappend(task_id, events.encode("done", status="completed"), close=True)
+        late = await events.aappend(task_id, events.encode("chunk", content="late"))
+        return done, late
+
+    assert run(main()) == (1, events.SEALED)
+    assert events.is_closed(task_id) and [e["type"] for e in logged(task_id)] == ["done"]
+
+
+def test_event_timestamps_are_utc_with_milliseconds_and_now():
+    before = time.time()
+    stamp = orjson.loads(b"{" + events.encode("chunk", content="x"))["ts"]
+    after = time.time()
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
+    parsed = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    assert int(before * 1000) / 1000 <= parsed <= after
