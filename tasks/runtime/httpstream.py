@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httptools
+
+# How many seconds the reader can wait before it needs the next read (0: read at once).
+Pace = Callable[[], float]
 
 MAX_ERROR_BODY = 64 * 1024
 KEEPALIVE_S = 30.0  # an idle connection older than this is closed, not reused
@@ -75,6 +78,7 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.last_read = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
+        self.held: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,6 +100,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        if self.held is not None:
+            self.held.cancel()
+            self.held = None
         if exc is None and self.headers_done and not self.complete and self._close_delimited():
             self.complete = True  # a body without a length ends with the connection
         if not self.complete and self.error is None and not self.idle:
@@ -142,9 +149,26 @@ class _Connection(asyncio.Protocol):
     def _arm_timer(self) -> None:
         self.timer = self.loop.call_at(self.last_read + self.read_timeout, self._check_timeout)
 
+    def hold(self, delay: float) -> None:
+        """Leave the socket unread for `delay` seconds: what arrives meanwhile waits in the
+        kernel and comes in as one read, however many events it holds."""
+        if self.transport is None or self.closed or self.complete or self.held is not None:
+            return
+        self.transport.pause_reading()
+        self.held = self.loop.call_later(delay, self._unhold)
+
+    def _unhold(self) -> None:
+        self.held = None
+        self.last_read = self.loop.time()  # the read timeout counts from here, not from the pause
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
     def _check_timeout(self) -> None:
         self.timer = None
         if self.complete or self.closed:
+            return
+        if self.held is not None:
+            self._arm_timer()
             return
         if self.loop.time() - self.last_read >= self.read_timeout:
             self.error = TimeoutError(f"no data from the provider for {self.read_timeout:g} s")
@@ -295,10 +319,19 @@ class Stream:
             self.pool._release(self.conn)
             self.pool.slots.release()
 
-    async def reads(self) -> AsyncIterator[bytes]:
-        """The body, a read at a time, until its end; StreamError or TimeoutError on failure."""
+    async def reads(self, pace: Pace | None = None) -> AsyncIterator[bytes]:
+        """The body, a read at a time, until its end; StreamError or TimeoutError on failure.
+
+        `pace`, asked each time the reader would wait for data: how many seconds it can do
+        without. A reader that forwards chunks at most every 100 ms (tasks/runtime/pipeline.py)
+        needs the socket read no more often than that: held, the tokens of a window arrive
+        as one read, one wake-up and one parse, not one of each per token."""
         conn = self.conn
         while True:
+            if pace is not None and not (conn.chunks or conn.complete or conn.error is not None):
+                delay = pace()
+                if delay > 0.002:  # shorter holds would cost more timers than they save reads
+                    conn.hold(delay)
             await conn.wait()
             if conn.chunks:
                 yield conn.take()

@@ -117,7 +117,8 @@ def request_body(deployment: Deployment, messages: list[dict[str, Any]], tools: 
     return body
 
 
-async def _stream_openai(deployment: Deployment, body: dict[str, Any]) -> AsyncIterator[Delta]:
+async def _stream_openai(deployment: Deployment, body: dict[str, Any],
+                         pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
     base = (deployment.api_base or "https://api.openai.com/v1").rstrip("/")
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if deployment.api_key:
@@ -127,7 +128,7 @@ async def _stream_openai(deployment: Deployment, body: dict[str, Any]) -> AsyncI
             if resp.status != 200:
                 raise error_for_status(resp.status, await resp.read(), resp.headers.get("retry-after"))
             events, finished = _SSEEvents(), False
-            async for data in resp.reads():
+            async for data in resp.reads(pace):
                 if finished:
                     continue  # read to the end of the body, so the connection is reused
                 for obj in events.feed(data):
@@ -254,10 +255,13 @@ def _usage_dict(usage: Any) -> dict[str, Any] | None:
 
 
 def stream_chat(deployment: Deployment, messages: list[dict[str, Any]], *,
-                tools: list[dict[str, Any]] | None = None, max_tokens: int | None = None) -> AsyncIterator[Delta]:
+                tools: list[dict[str, Any]] | None = None, max_tokens: int | None = None,
+                pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
+    """The answer's deltas. `pace`: how long the caller can wait before the next read (see
+    httpstream.Stream.reads); the litellm path reads as fast as litellm yields."""
     body = request_body(deployment, messages, tools, max_tokens)
     if deployment.openai_compatible:
-        return _stream_openai(deployment, body)
+        return _stream_openai(deployment, body, pace)
     return _stream_litellm(deployment, body)
 
 

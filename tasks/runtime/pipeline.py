@@ -117,6 +117,14 @@ class ChunkEmitter:
                 raise Fenced()
             self.sent.append(text)
 
+    def pace(self) -> float:
+        """Seconds until this window ends: the provider's socket need not be read before,
+        since what it brings would only be buffered. 0 before the first chunk went out, so
+        the first token is read and sent at once."""
+        if not self.last_flush or not self.window:
+            return 0.0
+        return self.last_flush + self.window - time.monotonic()
+
     @property
     def content(self) -> str:
         return "".join(self.sent)
@@ -204,7 +212,7 @@ async def _stream_call(deployment: Deployment, messages: list[dict[str, Any]], t
                        emitter: ChunkEmitter, outcome: AttemptOutcome, calls: dict[int, dict[str, Any]],
                        usage: dict[str, int], max_tokens: int | None = None) -> None:
     delta: Delta
-    async for delta in stream_chat(deployment, messages, tools=tools, max_tokens=max_tokens):
+    async for delta in stream_chat(deployment, messages, tools=tools, max_tokens=max_tokens, pace=emitter.pace):
         if delta.content and emitter.add(delta.content):
             await emitter.flush()
         if delta.tool_calls:

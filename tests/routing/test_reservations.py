@@ -105,7 +105,7 @@ class FakeProvider:
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, deployment: Any, messages: list[dict[str, Any]], *, tools: Any = None,
-                 max_tokens: int | None = None) -> Any:
+                 max_tokens: int | None = None, pace: Any = None) -> Any:
         self.calls.append({"model": deployment.model, "max_tokens": max_tokens, "tools": bool(tools)})
         return self._stream(deployment, messages, tools, max_tokens, len(self.calls))
 

@@ -46,3 +46,25 @@ def test_a_chunk_whose_append_lands_after_a_cancel_is_kept_in_the_answer(monkeyp
 
     assert len(landed) == 1  # in the log...
     assert emitter.content == "partial answer"  # ...and in the answer the task keeps
+
+
+def test_the_provider_is_read_at_once_until_the_first_chunk_then_at_the_windows_pace(monkeypatch):
+    async def lands(task_id, *bodies, owner=events.ANY_OWNER, close=False):
+        return 1
+
+    monkeypatch.setattr(events, "aappend", lambda *a, **kw: asyncio.ensure_future(lands(*a, **kw)))
+
+    async def main() -> tuple[float, float, float]:
+        emitter = ChunkEmitter(plan())
+        before = emitter.pace()
+        assert emitter.add("first")
+        await emitter.flush()
+        during = emitter.pace()
+        emitter.last_flush -= emitter.window  # the window has passed
+        return before, during, emitter.pace()
+
+    before, during, after = asyncio.run(main())
+
+    assert before == 0.0  # the first token waits for nothing
+    assert 0 < during <= plan().coalesce_s
+    assert after <= 0

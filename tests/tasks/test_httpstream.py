@@ -146,6 +146,38 @@ async def test_a_server_that_closes_mid_body_is_an_interrupted_stream():
         p.close()
 
 
+async def paced_server(tokens: int, interval_s: float) -> Handler:
+    async def handler(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(tokens):
+            writer.write(b"%x\r\n%s\r\n" % (len(b"t%02d " % i), b"t%02d " % i))
+            await writer.drain()
+            await asyncio.sleep(interval_s)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+    return handler
+
+
+async def test_a_paced_reader_gets_what_arrived_during_the_hold_as_one_read():
+    async with Server(await paced_server(30, 0.01)) as server:
+        p = pool()
+        async with await p.post(server.url, b"{}", {}) as resp:
+            reads = [data async for data in resp.reads(lambda: 0.1)]
+        p.close()
+    assert b"".join(reads) == b"".join(b"t%02d " % i for i in range(30))
+    assert len(reads) <= 8  # ~0.3 s of tokens in 0.1 s holds; unpaced, it is one read per token
+
+
+async def test_a_hold_longer_than_the_read_timeout_is_not_a_timeout():
+    async with Server(await paced_server(3, 0.05)) as server:
+        p = pool(read_timeout=0.2)
+        async with await p.post(server.url, b"{}", {}) as resp:
+            reads = [data async for data in resp.reads(lambda: 0.4)]
+        p.close()
+    assert b"".join(reads) == b"t00 t01 t02 "
+
+
 async def test_a_reused_connection_the_server_had_closed_is_retried_on_a_fresh_one():
     async def handler(reader, writer):
         await read_request(reader)
