@@ -128,7 +128,11 @@ async def _stream_openai(deployment: Deployment, body: dict[str, Any],
             if resp.status != 200:
                 raise error_for_status(resp.status, await resp.read(), resp.headers.get("retry-after"))
             events, finished = _SSEEvents(), False
-            async for data in resp.reads(pace):
+
+            def paced() -> float:  # after [DONE] the rest of the body is read at once
+                return 0.0 if finished or pace is None else pace()
+
+            async for data in resp.reads(paced):
                 if finished:
                     continue  # read to the end of the body, so the connection is reused
                 for obj in events.feed(data):

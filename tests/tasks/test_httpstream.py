@@ -319,3 +319,31 @@ async def test_stream_chat_refuses_a_malformed_event_as_a_provider_error(loop_po
         with pytest.raises(ProviderError) as caught:
             await collect(server.port)
     assert caught.value.code == "provider_error"
+
+
+async def test_after_done_the_rest_of_the_body_is_read_without_a_hold(loop_pool):
+    async def handler(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"%x\r\n%s\r\n" % (len(SSE), SSE))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")  # the body's end comes after [DONE]
+        await writer.drain()
+
+    asked: list[float] = []
+
+    def pace() -> float:  # a window that would hold the socket for 5 s after the first read
+        asked.append(0.0 if not asked else 5.0)
+        return asked[-1]
+
+    async with Server(handler) as server:
+        deltas = stream_chat(deployment(server.port), [{"role": "user", "content": "hi"}], pace=pace)
+        text = await asyncio.wait_for(_joined(deltas), 2)
+    assert text == "Hello" and asked == [0.0]
+
+
+async def _joined(deltas) -> str:
+    return "".join([d.content async for d in deltas if d.content])
