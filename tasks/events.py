@@ -261,12 +261,14 @@ def _append_command(task_id: str, owner: str, bodies: tuple[bytes, ...], close: 
     if head is None:
         if len(_heads) > 10_000:
             _heads.clear()
+        # _args: keys (2), then owner, ttl, the close flag, channel, task id; the flag is
+        # the only one that varies between appends.
         keys, args = _args(task_id, owner, [], close)
         before = b"".join(_bulk(str(a).encode()) for a in (*keys, *args[:2]))
         after = b"".join(_bulk(str(a).encode()) for a in args[3:])
         head = _heads[(task_id, owner)] = (before, after)
-    parts = [b"*%d\r\n" % (10 + len(bodies)), _EVALSHA, head[0], b"$1\r\n1\r\n" if close else b"$1\r\n0\r\n",
-             head[1]]
+    argc = 3 + 2 + 5 + len(bodies)  # EVALSHA sha numkeys, the keys, the fixed args, the bodies
+    parts = [b"*%d\r\n" % argc, _EVALSHA, head[0], b"$1\r\n1\r\n" if close else b"$1\r\n0\r\n", head[1]]
     for body in bodies:
         parts.append(_bulk(body))
     return b"".join(parts)

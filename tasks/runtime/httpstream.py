@@ -1,7 +1,7 @@
 """A lean HTTP/1.1 client for streamed POSTs: the provider's side of every token.
 
 aiohttp cost ~40 µs of the worker's event-loop CPU per streamed token (its StreamReader,
-a read timer re-armed on every read, the glue around its parser); this client costs ~23
+a read timer re-armed on every read, the glue around its parser); this client costs ~28
 (bench/probe.py stream; BENCHMARKS.md). httptools (llhttp, the parser uvicorn uses) does
 the HTTP parsing and chunked decoding; what is here is the connection handling around it:
 
@@ -182,10 +182,13 @@ class _Connection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
 
-    async def wait(self) -> None:
-        """Until the next read (or the end, or an error), unless one is already at hand."""
+    async def wait(self, hold: float = 0.0) -> None:
+        """Until the next read (or the end, or an error), unless one is already at hand.
+        `hold`: seconds the caller can do without reading (see Stream.reads)."""
         if self.chunks or self.complete or self.error is not None:
             return
+        if hold > 0.002:  # shorter holds would cost more timers than they save reads
+            self.hold(hold)
         self.waiter = self.loop.create_future()
         try:
             await self.waiter
@@ -256,12 +259,12 @@ class Pool:
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
             raise ConnectError(f"unsupported URL: {url}")
-        port = parts.port or (443 if scheme == "https" else 80)
+        default_port = 443 if scheme == "https" else 80
+        port = parts.port or default_port
         key = (scheme, parts.hostname, port)
-        default_port = port == (443 if scheme == "https" else 80)
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         lines = [f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
-                 f"Host: {host}{'' if default_port else f':{port}'}", f"Content-Length: {len(body)}",
+                 f"Host: {host}{'' if port == default_port else f':{port}'}", f"Content-Length: {len(body)}",
                  "Accept-Encoding: identity", *(f"{k}: {v}" for k, v in headers.items())]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         await self.slots.acquire()
@@ -287,8 +290,7 @@ class Pool:
     async def _head(self, conn: _Connection, request: bytes) -> _Connection:
         try:
             assert conn.transport is not None
-            conn.last_read = conn.loop.time()
-            conn._arm_timer()
+            conn._arm_timer()  # from last_read, set when the connection was made or taken from the pool
             conn.transport.write(request)
             while not conn.headers_done:
                 if conn.error is not None:
@@ -328,11 +330,7 @@ class Stream:
         as one read, one wake-up and one parse, not one of each per token."""
         conn = self.conn
         while True:
-            if pace is not None and not (conn.chunks or conn.complete or conn.error is not None):
-                delay = pace()
-                if delay > 0.002:  # shorter holds would cost more timers than they save reads
-                    conn.hold(delay)
-            await conn.wait()
+            await conn.wait(pace() if pace is not None else 0.0)
             if conn.chunks:
                 yield conn.take()
             elif conn.error is not None:

@@ -2,7 +2,7 @@
 
 OpenAI-compatible endpoints (OpenAI, OpenRouter, vLLM, a local gateway, the simulator) are
 streamed directly: tasks/runtime/httpstream.py reads the body a read at a time and each
-`data:` line is parsed with orjson, ~23 µs of CPU per chunk in all instead of litellm's
+`data:` line is parsed with orjson, ~28 µs of CPU per chunk in all instead of litellm's
 ~550 µs streaming wrapper or ~40 through aiohttp (see BENCHMARKS.md). Every other provider
 goes through litellm.acompletion, which translates Anthropic, Gemini, Cohere, ... into the
 same deltas.
@@ -128,21 +128,19 @@ async def _stream_openai(deployment: Deployment, body: dict[str, Any],
             if resp.status != 200:
                 raise error_for_status(resp.status, await resp.read(), resp.headers.get("retry-after"))
             events, finished = _SSEEvents(), False
-
-            def paced() -> float:  # after [DONE] the rest of the body is read at once
-                return 0.0 if finished or pace is None else pace()
-
-            async for data in resp.reads(paced):
-                if finished:
-                    continue  # read to the end of the body, so the connection is reused
+            async for data in resp.reads(pace):
                 for obj in events.feed(data):
                     if obj is None:
                         finished = True
                         break
                     yield _delta(obj)
+                if finished:
+                    break
             if not finished:
                 raise ProviderError("provider_stream_interrupted", "the provider closed the stream early",
                                     retryable=True)
+            async for _ in resp.reads():  # the rest of the body, unpaced, so the connection is reused
+                pass
     except ProviderError:
         raise
     except httpstream.StreamError as exc:
