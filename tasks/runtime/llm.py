@@ -127,16 +127,13 @@ async def _stream_openai(deployment: Deployment, body: dict[str, Any],
         async with await _pool().post(f"{base}/chat/completions", orjson.dumps(body), headers) as resp:
             if resp.status != 200:
                 raise error_for_status(resp.status, await resp.read(), resp.headers.get("retry-after"))
-            events, finished = _SSEEvents(), False
+            events = _SSEEvents()
             async for data in resp.reads(pace):
-                for obj in events.feed(data):
-                    if obj is None:
-                        finished = True
-                        break
-                    yield _delta(obj)
-                if finished:
+                for delta in _deltas(events.feed(data)):
+                    yield delta
+                if events.done:
                     break
-            if not finished:
+            if not events.done:
                 raise ProviderError("provider_stream_interrupted", "the provider closed the stream early",
                                     retryable=True)
             async for _ in resp.reads():  # the rest of the body, unpaced, so the connection is reused
@@ -154,18 +151,19 @@ async def _stream_openai(deployment: Deployment, body: dict[str, Any],
 
 
 class _SSEEvents:
-    """The `data:` payloads of an SSE body fed a read at a time, as dicts, None for [DONE].
-    Events may be split across reads and a read may hold many events. Synchronous, so a
-    read costs the stream no extra generator step."""
+    """The `data:` payloads of an SSE body fed a read at a time, as dicts; `done` once
+    [DONE] came. Events may be split across reads and a read may hold many events.
+    Synchronous, so a read costs the stream no extra generator step."""
 
     def __init__(self) -> None:
         self.buf = b""
+        self.done = False
 
-    def feed(self, data: bytes) -> list[dict[str, Any] | None]:
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
         buf = self.buf + data if self.buf else data
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
-        out: list[dict[str, Any] | None] = []
+        out: list[dict[str, Any]] = []
         start = 0
         while True:
             end = buf.find(b"\n\n", start)
@@ -175,13 +173,37 @@ class _SSEEvents:
                 if line.startswith(b"data:"):
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
-                        out.append(None)
+                        self.done = True
                         self.buf = b""
                         return out
                     out.append(orjson.loads(payload))
             start = end + 2
         self.buf = buf[start:]
         return out
+
+
+def _deltas(objs: list[dict[str, Any]]) -> list[Delta]:
+    """One read's events as deltas, a run of text-only ones merged into one: the emitter
+    would join them into one chunk anyway, and work per token is most of what a stream
+    costs the worker. Events with nothing in them (the role-only first one) are dropped."""
+    out: list[Delta] = []
+    texts: list[str] = []
+    for obj in objs:
+        choices = obj.get("choices")
+        if choices and obj.get("usage") is None:
+            choice = choices[0]
+            d = choice.get("delta")
+            if choice.get("finish_reason") is None and (d is None or d.get("tool_calls") is None):
+                if d and d.get("content"):
+                    texts.append(d["content"])
+                continue
+        if texts:
+            out.append(Delta(content="".join(texts)))
+            texts.clear()
+        out.append(_delta(obj))
+    if texts:
+        out.append(Delta(content="".join(texts)))
+    return out
 
 
 def _delta(obj: dict[str, Any]) -> Delta:

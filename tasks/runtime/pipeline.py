@@ -51,6 +51,12 @@ class AttemptOutcome:
     usage_reported: bool = False
 
 
+# A window is due this close to its end: a read paced to the end (httpstream.Stream.reads)
+# can come a timer tick (1 ms in uvloop) early or late. The window's timer fires this much
+# after the end, so that such a read, not the timer, sends the chunk: inline, with no task.
+DUE_S = 0.002
+
+
 class ChunkEmitter:
     """Coalesces tokens into chunk events: the first token goes out at once, later ones at
     most every `window` seconds, so a fast stream costs one Redis call per window. Adding a
@@ -74,10 +80,10 @@ class ChunkEmitter:
         (the first token, or one after a pause), so that it waits for no loop turn."""
         self.buffer.append(text)
         wait = self.last_flush + self.window - time.monotonic()
-        if wait <= 0:
+        if wait <= DUE_S:
             return True
         if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(wait, self._flush_later)
+            self.timer = asyncio.get_running_loop().call_later(wait + DUE_S, self._flush_later)
         return False
 
     def _flush_later(self) -> None:

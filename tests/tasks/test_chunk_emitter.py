@@ -68,3 +68,24 @@ def test_the_provider_is_read_at_once_until_the_first_chunk_then_at_the_windows_
     assert before == 0.0  # the first token waits for nothing
     assert 0 < during <= plan().coalesce_s
     assert after <= 0
+
+
+def test_a_read_paced_to_the_windows_end_sends_inline_even_a_tick_early_and_the_timer_waits_past_the_end(monkeypatch):
+    monkeypatch.setattr(events, "aappend", lambda *a, **kw: asyncio.ensure_future(asyncio.sleep(0, 1)))
+
+    async def main() -> tuple[bool, float, bool]:
+        emitter = ChunkEmitter(plan())
+        assert emitter.add("first")
+        await emitter.flush()
+        early = emitter.add("a word")  # mid-window: buffered, a timer armed
+        assert emitter.timer is not None
+        timer_after_end = emitter.timer.when() - (emitter.last_flush + emitter.window)
+        await emitter.flush()
+        emitter.last_flush -= emitter.window - 0.001  # the window ends in 1 ms
+        return early, timer_after_end, emitter.add("next")
+
+    early, timer_after_end, due = asyncio.run(main())
+
+    assert not early
+    assert timer_after_end > 0  # a read at the window's end sends it, not the timer
+    assert due  # within a tick of the end: sent now, no timer

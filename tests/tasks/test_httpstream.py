@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tasks.runtime import httpstream
-from tasks.runtime.llm import Deployment, ProviderError, close_sessions, stream_chat
+from tasks.runtime.llm import Deployment, ProviderError, _deltas, close_sessions, stream_chat
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -343,3 +343,17 @@ async def test_after_done_the_rest_of_the_body_is_read_without_a_hold(loop_pool)
 
 async def _joined(deltas) -> str:
     return "".join([d.content async for d in deltas if d.content])
+
+
+def test_a_reads_text_events_become_one_delta_and_calls_finish_and_usage_keep_their_place():
+    def event(delta: dict, finish: str | None = None, **extra: object) -> dict:
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+    call = {"index": 0, "id": "call_1", "function": {"name": "web_search", "arguments": "{}"}}
+    deltas = _deltas([event({"role": "assistant"}), event({"content": "Hel"}), event({"content": "lo"}),
+                      event({"tool_calls": [call]}), event({"content": " again"}), event({}, "tool_calls"),
+                      {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}])
+
+    assert [(d.content, d.tool_calls, d.finish_reason, d.usage) for d in deltas] == [
+        ("Hello", None, None, None), (None, [call], None, None), (" again", None, None, None),
+        (None, None, "tool_calls", None), (None, None, None, {"prompt_tokens": 3, "completion_tokens": 4})]
