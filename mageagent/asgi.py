@@ -12,8 +12,8 @@ from .handlers import MageAgentASGIHandler  # noqa: E402
 django_asgi_app = MageAgentASGIHandler()
 
 import litellm  # noqa: E402, F401  (a 3 s import: pay it at start, not in the first request)
-from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
 from tasks.ws_urls import websocket_urlpatterns  # noqa: E402
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import heapq
 import time
-from operator import itemgetter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from django.conf import settings
