@@ -127,6 +127,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["mageagent.tenancy.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["mageagent.tenancy.auth.IsTenant"],
+    "DEFAULT_THROTTLE_CLASSES": ["mageagent.tenancy.throttling.AppRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.JSONParser",
@@ -199,6 +200,10 @@ MAGEAGENT = {
     # API requests that may wait for one of those threads; past it a request gets a 503.
     "WEB_QUEUE_MAX": env_int("MAGEAGENT_WEB_QUEUE_MAX", 64, minimum=0),
     "API_KEY_CACHE_S": env_float("MAGEAGENT_API_KEY_CACHE_S", 5.0, minimum=0.0),
+    # API requests per minute per app (its keys together) where the app sets none; 0: no
+    # limit. A limited app may burst API_RATE_BURST_S seconds' worth at once.
+    "API_RATE_PER_MIN": env_int("MAGEAGENT_API_RATE_PER_MIN", 0, minimum=0),
+    "API_RATE_BURST_S": env_float("MAGEAGENT_API_RATE_BURST_S", 10.0, minimum=0.001),
     "DEFAULT_MODEL": env_str("MAGEAGENT_DEFAULT_MODEL", "gpt-4o-mini"),
     "LLM_API_BASE": env_str("MAGEAGENT_LLM_API_BASE", ""),
     "LLM_API_KEY": env_str("MAGEAGENT_LLM_API_KEY", ""),

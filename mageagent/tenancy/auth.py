@@ -26,6 +26,7 @@ class Tenant:
     app_slug: str
     key_id: int | None = None
     is_staff: bool = False
+    requests_per_minute: int = 0  # the app's API rate limit; 0: none
 
     @property
     def is_authenticated(self) -> bool:
@@ -50,9 +51,11 @@ def tenant_for_key(raw_key: str) -> Tenant | None:
     )
     tenant = None
     if key is not None:
+        rate = key.app.requests_per_minute
         tenant = Tenant(
             company_id=key.app.company_id, company_slug=key.app.company.slug,
             app_id=key.app_id, app_slug=key.app.slug, key_id=key.pk,
+            requests_per_minute=settings.MAGEAGENT["API_RATE_PER_MIN"] if rate is None else rate,
         )
     if len(_cache) > 10_000:
         _cache.clear()

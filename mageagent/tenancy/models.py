@@ -22,6 +22,10 @@ class App(models.Model):
     slug = models.SlugField(max_length=64)
     name = models.CharField(max_length=200, blank=True)
     is_active = models.BooleanField(default=True)
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="API requests per minute for this app's keys together (429 past it). Empty: the "
+                  "MAGEAGENT_API_RATE_PER_MIN default; 0: no limit.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
