@@ -73,6 +73,8 @@ class TaskDetailApi(APIView):
 
 
 class TaskCancelApi(APIView):
+    throttle_classes: list[type] = []  # a cancel stops spend: an app past its rate limit may still cancel
+
     @extend_schema(request=None, responses=TaskOutputSerializer, summary="Cancel a task")
     def post(self, request: Request, task_id: str) -> Response:
         task = selectors.task_get(tenant=request.user, task_id=task_id)

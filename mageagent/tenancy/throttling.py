@@ -3,9 +3,10 @@ one request from the app's bucket in Redis (routing/ratelimit.py's script: check
 taken atomically, so concurrent requests on any number of web processes cannot overrun
 it). Past the limit the answer is 429 `rate_limited` with `Retry-After`.
 
-Not counted: staff sessions, apps without a limit, and the SSE and WebSocket streams
-(their handshakes are not DRF requests; a stream is bounded by its task). If Redis does
-not answer, requests pass: the limit protects capacity, it is not worth an outage.
+Not counted: cancels (tasks/apis.py: they stop spend), staff sessions, apps without a
+limit, and the SSE and WebSocket streams (their handshakes are not DRF requests; a stream
+is bounded by its task). If Redis does not answer, requests pass: the limit protects
+capacity, it is not worth an outage.
 """
 
 from __future__ import annotations

@@ -64,6 +64,16 @@ def test_an_apps_keys_share_one_bucket_and_a_refused_request_creates_nothing(api
     assert sorted(Task.objects.values_list("prompt", flat=True)) == ["one", "two"]
 
 
+def test_an_app_past_its_limit_can_still_cancel_its_tasks(api, alice):
+    limit(alice, 6)
+    task = api.post(TASKS, {"prompt": "stop me"}, format="json", HTTP_AUTHORIZATION=f"Bearer {alice.key}").json()
+    assert statuses(api, alice, 1) == [429]
+
+    cancelled = api.post(f"{TASKS}/{task['id']}/cancel", HTTP_AUTHORIZATION=f"Bearer {alice.key}")
+
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+
 def test_the_default_limit_binds_apps_without_their_own_and_zero_means_none(api, alice, bob, settings):
     settings.MAGEAGENT = {**settings.MAGEAGENT, "API_RATE_PER_MIN": 6}
     limit(alice, 0)
