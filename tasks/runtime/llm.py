@@ -5,7 +5,8 @@ streamed directly: tasks/runtime/httpstream.py reads the body a read at a time a
 `data:` line is parsed with orjson, ~28 µs of CPU per chunk in all instead of litellm's
 ~550 µs streaming wrapper or ~40 through aiohttp (see BENCHMARKS.md). Every other provider
 goes through litellm.acompletion, which translates Anthropic, Gemini, Cohere, ... into the
-same deltas.
+same deltas, and so are OpenAI-compatible endpoints that the environment sends through a
+proxy (HTTPS_PROXY and friends): the direct client speaks no proxy protocol.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import orjson
 from django.conf import settings
@@ -94,6 +97,7 @@ def _float(raw: str | None) -> float | None:
 
 
 # --- direct OpenAI-compatible streaming ------------------------------------------------
+OPENAI_BASE = "https://api.openai.com/v1"
 _pools: dict[asyncio.AbstractEventLoop, httpstream.Pool] = {}
 
 
@@ -119,7 +123,7 @@ def request_body(deployment: Deployment, messages: list[dict[str, Any]], tools: 
 
 async def _stream_openai(deployment: Deployment, body: dict[str, Any],
                          pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
-    base = (deployment.api_base or "https://api.openai.com/v1").rstrip("/")
+    base = (deployment.api_base or OPENAI_BASE).rstrip("/")
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if deployment.api_key:
         headers["Authorization"] = f"Bearer {deployment.api_key}"
@@ -284,9 +288,19 @@ def stream_chat(deployment: Deployment, messages: list[dict[str, Any]], *,
     """The answer's deltas. `pace`: how long the caller can wait before the next read (see
     httpstream.Stream.reads); the litellm path reads as fast as litellm yields."""
     body = request_body(deployment, messages, tools, max_tokens)
-    if deployment.openai_compatible:
+    if deployment.openai_compatible and not _proxied(deployment.api_base or OPENAI_BASE):
         return _stream_openai(deployment, body, pace)
     return _stream_litellm(deployment, body)
+
+
+def _proxied(url: str) -> bool:
+    """Whether the environment sends requests to `url` through a proxy (HTTP_PROXY,
+    HTTPS_PROXY, ALL_PROXY, minus NO_PROXY), as httpx and aiohttp would read it."""
+    parts = urlsplit(url)
+    proxies = getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not proxy_bypass(parts.hostname or "")
 
 
 async def close_sessions() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tasks.runtime import httpstream
-from tasks.runtime.llm import Deployment, ProviderError, _deltas, close_sessions, stream_chat
+from tasks.runtime.llm import Deployment, ProviderError, _deltas, _proxied, close_sessions, stream_chat
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -357,3 +357,41 @@ def test_a_reads_text_events_become_one_delta_and_calls_finish_and_usage_keep_th
     assert [(d.content, d.tool_calls, d.finish_reason, d.usage) for d in deltas] == [
         ("Hello", None, None, None), (None, [call], None, None), (" again", None, None, None),
         (None, None, "tool_calls", None), (None, None, None, {"prompt_tokens": 3, "completion_tokens": 4})]
+
+
+@pytest.fixture
+def proxy_env(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+def test_only_endpoints_the_environment_proxies_leave_the_direct_client(proxy_env):
+    assert not _proxied("https://api.openai.com/v1")  # no proxy configured
+
+    proxy_env.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    proxy_env.setenv("NO_PROXY", "llm.internal,localhost")
+
+    assert _proxied("https://api.openai.com/v1")
+    assert not _proxied("https://llm.internal/v1")  # NO_PROXY
+    assert not _proxied("http://127.0.0.1:8000/v1")  # no proxy for plain http
+
+
+async def test_a_proxied_openai_compatible_endpoint_is_streamed_through_the_proxy(proxy_env, loop_pool):
+    seen: list[bytes] = []
+
+    async def proxy(reader, writer):  # the proxy answers as the endpoint would
+        head, _ = await read_request(reader)
+        seen.append(head.split(b"\r\n")[0])
+        await send(writer, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + SSE)
+
+    async with Server(proxy) as server:
+        proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+        upstream = Deployment(model="m", provider="local", litellm_model="openai/m", api_key="sk-test",
+                              api_base="http://llm.example.test:9/v1", openai_compatible=True)
+        text = "".join([d.content async for d in stream_chat(upstream, [{"role": "user", "content": "hi"}])
+                        if d.content])
+
+    assert text == "Hello"
+    assert seen == [b"POST http://llm.example.test:9/v1/chat/completions HTTP/1.1"]  # absolute form: a proxy's
