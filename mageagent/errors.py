@@ -61,6 +61,11 @@ class Unavailable(DomainError):
     code, status = "unavailable", 503
 
 
+def retry_after(wait: float) -> str:
+    """A Retry-After header for a wait in seconds: whole seconds, never early."""
+    return str(int(wait) + 1)
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
@@ -115,7 +120,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         details = exc.detail if isinstance(exc.detail, dict) else {}
         headers = {}
         if isinstance(exc, drf.Throttled) and exc.wait is not None:
-            headers["Retry-After"] = str(int(exc.wait) + 1)
+            headers["Retry-After"] = retry_after(exc.wait)
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="mageagent"'
         return Response(error_body(code, _first_message(exc.detail), details), status=status,

@@ -19,6 +19,7 @@ from mageagent.errors import DomainError, error_body
 from mageagent.handlers import waiting_threads
 from mageagent.tenancy.access import query_params, tenant_from
 from mageagent.tenancy.auth import Tenant
+from mageagent.tenancy.throttling import stream_open_wait
 
 from . import events, selectors, services
 from .follow import IDLE_RECHECK_EVERY, Follower, parse_position
@@ -42,6 +43,12 @@ class _TaskSocket(AsyncWebsocketConsumer):
         if self.tenant is None:
             await self.send_error(None, "authentication_failed", "an API key is required")
             await self.close(code=4401)
+            return
+        wait = await stream_open_wait(self.tenant)
+        if wait > 0:
+            await self.send_error(None, "rate_limited",
+                                  f"this app's request rate limit is reached; retry in {wait:.1f} s")
+            await self.close(code=4429)
             return
         self.recheck = asyncio.ensure_future(self._recheck_forever())
         await self.opened()

@@ -10,8 +10,9 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from mageagent.errors import DomainError, error_response
+from mageagent.errors import DomainError, error_response, retry_after
 from mageagent.tenancy.access import tenant_from
+from mageagent.tenancy.throttling import stream_open_wait
 
 from . import events, selectors
 from .follow import follow, parse_position
@@ -58,6 +59,12 @@ async def _stream(request: HttpRequest, task_id: str) -> HttpResponseBase:
     tenant = await tenant_from(headers, request.GET.get("token"), auser=request.auser)
     if tenant is None:
         return error_response("authentication_failed", "an API key is required", 401)
+    wait = await stream_open_wait(tenant)
+    if wait > 0:
+        response = error_response("rate_limited", f"this app's request rate limit is reached; retry in {wait:.1f} s",
+                                  429)
+        response["Retry-After"] = retry_after(wait)
+        return response
     try:
         after = _position(request)
     except ValueError as exc:

@@ -3,10 +3,12 @@ one request from the app's bucket in Redis (routing/ratelimit.py's script: check
 taken atomically, so concurrent requests on any number of web processes cannot overrun
 it). Past the limit the answer is 429 `rate_limited` with `Retry-After`.
 
-Not counted: cancels (tasks/apis.py: they stop spend), staff sessions, apps without a
-limit, and the SSE and WebSocket streams (their handshakes are not DRF requests; a stream
-is bounded by its task). If Redis does not answer, requests pass: the limit protects
-capacity, it is not worth an outage.
+Opening an SSE stream or a WebSocket takes one too (`stream_open_wait`, async, for those
+views and consumers, which DRF's throttles do not reach): a refused SSE request gets the
+same 429, a refused WebSocket an error frame and close code 4429. Not counted: cancels
+(tasks/apis.py: they stop spend), staff sessions, apps without a limit, and what a socket
+does once open. If Redis does not answer, requests pass: the limit protects capacity, it
+is not worth an outage.
 """
 
 from __future__ import annotations
@@ -19,11 +21,31 @@ from django.conf import settings
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from routing.ratelimit import rate_limit_try_sync
+from routing.ratelimit import rate_limit_try, rate_limit_try_sync
 
 from .auth import Tenant
 
 logger = logging.getLogger(__name__)
+
+
+def _limited(tenant: object) -> bool:
+    return isinstance(tenant, Tenant) and not tenant.is_staff and tenant.requests_per_minute > 0
+
+
+def _let_through(tenant: Tenant, exc: Exception) -> float:
+    logger.warning("app %s: rate limit not checked (Redis: %s); request let through", tenant.app_id, exc)
+    return 0.0
+
+
+async def stream_open_wait(tenant: Tenant) -> float:
+    """0 when the app's bucket had a request for this stream, else the seconds to wait."""
+    if not _limited(tenant):
+        return 0.0
+    try:
+        return await rate_limit_try(f"app:{tenant.app_id}", rpm=tenant.requests_per_minute, tpm=None, tokens=0,
+                                    burst_s=settings.MAGEAGENT["API_RATE_BURST_S"])
+    except redis.RedisError as exc:
+        return _let_through(tenant, exc)
 
 
 class AppRateThrottle(BaseThrottle):
@@ -32,14 +54,14 @@ class AppRateThrottle(BaseThrottle):
 
     def allow_request(self, request: Request, view: Any) -> bool:
         tenant = request.user
-        if not isinstance(tenant, Tenant) or tenant.is_staff or tenant.requests_per_minute <= 0:
+        if not _limited(tenant):
             return True
+        assert isinstance(tenant, Tenant)
         try:
             wait = rate_limit_try_sync(f"app:{tenant.app_id}", rpm=tenant.requests_per_minute,
                                        burst_s=settings.MAGEAGENT["API_RATE_BURST_S"])
         except redis.RedisError as exc:
-            logger.warning("app %s: rate limit not checked (Redis: %s); request let through", tenant.app_id, exc)
-            return True
+            wait = _let_through(tenant, exc)
         if wait <= 0:
             return True
         self.retry_after = wait

@@ -104,3 +104,16 @@ def test_without_redis_the_limit_lets_requests_through(api, alice, monkeypatch):
     monkeypatch.setattr(throttling, "rate_limit_try_sync", redis_down)
 
     assert statuses(api, alice, 3) == [200] * 3
+
+
+def test_without_redis_a_stream_opens_too(alice, monkeypatch):
+    import asyncio
+    import dataclasses
+
+    async def redis_down(*args, **kwargs):
+        raise redis.ConnectionError("connection refused")
+
+    monkeypatch.setattr(throttling, "rate_limit_try", redis_down)
+    limited = dataclasses.replace(alice.tenant, requests_per_minute=6)
+
+    assert asyncio.run(throttling.stream_open_wait(limited)) == 0.0

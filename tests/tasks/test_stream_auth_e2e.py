@@ -178,3 +178,28 @@ def test_unknown_api_paths_are_json_404s_on_the_debug_stack(stack, alice):
 
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "not_found"
+
+
+def test_opening_a_stream_past_the_apps_rate_limit_is_refused_on_sse_and_websocket(stack, alice, bob):
+    from mageagent.tenancy.models import App
+    from routing.ratelimit import _keys
+    from tasks import events
+
+    task = Client(stack.web_url, alice.key).create(f"x {sim(tokens=1)}")
+    bobs = Client(stack.web_url, bob.key).create(f"y {sim(tokens=1)}")
+    App.objects.filter(pk=alice.tenant.app_id).update(requests_per_minute=6)  # one at once, the next in 10 s
+    events.sync_client().delete(*_keys(f"app:{alice.tenant.app_id}"))
+
+    opened = httpx.get(f"{stack.web_url}{API}/tasks/{task['id']}/stream", headers={"X-API-Key": alice.key},
+                       timeout=30)  # the one request the bucket holds: the whole stream, to its `done`
+    refused = httpx.get(f"{stack.web_url}{API}/tasks/{task['id']}/stream", headers={"X-API-Key": alice.key},
+                        timeout=30)
+    frames, code = ws_frames(Client(stack.web_url, alice.key).ws_url(f"{API}/tasks/{task['id']}/ws?token={alice.key}"))
+    bob_frames, bob_code = ws_frames(
+        Client(stack.web_url, bob.key).ws_url(f"{API}/tasks/{bobs['id']}/ws?token={bob.key}"))
+
+    assert opened.status_code == 200 and '"type":"done"' in opened.text
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 11
+    assert code == 4429 and [f["error"]["code"] for f in frames] == ["rate_limited"]
+    assert bob_code == 1000 and bob_frames[-1]["type"] == "done"  # acme's other app has no limit
