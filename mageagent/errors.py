@@ -75,6 +75,11 @@ def error_response(code: str, message: str, status: int,
     return JsonResponse(error_body(code, message, details), status=status)
 
 
+def domain_error_response(exc: DomainError) -> JsonResponse:
+    """A DomainError for a plain Django view (DRF views get exception_handler), headers kept."""
+    return JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status, headers=exc.headers)
+
+
 _DRF_CODES = {
     drf.ValidationError: "validation_error",
     drf.ParseError: "validation_error",

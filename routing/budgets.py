@@ -186,14 +186,7 @@ def _refusal(ctx: BudgetContext, reply: list[Any], amount: int) -> BudgetExceede
                           f"${scope.label['limit_usd']} would be exceeded", details=details)
 
 
-_sync_scripts: dict[str, Any] = {}
 _async_scripts: dict[tuple[int, str], Any] = {}
-
-
-def _sync(name: str, source: str) -> Any:
-    if name not in _sync_scripts:
-        _sync_scripts[name] = events.sync_client().register_script(source)
-    return _sync_scripts[name]
 
 
 def _async(name: str, source: str) -> Any:
@@ -208,14 +201,14 @@ def budget_reserve(ctx: BudgetContext, *, rid: str, amount_usd: float) -> None:
     if not ctx.active:
         return
     amount = nano(amount_usd)
-    reply = _sync("reserve", _RESERVE)(args=_reserve_args(ctx, rid, amount))
+    reply = events.sync_script(_RESERVE)(args=_reserve_args(ctx, rid, amount))
     if int(reply[0]) != 1:
         raise _refusal(ctx, reply, amount)
 
 
 def budget_settle(ctx: BudgetContext, *, rid: str, actual_usd: float) -> None:
     if ctx.active:
-        _sync("settle", _SETTLE)(args=_settle_args(ctx, rid, nano(actual_usd)))
+        events.sync_script(_SETTLE)(args=_settle_args(ctx, rid, nano(actual_usd)))
 
 
 async def abudget_reserve(ctx: BudgetContext, *, rid: str, amount_usd: float) -> None:
@@ -255,7 +248,7 @@ class BudgetHold:
         if not self.ctx.active:
             return
         if created:
-            _sync("bind", _BIND)(args=[_ns(), self.rid, task_reservation_id(task_id)])
+            events.sync_script(_BIND)(args=[_ns(), self.rid, task_reservation_id(task_id)])
             self.bound = True
 
     def release(self) -> None:

@@ -78,16 +78,10 @@ async def rate_limit_try(deployment_id: str, *, rpm: int | None, tpm: int | None
     return float(raw)
 
 
-_sync_script: Any = None
-
-
 def rate_limit_try_sync(bucket_id: str, *, rpm: int, burst_s: float) -> float:
     """rate_limit_try for one request of a sync caller (the API's per-app limit,
     mageagent/tenancy/throttling.py), in its own bucket: 0 when taken, else the wait."""
-    global _sync_script
-    if _sync_script is None:
-        _sync_script = events.sync_client().register_script(_SCRIPT)
-    return float(_sync_script(keys=_keys(bucket_id), args=[rpm, 0, 0, burst_s, "take"]))
+    return float(events.sync_script(_SCRIPT)(keys=_keys(bucket_id), args=[rpm, 0, 0, burst_s, "take"]))
 
 
 async def rate_limit_acquire(deployment_id: str, *, rpm: int | None, tpm: int | None, tokens: int,

@@ -19,7 +19,7 @@ from mageagent.errors import DomainError, error_body
 from mageagent.handlers import waiting_threads
 from mageagent.tenancy.access import query_params, tenant_from
 from mageagent.tenancy.auth import Tenant
-from mageagent.tenancy.throttling import stream_open_wait
+from mageagent.tenancy.throttling import rate_limited, stream_open_wait
 
 from . import events, selectors, services
 from .follow import IDLE_RECHECK_EVERY, Follower, parse_position
@@ -46,8 +46,8 @@ class _TaskSocket(AsyncWebsocketConsumer):
             return
         wait = await stream_open_wait(self.tenant)
         if wait > 0:
-            await self.send_error(None, "rate_limited",
-                                  f"this app's request rate limit is reached; retry in {wait:.1f} s")
+            refused = rate_limited(wait)
+            await self.send_error(None, refused.code, refused.message)
             await self.close(code=4429)
             return
         self.recheck = asyncio.ensure_future(self._recheck_forever())

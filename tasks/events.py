@@ -127,7 +127,8 @@ def sync_client() -> redis.Redis:
 _sync_scripts: dict[str, Any] = {}
 
 
-def _sync_script(source: str) -> Any:
+def sync_script(source: str) -> Any:
+    """A Lua script registered on the sync client, once per source."""
     script = _sync_scripts.get(source)
     if script is None:
         script = _sync_scripts[source] = sync_client().register_script(source)
@@ -137,12 +138,12 @@ def _sync_script(source: str) -> Any:
 def append(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False) -> int:
     """Append events; returns the last seq, SEALED or FENCED."""
     keys, args = _args(str(task_id), owner, list(bodies), close)
-    return int(_sync_script(_APPEND)(keys=keys, args=args))
+    return int(sync_script(_APPEND)(keys=keys, args=args))
 
 
 def claim(task_id: str, owner: str) -> bool:
     args = [owner, settings.MAGEAGENT["EVENT_TTL_S"]]
-    return bool(_sync_script(_CLAIM)(keys=[meta_key(str(task_id))], args=args))
+    return bool(sync_script(_CLAIM)(keys=[meta_key(str(task_id))], args=args))
 
 
 def is_closed(task_id: str) -> bool:

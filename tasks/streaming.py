@@ -10,9 +10,9 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from mageagent.errors import DomainError, error_response, retry_after
+from mageagent.errors import DomainError, domain_error_response, error_response
 from mageagent.tenancy.access import tenant_from
-from mageagent.tenancy.throttling import stream_open_wait
+from mageagent.tenancy.throttling import rate_limited, stream_open_wait
 
 from . import events, selectors
 from .follow import follow, parse_position
@@ -61,10 +61,7 @@ async def _stream(request: HttpRequest, task_id: str) -> HttpResponseBase:
         return error_response("authentication_failed", "an API key is required", 401)
     wait = await stream_open_wait(tenant)
     if wait > 0:
-        response = error_response("rate_limited", f"this app's request rate limit is reached; retry in {wait:.1f} s",
-                                  429)
-        response["Retry-After"] = retry_after(wait)
-        return response
+        return domain_error_response(rate_limited(wait))
     try:
         after = _position(request)
     except ValueError as exc:
@@ -72,7 +69,7 @@ async def _stream(request: HttpRequest, task_id: str) -> HttpResponseBase:
     try:
         task = await database_sync_to_async(selectors.task_get)(tenant=tenant, task_id=task_id)
     except DomainError as exc:
-        return error_response(exc.code, exc.message, exc.status)
+        return domain_error_response(exc)
     response = StreamingHttpResponse(_frames(str(task.id), after), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"

@@ -14,13 +14,14 @@ is not worth an outage.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 
 import redis
 from django.conf import settings
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from mageagent.errors import RateLimited, retry_after
 from routing.ratelimit import rate_limit_try, rate_limit_try_sync
 
 from .auth import Tenant
@@ -28,8 +29,18 @@ from .auth import Tenant
 logger = logging.getLogger(__name__)
 
 
-def _limited(tenant: object) -> bool:
+def _limited(tenant: object) -> TypeGuard[Tenant]:
     return isinstance(tenant, Tenant) and not tenant.is_staff and tenant.requests_per_minute > 0
+
+
+def _bucket(tenant: Tenant) -> dict[str, Any]:
+    return {"rpm": tenant.requests_per_minute, "burst_s": settings.MAGEAGENT["API_RATE_BURST_S"]}
+
+
+def rate_limited(wait: float) -> RateLimited:
+    """The refusal of a stream's open: the 429 of the SSE view, the error frame of a socket."""
+    return RateLimited(f"this app's request rate limit is reached; retry in {wait:.1f} s",
+                       headers={"Retry-After": retry_after(wait)})
 
 
 def _let_through(tenant: Tenant, exc: Exception) -> float:
@@ -42,8 +53,7 @@ async def stream_open_wait(tenant: Tenant) -> float:
     if not _limited(tenant):
         return 0.0
     try:
-        return await rate_limit_try(f"app:{tenant.app_id}", rpm=tenant.requests_per_minute, tpm=None, tokens=0,
-                                    burst_s=settings.MAGEAGENT["API_RATE_BURST_S"])
+        return await rate_limit_try(f"app:{tenant.app_id}", tpm=None, tokens=0, **_bucket(tenant))
     except redis.RedisError as exc:
         return _let_through(tenant, exc)
 
@@ -56,10 +66,8 @@ class AppRateThrottle(BaseThrottle):
         tenant = request.user
         if not _limited(tenant):
             return True
-        assert isinstance(tenant, Tenant)
         try:
-            wait = rate_limit_try_sync(f"app:{tenant.app_id}", rpm=tenant.requests_per_minute,
-                                       burst_s=settings.MAGEAGENT["API_RATE_BURST_S"])
+            wait = rate_limit_try_sync(f"app:{tenant.app_id}", **_bucket(tenant))
         except redis.RedisError as exc:
             wait = _let_through(tenant, exc)
         if wait <= 0:

@@ -12,7 +12,6 @@ proxy (HTTPS_PROXY and friends): the direct client speaks no proxy protocol.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -302,13 +301,10 @@ _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY
 def _proxied(url: str) -> bool:
     """Whether the environment sends requests to `url` through a proxy (HTTP_PROXY,
     HTTPS_PROXY, ALL_PROXY, minus NO_PROXY), as httpx and aiohttp would read it. Once per
-    call, so it reads only those variables (urllib's getproxies reads all of them: ~45 µs)."""
-    env = tuple(map(os.environ.get, _PROXY_VARS))
-    return any(env) and _proxied_under(url, env)
-
-
-@functools.lru_cache(maxsize=256)
-def _proxied_under(url: str, env: tuple[str | None, ...]) -> bool:
+    call: without any proxy variable it reads only those (urllib's getproxies reads the
+    whole environment, ~45 µs)."""
+    if not any(map(os.environ.get, _PROXY_VARS)):
+        return False
     parts = urlsplit(url)
     proxies = getproxies()
     if not (proxies.get(parts.scheme) or proxies.get("all")):

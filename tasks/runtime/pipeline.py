@@ -60,9 +60,10 @@ DUE_S = 0.002
 class ChunkEmitter:
     """Coalesces tokens into chunk events: the first token goes out at once, later ones at
     most every `window` seconds, so a fast stream costs one Redis call per window. Adding a
-    token inside a window only buffers it (this runs once per token of every stream the
-    worker holds); that window's append runs from a loop callback, and a failed one stops
-    the attempt through `_after_background_flush`."""
+    token inside a window only buffers it (this runs once per read of every stream the
+    worker holds). The window's append is made by the stream's next read when that comes
+    by the window's end (paced reads do), else by a timer, whose failed append stops the
+    attempt through `_after_background_flush`."""
 
     def __init__(self, plan: AttemptPlan) -> None:
         self.task_id, self.owner, self.window = plan.task_id, plan.owner, plan.coalesce_s

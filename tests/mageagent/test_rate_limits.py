@@ -4,6 +4,8 @@ under concurrency, and no outage when Redis is away."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,8 +13,10 @@ import redis
 
 from mageagent.tenancy import throttling
 from mageagent.tenancy.models import App
+from mageagent.tenancy.services import api_key_create
 from routing.ratelimit import _keys, rate_limit_try_sync
 from tasks import events
+from tasks.models import Task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TASKS = "/mageagent/api/v1/tasks"
@@ -49,8 +53,6 @@ def test_an_app_past_its_limit_gets_429_rate_limited_with_retry_after_and_other_
 
 
 def test_an_apps_keys_share_one_bucket_and_a_refused_request_creates_nothing(api, alice):
-    from mageagent.tenancy.services import api_key_create
-
     second_key = api_key_create(app=App.objects.get(pk=alice.tenant.app_id), name="second").raw_key
     limit(alice, 12)  # two requests at once
 
@@ -59,8 +61,6 @@ def test_an_apps_keys_share_one_bucket_and_a_refused_request_creates_nothing(api
     third = api.post(TASKS, {"prompt": "three"}, format="json", HTTP_AUTHORIZATION=f"Bearer {alice.key}")
 
     assert (first.status_code, second.status_code, third.status_code) == (202, 202, 429)
-    from tasks.models import Task
-
     assert sorted(Task.objects.values_list("prompt", flat=True)) == ["one", "two"]
 
 
@@ -107,9 +107,6 @@ def test_without_redis_the_limit_lets_requests_through(api, alice, monkeypatch):
 
 
 def test_without_redis_a_stream_opens_too(alice, monkeypatch):
-    import asyncio
-    import dataclasses
-
     async def redis_down(*args, **kwargs):
         raise redis.ConnectionError("connection refused")
 
