@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 def profile_pass(infra: Any, configs: list[str], preset: dict[str, Any], key: str, workdir: Path,
                  args: argparse.Namespace, extra_env: dict[str, str]) -> dict[str, Any]:
     """One extra, unmeasured run per configuration with py-spy attached: the top step of the
-    capacity ramp (web + worker + simulator) and enqueue at 200 req/s (web)."""
+    capacity ramp (web + worker + simulator), enqueue at 200 req/s (web) and the fan-out (web)."""
     spy = py_spy()
     if spy is None:
         _log("--profile: py-spy is not installed (pip install py-spy); skipping the profile")
@@ -296,10 +296,12 @@ def profile_pass(infra: Any, configs: list[str], preset: dict[str, Any], key: st
                        profile_at=enq.get("reference_rate", 200), phases=["burst"])
             run_scenario(stack, scenario="enqueue", params=enq, key=key, workdir=workdir,
                          tag=f"profile-{cfg}", profile={**spec, "targets": ["web"]})
+            run_scenario(stack, scenario="fanout", params=copy.deepcopy(preset["fanout"]), key=key,
+                         workdir=workdir, tag=f"profile-{cfg}", profile={**spec, "targets": ["web"]})
         finally:
             stack.stop()
         for label, proc in (("capacity", "web"), ("capacity", "worker"), ("capacity", "simulator"),
-                            ("enqueue", "web")):
+                            ("enqueue", "web"), ("fanout", "web")):
             path = prof_dir / f"{cfg}-{label}-{proc}.folded"
             if path.exists():
                 out[f"{cfg} {proc} during {label}"] = summarize(path)

@@ -165,7 +165,8 @@ class Api:
                 raw = await resp.read()
                 t_done = time.time()
                 if resp.status != 202:
-                    return Created(False, resp.status, t_sent=t_sent, t_done=t_done, error=raw[:300].decode(errors="replace"))
+                    return Created(False, resp.status, t_sent=t_sent, t_done=t_done,
+                                   error=raw[:300].decode(errors="replace"))
                 return Created(True, resp.status, orjson.loads(raw)["id"], t_sent, t_done)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return Created(False, 0, t_sent=t_sent, t_done=time.time(), error=f"{type(exc).__name__}: {exc}")

@@ -612,14 +612,22 @@ async def scenario_capacity(ctx: Ctx) -> dict[str, Any]:
         **{f"cpu_ms_per_task_{k}": v for k, v in top["cpu_ms_per_task"].items()},
         "worker_us_per_chunk_avg": top["worker_us_per_chunk_avg"],
         "worker_us_per_chunk_marginal": chunk["marginal_us_per_chunk"] if chunk else None,
-        "worker_us_per_chunk_marginal_dense": (chunk.get("dense") or {}).get("marginal_us_per_chunk") if chunk else None,
+        "worker_us_per_chunk_marginal_dense":
+            (chunk.get("dense") or {}).get("marginal_us_per_chunk") if chunk else None,
         "errors": sum(c.failed for c in created) + len(failed) + llm_errors + check["broken"],
         "lost": check["lost"], "repeated": check["repeated"],
         "followed_sse": check["sse"], "followed_ws": check["ws"], "unfinished_streams": check["unfinished"],
         "shed": shed + sum(c.refused for c in created), "refused": sum(c.refused for c in created),
         "pickup_p50_ms": percentile(pickup, 50), "pickup_p99_ms": percentile(pickup, 99),
     }
+    # How long a follower waited from opening its stream to its first event (subscribed, replay
+    # read), per transport: where a loaded web process makes clients wait.
+    waits = {t: [(f.ready_at - f.opened_at) * 1000 for f in follows if f.transport == t and f.ready_at]
+             for t in ("sse", "ws")}
+    follow_open = {t: pcts(w) for t, w in waits.items()}
+    summary["follow_open_p99_ms"] = percentile(waits["sse"] + waits["ws"], 99)
     return {"summary": summary, "steps": steps, "chunk_cost": chunk, "events_check": check,
+            "follow_open_ms": follow_open,
             "tasks": len(created), "post_errors": sum(c.failed for c in created),
             "error_examples": list({c.error or str(c.status) for c in created if c.failed})[:3],
             "failed_tasks": len(failed), "llm_errors": llm_errors, "cancelled_backlog": cancelled, "shed": shed}
@@ -715,8 +723,11 @@ async def scenario_fanout(ctx: Ctx) -> dict[str, Any]:
     await asyncio.wait_for(asyncio.gather(*(f.ready.wait() for f in subs)), 90)
     all_ready = time.time()
     snap0 = ctx.snapshot()
+    stream_end = t_post + (llm["ttft_ms"] + llm["tokens"] * llm["interval_ms"]) / 1000
+    ctx.profile_start(stream_end - all_ready + 1, "fanout")
     await asyncio.gather(*runners)
     snap1 = ctx.snapshot()
+    ctx.profile_wait()
     recs = [r for r in await api.sim_records(t_post - 5) if r["key"] == key]
     rec = recs[0] if recs else {}
     first = rec.get("first_token_at")

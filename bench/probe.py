@@ -21,7 +21,7 @@ application directly; ~0.9 ms per request measured under daphne), and Celery's c
 - execute: N tasks (1 token, no latency) created first, then executed one after
            another: CPU ms per task (routing, start, the stream, complete, spend).
 - stream:  K threads each executing tasks of T tokens spread over D ms, for T=10 and
-           T=200: (CPU at 200 − CPU at 10) / (190 × tasks) is the marginal CPU of one
+           T=200: (CPU at 200 - CPU at 10) / (190 * tasks) is the marginal CPU of one
            chunk read from the provider (parse, coalesce, publish), per-task costs
            cancelling out; K=100, D=4000 is the benchmark's dense regime. The same over
            the event-loop thread alone (loop_us_per_chunk_marginal) is steadier: the

@@ -129,6 +129,8 @@ ROWS: list[tuple[str, str, str, str, str, Callable[[float], bool] | None]] = [
     ("3 · errors at that load", "inflight", "errors", "0", "low", lambda v: v == 0),
     ("3 · pickup p50 during the ramp (ms)", "capacity", "pickup_p50_ms", "", "low", None),
     ("3 · errors (failed requests/tasks, broken streams)", "capacity", "errors", "0", "low", lambda v: v == 0),
+    ("3 · followed stream opened → first event, p99 over the ramp (ms)", "capacity", "follow_open_p99_ms", "",
+     "low", None),
     ("4 · cancel → provider stream closed p50 (ms)", "cancel", "p50_ms", "", "low", None),
     ("4 · cancel → provider stream closed p99 (ms)", "cancel", "p99_ms", "≤ 500", "low", lambda v: v <= 500),
     ("5 · fan-out token → 500 WS subscribers p50 (ms)", "fanout", "p50_ms", "", "low", None),
@@ -341,8 +343,8 @@ def _details(results: dict[str, Any], configs: list[str], per: dict[str, Any], a
     if prof:
         from .profiling import render as render_profile
 
-        out += ["", "### Profile (py-spy, one extra run of the top capacity step and of enqueue at 200 req/s; "
-                "shares of sampled CPU time)", ""]
+        out += ["", "### Profile (py-spy, one extra run of the top capacity step, of enqueue at 200 req/s and of "
+                "the fan-out; shares of sampled CPU time)", ""]
         for label, summary in prof.items():
             out += render_profile(label, summary)
     failed = [(c, s, r.get("error")) for c in configs for s in per[c] for r in per[c][s] if "summary" not in r]
