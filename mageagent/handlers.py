@@ -17,18 +17,20 @@ Admission: past WEB_THREADS requests running and WEB_QUEUE_MAX more waiting for 
 an API request is answered 503 `unavailable` with Retry-After at once, on the loop, instead
 of joining a queue that only grows. Offered twice what it could serve, the web used to
 queue POSTs for seconds while its event loop, starved of the GIL, let WebSocket handshakes
-pass daphne's 5 s limit. Health checks, cancels and the admin run on their own threads
+pass daphne's 5 s limit. Health checks, cancels, SSE opens and the admin run on their own threads
 and are never refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.db import close_old_connections
@@ -38,6 +40,7 @@ from django.http.response import HttpResponseBase
 from .errors import error_response
 
 Scope = dict[str, Any]
+T = TypeVar("T")
 
 
 def max_request_bytes() -> int:
@@ -76,6 +79,28 @@ def _request_threads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(settings.MAGEAGENT["WEB_THREADS"], thread_name_prefix="http")
 
 
+SOCKET_DB_THREADS = 4
+
+
+@cache
+def _socket_db_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(SOCKET_DB_THREADS, thread_name_prefix="ws-db")
+
+
+def socket_db(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`fn` as a coroutine on threads of its own, for the WebSocket consumers' database
+    calls (the key's lookup on a cache miss, fetching the task to subscribe or cancel).
+
+    The consumers run on the event loop, where channels' `database_sync_to_async` sends
+    every call of the process, one after another, to the single thread-sensitive thread.
+    Offered twice what the machine serves, subscriptions queued there for seconds and
+    daphne refused the handshakes still open after 5 s. Not the API's threads either: there
+    a subscription would wait behind the POSTs admitted before it, and the followers of
+    tasks already accepted come before new work. (The SSE view needs neither: it runs in
+    a request thread, which serves its own thread-sensitive calls.)"""
+    return database_sync_to_async(fn, thread_sensitive=False, executor=_socket_db_threads())
+
+
 @cache
 def waiting_threads() -> ThreadPoolExecutor:
     """Threads for requests that mostly wait (and health checks, which must answer whatever
@@ -92,7 +117,12 @@ RETRY_AFTER_S = 1
 
 def _executor_for(request: HttpRequest) -> ThreadPoolExecutor:
     path = request.path_info
-    if path.startswith("/admin/") or path in _HEALTH or (request.method == "POST" and path.endswith("/cancel")):
+    if (path.startswith("/admin/") or path in _HEALTH or (request.method == "POST" and path.endswith("/cancel"))
+            or path.endswith("/stream")):
+        # Never refused: health, cancels, the admin, and opening a task's SSE stream (the
+        # followers of tasks already accepted come before new work; a browser's
+        # EventSource gives up for good on a 503). An open holds its thread only for the
+        # key's lookup and the task's fetch: the stream itself is served by the loop.
         return waiting_threads()
     return _request_threads()
 

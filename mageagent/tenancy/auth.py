@@ -38,6 +38,15 @@ class Tenant:
 _cache: dict[str, tuple[float, Tenant | None]] = {}
 
 
+def cached_tenant(raw_key: str) -> tuple[bool, Tenant | None]:
+    """(True, the key's tenant or None) when the cache knows the key; (False, None) when
+    only the database does. No I/O: an async caller checks here before a thread hop."""
+    hit = _cache.get(key_digest(raw_key))
+    if hit is not None and hit[0] > time.monotonic():
+        return True, hit[1]
+    return False, None
+
+
 def tenant_for_key(raw_key: str) -> Tenant | None:
     digest = key_digest(raw_key)
     now = time.monotonic()

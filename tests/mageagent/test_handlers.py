@@ -135,10 +135,10 @@ def test_cancels_waiting_for_their_worker_hold_up_no_other_request(alice, settin
 
 @pytest.mark.django_db(transaction=True)
 def test_a_websocket_cancel_waiting_for_its_worker_holds_up_no_other_socket(alice, settings):
-    from channels.db import database_sync_to_async
     from channels.testing import WebsocketCommunicator
 
     from mageagent.asgi import application
+    from mageagent.handlers import socket_db
     from tasks import events
     from tasks.models import Task, TaskStatus
 
@@ -153,10 +153,10 @@ def test_a_websocket_cancel_waiting_for_its_worker_holds_up_no_other_socket(alic
         assert connected
         await ws.send_json_to({"type": "cancel-task", "taskId": str(task.id)})
         await asyncio.sleep(0.5)  # the cancel is waiting for the worker by now
-        # Another socket's database call (the thread every consumer shares) is not queued
+        # Another socket's database call (the threads every consumer shares) is not queued
         # behind it: it answers while the cancel still waits, before the cancel gives up on
         # the worker and closes the log itself.
-        await database_sync_to_async(Task.objects.filter(pk=task.pk).exists)()
+        await socket_db(Task.objects.filter(pk=task.pk).exists)()
         closed_when_answered = events.is_closed(str(task.id))
         await ws.disconnect()
         return closed_when_answered
@@ -176,7 +176,8 @@ def test_past_the_threads_and_the_queue_an_api_request_gets_a_503_at_once(alice,
     serve = handler._serve
 
     def slow_serve(request: Any) -> Any:  # the API's requests hold their thread until released
-        if request.path_info.startswith("/mageagent/api/v1/tasks") and not request.path_info.endswith("/cancel"):
+        if request.path_info.startswith("/mageagent/api/v1/tasks") and not request.path_info.endswith(
+                ("/cancel", "/stream")):
             release.wait(20)
         return serve(request)
 
@@ -189,10 +190,12 @@ def test_past_the_threads_and_the_queue_an_api_request_gets_a_503_at_once(alice,
         refused = await serve_one(handler, "GET", tasks_url, alice.key)
         health = await serve_one(handler, "GET", "/healthz", alice.key)
         cancel = await serve_one(handler, "POST", f"{tasks_url}/{uuid.uuid4()}/cancel", alice.key)
+        stream = await serve_one(handler, "GET", f"{tasks_url}/{uuid.uuid4()}/stream", alice.key)
         release.set()
         answered = await asyncio.gather(*held)
         after = await serve_one(handler, "GET", tasks_url, alice.key)
-        return {"refused": refused, "health": health, "cancel": cancel, "held": answered, "after": after}
+        return {"refused": refused, "health": health, "cancel": cancel, "stream": stream, "held": answered,
+                "after": after}
 
     out = asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -201,5 +204,41 @@ def test_past_the_threads_and_the_queue_an_api_request_gets_a_503_at_once(alice,
     assert (b"retry-after", b"1") in [(k.lower(), v) for k, v in out["refused"][0]["headers"]]
     assert status_and_body(out["health"])[0] == 200  # never refused
     assert status_and_body(out["cancel"])[0] == 404  # reached its view (no such task)
+    assert status_and_body(out["stream"])[0] == 404  # opening a stream is never refused either
     assert [m[0]["status"] for m in out["held"]] == [200] * capacity  # those admitted are all served
     assert out["after"][0]["status"] == 200  # and once they are, requests are admitted again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_websocket_subscription_does_not_wait_behind_the_thread_sensitive_thread(alice):
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from mageagent.asgi import application
+    from tasks import events
+    from tasks.models import Task
+
+    task = Task.objects.create(company_id=alice.tenant.company_id, app_id=alice.tenant.app_id, prompt="p")
+    events.append(str(task.id), events.encode("status", status="queued", attempt=1))
+    release = threading.Event()
+
+    async def main() -> tuple[dict[str, Any], bool]:
+        # Anything holding the process's one thread-sensitive thread (channels' default for
+        # database calls): a subscription's lookups run on threads of their own.
+        blocker = asyncio.ensure_future(database_sync_to_async(release.wait)(20))
+        await asyncio.sleep(0.1)
+        ws = WebsocketCommunicator(application, f"/mageagent/ws?token={alice.key}", headers=[(b"host", b"testserver")])
+        connected, _ = await ws.connect(timeout=10)
+        assert connected
+        await ws.send_json_to({"type": "subscribe-task", "taskId": str(task.id)})
+        frame = await ws.receive_json_from(timeout=10)
+        still_blocked = not blocker.done()
+        release.set()
+        await blocker
+        await ws.disconnect()
+        return frame, still_blocked
+
+    frame, still_blocked = asyncio.run(asyncio.wait_for(main(), 30))
+
+    assert frame["type"] == "task-update" and frame["data"]["seq"] == 1
+    assert still_blocked

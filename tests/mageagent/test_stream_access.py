@@ -45,3 +45,27 @@ async def test_an_api_key_counts_from_any_origin_without_a_session_lookup(alice)
     tenant = await tenant_from({"origin": "https://evil.example"}, alice.key, no_lookup)
 
     assert tenant is not None and tenant.company_id == alice.tenant.company_id
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_key_the_process_has_seen_is_answered_without_a_thread_hop(alice, monkeypatch, settings):
+    from mageagent.tenancy import auth
+
+    monkeypatch.setattr(auth, "_cache", {})  # nothing seen yet
+    settings.MAGEAGENT = {**settings.MAGEAGENT, "API_KEY_CACHE_S": 60.0}  # the suite's is 0
+    hops: list[str] = []
+
+    def counting_hop(fn):  # what the consumers pass as `hop`: here it records, then runs
+        from channels.db import database_sync_to_async
+
+        hops.append(fn.__name__)
+        return database_sync_to_async(fn)
+
+    first = await tenant_from({}, alice.key, no_lookup, hop=counting_hop)
+    again = await tenant_from({}, alice.key, no_lookup, hop=counting_hop)
+    unknown = await tenant_from({}, "mk_not_a_key", no_lookup, hop=counting_hop)
+    unknown_again = await tenant_from({}, "mk_not_a_key", no_lookup, hop=counting_hop)
+
+    assert first == again and first is not None and first.app_id == alice.tenant.app_id
+    assert unknown is None and unknown_again is None
+    assert hops == ["tenant_for_key", "tenant_for_key"]  # alice's first lookup and the unknown key's
