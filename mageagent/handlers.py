@@ -73,9 +73,14 @@ async def _send_too_large(send: Any, limit: int) -> None:
 @cache
 def _request_threads() -> ThreadPoolExecutor:
     # Its own pool: the loop's default one has min(32, cores + 4) threads, 6 here. Few
-    # threads, because they share one GIL: under a burst of `POST /tasks`, 32 runnable
-    # threads handed the GIL round and each request cost ~35% more CPU (8.4 vs 6.2 ms at
-    # 100 req/s, p99 218 vs 13 ms) than with 8.
+    # threads, because they share one GIL with the event loop: under a burst of
+    # `POST /tasks`, 32 runnable threads handed the GIL round and each request cost ~35%
+    # more CPU (8.4 vs 6.2 ms at 100 req/s, p99 218 vs 13 ms) than with 8. And the loop,
+    # which takes the GIL back after every socket write and every poll, waits behind each
+    # runnable thread: offered twice what the machine serves, followers of accepted tasks
+    # waited 7.0-7.5 s (p99) for their first event with 8 threads, 2.3-3.2 s with 2, for
+    # the same throughput and POST latency (BENCHMARKS.md). Nothing on these threads waits
+    # on anything slower than PostgreSQL and Redis (see _executor_for).
     return ThreadPoolExecutor(settings.MAGEAGENT["WEB_THREADS"], thread_name_prefix="http")
 
 
@@ -118,11 +123,12 @@ RETRY_AFTER_S = 1
 def _executor_for(request: HttpRequest) -> ThreadPoolExecutor:
     path = request.path_info
     if (path.startswith("/admin/") or path in _HEALTH or (request.method == "POST" and path.endswith("/cancel"))
-            or path.endswith("/stream")):
+            or path.endswith(("/stream", "/knowledge/search"))):
         # Never refused: health, cancels, the admin, and opening a task's SSE stream (the
         # followers of tasks already accepted come before new work; a browser's
         # EventSource gives up for good on a 503). An open holds its thread only for the
         # key's lookup and the task's fetch: the stream itself is served by the loop.
+        # A knowledge search may wait on a GraphRAG service (up to GRAPHRAG_TIMEOUT_S).
         return waiting_threads()
     return _request_threads()
 

@@ -196,7 +196,7 @@ MAGEAGENT = {
     "MAX_PROMPT_CHARS": env_int("MAGEAGENT_MAX_PROMPT_CHARS", 400_000, minimum=1),
     # Threads of a web process that run HTTP requests, and those for requests that wait
     # (cancels, the admin): mageagent/handlers.py.
-    "WEB_THREADS": env_int("MAGEAGENT_WEB_THREADS", 8, minimum=1),
+    "WEB_THREADS": env_int("MAGEAGENT_WEB_THREADS", 2, minimum=1),
     "WEB_WAIT_THREADS": env_int("MAGEAGENT_WEB_WAIT_THREADS", 32, minimum=1),
     # API requests that may wait for one of those threads; past it a request gets a 503.
     "WEB_QUEUE_MAX": env_int("MAGEAGENT_WEB_QUEUE_MAX", 64, minimum=0),

@@ -191,11 +191,12 @@ def test_past_the_threads_and_the_queue_an_api_request_gets_a_503_at_once(alice,
         health = await serve_one(handler, "GET", "/healthz", alice.key)
         cancel = await serve_one(handler, "POST", f"{tasks_url}/{uuid.uuid4()}/cancel", alice.key)
         stream = await serve_one(handler, "GET", f"{tasks_url}/{uuid.uuid4()}/stream", alice.key)
+        search = await serve_one(handler, "POST", "/mageagent/api/v1/knowledge/search", alice.key)
         release.set()
         answered = await asyncio.gather(*held)
         after = await serve_one(handler, "GET", tasks_url, alice.key)
-        return {"refused": refused, "health": health, "cancel": cancel, "stream": stream, "held": answered,
-                "after": after}
+        return {"refused": refused, "health": health, "cancel": cancel, "stream": stream, "search": search,
+                "held": answered, "after": after}
 
     out = asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -205,6 +206,7 @@ def test_past_the_threads_and_the_queue_an_api_request_gets_a_503_at_once(alice,
     assert status_and_body(out["health"])[0] == 200  # never refused
     assert status_and_body(out["cancel"])[0] == 404  # reached its view (no such task)
     assert status_and_body(out["stream"])[0] == 404  # opening a stream is never refused either
+    assert status_and_body(out["search"])[0] == 400  # nor a knowledge search (here: no query)
     assert [m[0]["status"] for m in out["held"]] == [200] * capacity  # those admitted are all served
     assert out["after"][0]["status"] == 200  # and once they are, requests are admitted again
 
