@@ -124,8 +124,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             status = 401
         details = exc.detail if isinstance(exc.detail, dict) else {}
         headers = {}
-        if isinstance(exc, drf.Throttled) and exc.wait is not None:
-            headers["Retry-After"] = retry_after(exc.wait)
+        wait = getattr(exc, "wait", None) if isinstance(exc, drf.Throttled) else None
+        if wait is not None:
+            headers["Retry-After"] = retry_after(wait)
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="mageagent"'
         return Response(error_body(code, _first_message(exc.detail), details), status=status,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import environ
 
@@ -103,7 +104,7 @@ CACHES = {
     }
 }
 
-CHANNEL_LAYERS = {
+CHANNEL_LAYERS: dict[str, Any] = {
     "default": {
         # The pub/sub layer (channels-redis's, with batched subscriptions: mageagent/channel_layer.py):
         # fan-out is one PUBLISH per event. JSON serialization lets the
@@ -156,7 +157,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False  # the reconciler re-enqueues; no poison loops
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("MAGEAGENT_WORKER_PREFETCH", 1, minimum=1)
 CELERY_TASK_DEFAULT_QUEUE = env_str("MAGEAGENT_QUEUE", "mageagent")
-CELERY_BROKER_TRANSPORT_OPTIONS = {
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     # Unacked messages come back after this; longer than any task may run.
     "visibility_timeout": env_int("MAGEAGENT_VISIBILITY_TIMEOUT", 3600, minimum=60),
     "queue_order_strategy": "priority",
@@ -177,7 +178,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 FLOWER_URL = env_str("MAGEAGENT_FLOWER_URL", "")
 
 # --- MageAgent --------------------------------------------------------------------------
-MAGEAGENT = {
+MAGEAGENT: dict[str, Any] = {
     "TASK_MAX_ATTEMPTS": env_int("MAGEAGENT_TASK_MAX_ATTEMPTS", 3, minimum=1),
     "RETRY_BACKOFF_S": env_float("MAGEAGENT_RETRY_BACKOFF_S", 2.0, minimum=0.0),
     "TASK_SOFT_TIME_LIMIT_S": env_float("MAGEAGENT_TASK_SOFT_TIME_LIMIT", 300.0, minimum=1.0),
@@ -214,7 +215,7 @@ MAGEAGENT = {
     "SYSTEM_PROMPT": env_str("MAGEAGENT_SYSTEM_PROMPT", "You are a helpful AI assistant."),
 }
 
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
@@ -293,7 +294,7 @@ MAGEAGENT.update({
 # --- Routing ------------------------------------------------------------------------------
 # Model catalog, routing policy, deployments, rate limits and budgets (routing/).
 # The policy below is the default; a company's CompanyRoutingPolicy overrides its keys.
-MAGEAGENT_ROUTING = {
+MAGEAGENT_ROUTING: dict[str, Any] = {
     # litellm providers whose chat models seed the catalog (litellm's bundled map, offline).
     "CATALOG_PROVIDERS": env_list("MAGEAGENT_ROUTING_CATALOG_PROVIDERS", [
         "openai", "anthropic", "gemini", "cohere_chat", "openrouter", "mistral", "deepseek", "xai", "groq",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.staticfiles.views import serve as static_serve
-from django.urls import include, path, re_path
+from django.urls import URLPattern, URLResolver, include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from routing.apis import ModelListApi, RouteApi
@@ -13,7 +13,7 @@ from tools.apis import ToolListApi
 from . import health
 from .errors import api_not_found
 
-api = [
+api: list[URLPattern | URLResolver] = [
     path("tasks", TaskListCreateApi.as_view()),
     path("tasks/<str:task_id>", TaskDetailApi.as_view()),
     path("tasks/<str:task_id>/cancel", TaskCancelApi.as_view()),

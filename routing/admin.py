@@ -126,10 +126,11 @@ class SpendAdmin(admin.ModelAdmin):
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         response = super().changelist_view(request, extra_context)
-        cl = getattr(response, "context_data", {}).get("cl") if hasattr(response, "context_data") else None
+        context = getattr(response, "context_data", None) or {}
+        cl = context.get("cl")
         if cl is not None:
             total = cl.queryset.aggregate(total=Sum("cost_usd"))["total"] or 0
-            response.context_data["title"] = f"Spend (total of the rows shown: ${total:.6f})"
+            context["title"] = f"Spend (total of the rows shown: ${total:.6f})"
         return response
 
 

@@ -6,6 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from mageagent.tenancy.auth import request_tenant
 from tasks.serializers import TaskInputSerializer
 
 from .budgets import budget_context
@@ -38,7 +39,7 @@ class ModelListApi(APIView):
     @extend_schema(summary="The models the caller may use",
                    responses=inline_serializer("CatalogModels", {"results": ModelOutput.__class__(many=True)}))
     def get(self, request: Request) -> Response:
-        return Response({"results": model_list(company_id=request.user.company_id)})
+        return Response({"results": model_list(company_id=request_tenant(request).company_id)})
 
 
 class RouteApi(APIView):
@@ -48,7 +49,7 @@ class RouteApi(APIView):
         data = TaskInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = data.validated_data
-        tenant = request.user
+        tenant = request_tenant(request)
         model_validate(tenant=tenant, model=fields["model"])
         budgeted = tenant.company_id is not None and budget_context(
             company_id=tenant.company_id, app_id=tenant.app_id).active

@@ -317,7 +317,7 @@ def spend_record(*, company_id: int, app_id: int, cost_usd: float, prompt_tokens
 @cache
 def _spend_upsert_sql() -> tuple[str, list[Any]]:
     meta = Spend._meta
-    fields = [meta.get_field(name) for name in ("company", "app", "day", "cost_usd", "prompt_tokens",
+    fields: list[Any] = [meta.get_field(name) for name in ("company", "app", "day", "cost_usd", "prompt_tokens",
                                                 "completion_tokens", "calls", "tasks", "updated_at")]
     q = connections[router.db_for_write(Spend)].ops.quote_name
     table, cols = q(meta.db_table), [q(f.column) for f in fields]

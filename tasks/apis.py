@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mageagent.pagination import NewestFirstPagination
+from mageagent.tenancy.auth import request_tenant
 from routing.budgets import budget_hold, budget_release_task
 from routing.services import model_validate
 from tools.registry import tools_validate_requested
@@ -30,7 +31,7 @@ class TaskListCreateApi(APIView):
         data = TaskInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
-        tenant = request.user
+        tenant = request_tenant(request)
         idempotency_key = request.headers.get("Idempotency-Key") or None
         # A replay answers with the original task before anything that may have changed
         # since (the model catalog, the tools, the budget) can refuse it.
@@ -42,7 +43,7 @@ class TaskListCreateApi(APIView):
         with budget_hold(tenant=tenant, **fields) as hold:  # 402 budget_exceeded when it cannot fit
             task, created = services.task_create(
                 tenant=tenant, idempotency_key=idempotency_key,
-                estimated_duration_ms=selectors.estimated_duration_ms(company_id=tenant.company_id),
+                estimated_duration_ms=selectors.estimated_duration_ms(company_id=tenant.app_ids[0]),
                 **fields,
             )
             hold.bind(task_id=task.id, created=created)
@@ -59,7 +60,7 @@ class TaskListCreateApi(APIView):
         filters = TaskListFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         params = {k: v for k, v in filters.validated_data.items() if k not in ("cursor", "page_size")}
-        qs = selectors.task_list(tenant=request.user, **params)
+        qs = selectors.task_list(tenant=request_tenant(request), **params)
         paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(TaskOutputSerializer(page, many=True).data)
@@ -68,7 +69,7 @@ class TaskListCreateApi(APIView):
 class TaskDetailApi(APIView):
     @extend_schema(responses=TaskOutputSerializer, summary="Get a task (the polling path)")
     def get(self, request: Request, task_id: str) -> Response:
-        task = selectors.task_get(tenant=request.user, task_id=task_id)
+        task = selectors.task_get(tenant=request_tenant(request), task_id=task_id)
         return Response(TaskOutputSerializer(task).data)
 
 
@@ -77,7 +78,7 @@ class TaskCancelApi(APIView):
 
     @extend_schema(request=None, responses=TaskOutputSerializer, summary="Cancel a task")
     def post(self, request: Request, task_id: str) -> Response:
-        task = selectors.task_get(tenant=request.user, task_id=task_id)
+        task = selectors.task_get(tenant=request_tenant(request), task_id=task_id)
         task = services.task_cancel(task=task)
         if task.status == TaskStatus.CANCELLED and task.started_at is None:  # never ran: free its budget hold
             budget_release_task(task_id=task.id, company_id=task.company_id, app_id=task.app_id)
@@ -94,7 +95,7 @@ class TaskEventsApi(APIView):
     def get(self, request: Request, task_id: str) -> Response:
         query = EventsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        task = selectors.task_get(tenant=request.user, task_id=task_id)
+        task = selectors.task_get(tenant=request_tenant(request), task_id=task_id)
         return Response(events_page(task, after=query.validated_data["after"]))
 
 
@@ -104,4 +105,4 @@ class QueueMetricsApi(APIView):
             "waiting", "active", "completed", "failed", "cancelled", "delayed", "avg_processing_ms",
             "p95_processing_ms", "throughput_per_min", "workers")}), summary="Queue metrics for the caller's company")
     def get(self, request: Request) -> Response:
-        return Response(selectors.queue_metrics(company_id=request.user.company_id))
+        return Response(selectors.queue_metrics(company_id=request_tenant(request).company_id))

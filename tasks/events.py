@@ -152,7 +152,8 @@ def is_closed(task_id: str) -> bool:
 
 def read_after(task_id: str, after: int) -> list[str] | None:
     """Events with seq > after, or None when the log does not exist (expired or never written)."""
-    entries = sync_client().xrange(stream_key(str(task_id)), f"{after + 1}-0", "+")
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = sync_client().xrange(  # type: ignore[assignment]
+        stream_key(str(task_id)), f"{after + 1}-0", "+")
     if not entries and not sync_client().exists(meta_key(str(task_id))):
         return None
     return [fields[b"e"].decode() for _, fields in entries]
@@ -290,7 +291,8 @@ def aappend(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = 
 
 async def aread_after(task_id: str, after: int) -> list[str] | None:
     client = async_client()
-    entries = await client.xrange(stream_key(str(task_id)), f"{after + 1}-0", "+")
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange(  # type: ignore[assignment]
+        stream_key(str(task_id)), f"{after + 1}-0", "+")
     if not entries and not await client.exists(meta_key(str(task_id))):
         return None
     return [fields[b"e"].decode() for _, fields in entries]

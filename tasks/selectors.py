@@ -15,7 +15,7 @@ from .models import Task, TaskStatus
 
 def task_queryset(*, tenant: Tenant) -> QuerySet[Task]:
     qs = Task.objects.select_related("company", "app")
-    return qs if tenant.is_staff else qs.filter(company_id=tenant.company_id)
+    return qs if tenant.is_staff else qs.filter(company_id=tenant.app_ids[0])
 
 
 def task_get(*, tenant: Tenant, task_id: Any) -> Task:

@@ -21,7 +21,7 @@ class TaskContextSerializer(StrictSerializer):
 class TaskInputSerializer(StrictSerializer):
     prompt = StrictCharField(trim_whitespace=False)
     model = StrictCharField(required=False, allow_null=True, default=None, max_length=200)
-    context = TaskContextSerializer(required=False)
+    context = TaskContextSerializer(required=False)  # type: ignore[assignment]  # a declared field, not .context
     tools = serializers.ListField(child=StrictCharField(max_length=100), required=False,
                                   default=list, max_length=32)
     stream = serializers.BooleanField(required=False, default=True)
@@ -67,7 +67,7 @@ class _TaskFields(serializers.ModelSerializer):
     taskId = serializers.UUIDField(source="id")
     company_id = serializers.CharField(source="company.slug")
     app_id = serializers.CharField(source="app.slug")
-    context = serializers.SerializerMethodField()
+    context = serializers.SerializerMethodField()  # type: ignore[assignment]  # a declared field, not .context
     result = serializers.JSONField()
     error = serializers.JSONField()
     routing = serializers.JSONField()

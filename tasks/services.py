@@ -12,7 +12,7 @@ import time
 from contextlib import nullcontext, suppress
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from celery.utils import uuid as uuid_str
@@ -68,11 +68,12 @@ def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
         existing = _task_for_idempotency_key(tenant=tenant, key=idempotency_key, digest=digest)
         if existing is not None:
             return existing, False
-    task = Task(company_id=tenant.company_id, app_id=tenant.app_id, idempotency_key=idempotency_key,
+    company_id, app_id = tenant.app_ids
+    task = Task(company_id=company_id, app_id=app_id, idempotency_key=idempotency_key,
                 request_hash=digest, estimated_duration_ms=estimated_duration_ms, **fields)
     # The caller's company and app are known: no query when the task is rendered.
-    task.company = Company(pk=tenant.company_id, slug=tenant.company_slug)
-    task.app = App(pk=tenant.app_id, company_id=tenant.company_id, slug=tenant.app_slug)
+    task.company = Company(pk=company_id, slug=tenant.company_slug)
+    task.app = App(pk=app_id, company_id=company_id, slug=tenant.app_slug)
     try:
         # One INSERT needs no transaction of its own; inside a caller's transaction a
         # savepoint keeps a duplicate idempotency key from breaking it.
@@ -106,13 +107,13 @@ def _insert(task: Task) -> None:
 def _insert_sql(alias: str) -> tuple[str, list[Any]]:
     q = connections[alias].ops.quote_name
     fields = [f for f in Task._meta.local_concrete_fields if not f.generated]
-    sql = (f"INSERT INTO {q(Task._meta.db_table)} ({', '.join(q(f.column) for f in fields)}) "
+    sql = (f"INSERT INTO {q(Task._meta.db_table)} ({', '.join(q(column(f)) for f in fields)}) "
            f"VALUES ({', '.join(['%s'] * len(fields))})")
     return sql, fields
 
 
 def _task_for_idempotency_key(*, tenant: Tenant, key: str, digest: str) -> Task | None:
-    task = Task.objects.filter(app_id=tenant.app_id, idempotency_key=key).first()
+    task = Task.objects.filter(app_id=tenant.app_ids[1], idempotency_key=key).first()
     if task is None:
         return None
     window = timedelta(seconds=settings.MAGEAGENT["IDEMPOTENCY_TTL_S"])
@@ -207,6 +208,15 @@ def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] |
         return cursor.rowcount == 1
 
 
+def column(field: Any) -> str:
+    """A concrete field's column (Django's types allow none, for relations and virtual fields)."""
+    return cast(str, field.column)
+
+
+def _column_field(name: str) -> Any:
+    return Task._meta.get_field(name)
+
+
 _PK = Task._meta.pk
 _STATUS = Task._meta.get_field("status")
 
@@ -215,11 +225,11 @@ _STATUS = Task._meta.get_field("status")
 def _transition_sql(alias: str, set_names: tuple[str, ...], statuses: int,
                     where_names: tuple[str, ...]) -> tuple[str, list[Any], list[Any]]:
     q = connections[alias].ops.quote_name
-    set_fields = [Task._meta.get_field(name) for name in set_names]
-    where_fields = [Task._meta.get_field(name) for name in where_names]
-    sql = (f"UPDATE {q(Task._meta.db_table)} SET {', '.join(f'{q(f.column)} = %s' for f in set_fields)} "
-           f"WHERE {q(_PK.column)} = %s AND {q(_STATUS.column)} IN ({', '.join(['%s'] * statuses)})"
-           + "".join(f" AND {q(f.column)} = %s" for f in where_fields))
+    set_fields = [_column_field(name) for name in set_names]
+    where_fields = [_column_field(name) for name in where_names]
+    sql = (f"UPDATE {q(Task._meta.db_table)} SET {', '.join(f'{q(column(f))} = %s' for f in set_fields)} "
+           f"WHERE {q(column(_PK))} = %s AND {q(column(_STATUS))} IN ({', '.join(['%s'] * statuses)})"
+           + "".join(f" AND {q(column(f))} = %s" for f in where_fields))
     return sql, set_fields, where_fields
 
 

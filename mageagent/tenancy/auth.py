@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from django.conf import settings
 from rest_framework.authentication import BaseAuthentication
@@ -31,6 +32,13 @@ class Tenant:
     @property
     def is_authenticated(self) -> bool:
         return True
+
+    @property
+    def app_ids(self) -> tuple[int, int]:
+        """(company_id, app_id) of an app's key; a staff session has neither."""
+        if self.company_id is None or self.app_id is None:
+            raise AuthenticationFailed("an API key is required (Authorization: Bearer <key>)")
+        return self.company_id, self.app_id
 
 
 # A tiny per-process cache: the key lookup is on every request's path. Revocation takes
@@ -70,6 +78,11 @@ def tenant_for_key(raw_key: str) -> Tenant | None:
         _cache.clear()
     _cache[digest] = (now + settings.MAGEAGENT["API_KEY_CACHE_S"], tenant)
     return tenant
+
+
+def request_tenant(request: Request) -> Tenant:
+    """The caller of an API view: what TenantAuthentication put in `request.user`."""
+    return cast(Tenant, request.user)
 
 
 def raw_key_from(headers: dict[str, str], query_token: str | None) -> str | None:

@@ -162,9 +162,11 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
         if services.task_complete(task_id=task_id, attempt=attempt, result=result, steps=steps, routing=routing):
             _close(task_id, owner, services.done_event(status=TaskStatus.COMPLETED, result=result))
             return None
-        return _finish_cancelled(plan, decision, outcome)
+        _finish_cancelled(plan, decision, outcome)
+        return None
     if outcome.status == "cancelled":
-        return _finish_cancelled(plan, decision, outcome)
+        _finish_cancelled(plan, decision, outcome)
+        return None
     error = ({"code": "timeout", "message": "the task exceeded its time limit"} if outcome.status == "timeout"
              else outcome.error.as_error() if outcome.error else {"code": "internal_error", "message": "unknown"})
     err = outcome.error
@@ -174,11 +176,13 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
                                                  error=error), owner=owner)
             backoff = settings.MAGEAGENT["RETRY_BACKOFF_S"] * (2 ** (attempt - 1))
             return max(backoff, err.retry_after or 0.0)
-        return _finish_cancelled(plan, decision, outcome)
+        _finish_cancelled(plan, decision, outcome)
+        return None
     if services.task_fail(task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing):
         _close(task_id, owner, services.done_event(status=TaskStatus.FAILED, error=error))
         return None
-    return _finish_cancelled(plan, decision, outcome)
+    _finish_cancelled(plan, decision, outcome)
+    return None
 
 
 def _record(task: Task, plan: AttemptPlan) -> tuple[list[str], dict[str, Any]]:
