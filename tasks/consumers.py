@@ -189,6 +189,13 @@ class MultiplexConsumer(_TaskSocket):
             if not isinstance(after, int) or isinstance(after, bool) or after < 0:
                 await self.send_error(task_id, "validation_error", "after must be an integer >= 0")
                 return
+            # Each subscription counts against the app's rate limit, as opening a stream of its
+            # own would: one socket must not follow without limit. Refused, the socket stays.
+            wait = await stream_open_wait(self.tenant)
+            if wait > 0:
+                refused = rate_limited(wait)
+                await self.send_error(task_id, refused.code, refused.message)
+                return
             await self.subscribe(task_id, after)
         elif kind == "unsubscribe-task":
             await self.unsubscribe(task_id)

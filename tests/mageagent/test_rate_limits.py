@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import redis
@@ -114,3 +115,38 @@ def test_without_redis_a_stream_opens_too(alice, monkeypatch):
     limited = dataclasses.replace(alice.tenant, requests_per_minute=6)
 
     assert asyncio.run(throttling.stream_open_wait(limited)) == 0.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_subscription_on_the_multiplexed_socket_counts_and_a_refused_one_leaves_the_socket_open(alice):
+    from channels.testing import WebsocketCommunicator
+
+    from mageagent.asgi import application
+
+    tasks = [Task.objects.create(company_id=alice.tenant.company_id, app_id=alice.tenant.app_id, prompt="p")
+             for _ in range(2)]
+    for task in tasks:
+        events.append(str(task.id), events.encode("status", status="queued", attempt=1))
+    App.objects.filter(pk=alice.tenant.app_id).update(requests_per_minute=12)  # a bucket of 2
+    events.sync_client().delete(*_keys(f"app:{alice.tenant.app_id}"))
+
+    async def main() -> list[dict[str, Any]]:
+        ws = WebsocketCommunicator(application, f"/mageagent/ws?token={alice.key}", headers=[(b"host", b"testserver")])
+        connected, _ = await ws.connect(timeout=10)  # the handshake takes one
+        assert connected
+        frames = []
+        for task in tasks:  # the first subscription takes the other; the second finds none
+            await ws.send_json_to({"type": "subscribe-task", "taskId": str(task.id)})
+            frames.append(await ws.receive_json_from(timeout=10))
+        await ws.send_json_to({"type": "unsubscribe-task", "taskId": str(tasks[0].id)})
+        await ws.send_json_to({"type": "nonsense", "taskId": "x"})  # the socket still answers
+        frames.append(await ws.receive_json_from(timeout=10))
+        await ws.disconnect()
+        return frames
+
+    subscribed, refused, still_open = asyncio.run(asyncio.wait_for(main(), 30))
+
+    assert subscribed["type"] == "task-update" and subscribed["taskId"] == str(tasks[0].id)
+    assert refused["type"] == "error" and refused["taskId"] == str(tasks[1].id)
+    assert refused["error"]["code"] == "rate_limited"
+    assert still_open["error"]["code"] == "validation_error"
