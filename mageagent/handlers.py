@@ -17,8 +17,8 @@ Admission: past WEB_THREADS requests running and WEB_QUEUE_MAX more waiting for 
 an API request is answered 503 `unavailable` with Retry-After at once, on the loop, instead
 of joining a queue that only grows. Offered twice what it could serve, the web used to
 queue POSTs for seconds while its event loop, starved of the GIL, let WebSocket handshakes
-pass daphne's 5 s limit. Health checks, cancels, SSE opens and the admin run on their own threads
-and are never refused.
+pass daphne's 5 s limit. Health checks, cancels, SSE opens, knowledge searches and the
+admin run on their own threads and are never refused.
 """
 
 from __future__ import annotations

@@ -176,6 +176,8 @@ class MultiplexConsumer(_TaskSocket):
     """WS /mageagent/ws: subscribe-task / unsubscribe-task / cancel-task for many tasks."""
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.tenant is None:
+            return  # refused at the handshake and being closed: its frames are not read
         frame = self.parse(text_data)
         if frame is None:
             await self.send_error(None, "validation_error", "frames must be JSON objects")

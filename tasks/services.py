@@ -107,7 +107,7 @@ def _insert(task: Task) -> None:
 def _insert_sql(alias: str) -> tuple[str, list[Any]]:
     q = connections[alias].ops.quote_name
     fields = [f for f in Task._meta.local_concrete_fields if not f.generated]
-    sql = (f"INSERT INTO {q(Task._meta.db_table)} ({', '.join(q(column(f)) for f in fields)}) "
+    sql = (f"INSERT INTO {q(Task._meta.db_table)} ({', '.join(q(_column(f)) for f in fields)}) "
            f"VALUES ({', '.join(['%s'] * len(fields))})")
     return sql, fields
 
@@ -208,13 +208,9 @@ def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] |
         return cursor.rowcount == 1
 
 
-def column(field: Any) -> str:
+def _column(field: Any) -> str:
     """A concrete field's column (Django's types allow none, for relations and virtual fields)."""
     return cast(str, field.column)
-
-
-def _column_field(name: str) -> Any:
-    return Task._meta.get_field(name)
 
 
 _PK = Task._meta.pk
@@ -225,11 +221,11 @@ _STATUS = Task._meta.get_field("status")
 def _transition_sql(alias: str, set_names: tuple[str, ...], statuses: int,
                     where_names: tuple[str, ...]) -> tuple[str, list[Any], list[Any]]:
     q = connections[alias].ops.quote_name
-    set_fields = [_column_field(name) for name in set_names]
-    where_fields = [_column_field(name) for name in where_names]
-    sql = (f"UPDATE {q(Task._meta.db_table)} SET {', '.join(f'{q(column(f))} = %s' for f in set_fields)} "
-           f"WHERE {q(column(_PK))} = %s AND {q(column(_STATUS))} IN ({', '.join(['%s'] * statuses)})"
-           + "".join(f" AND {q(column(f))} = %s" for f in where_fields))
+    set_fields = [Task._meta.get_field(name) for name in set_names]
+    where_fields = [Task._meta.get_field(name) for name in where_names]
+    sql = (f"UPDATE {q(Task._meta.db_table)} SET {', '.join(f'{q(_column(f))} = %s' for f in set_fields)} "
+           f"WHERE {q(_column(_PK))} = %s AND {q(_column(_STATUS))} IN ({', '.join(['%s'] * statuses)})"
+           + "".join(f" AND {q(_column(f))} = %s" for f in where_fields))
     return sql, set_fields, where_fields
 
 
