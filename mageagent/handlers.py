@@ -84,26 +84,27 @@ def _request_threads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(settings.MAGEAGENT["WEB_THREADS"], thread_name_prefix="http")
 
 
-SOCKET_DB_THREADS = 4
+STREAM_DB_THREADS = 4
 
 
 @cache
-def _socket_db_threads() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(SOCKET_DB_THREADS, thread_name_prefix="ws-db")
+def _stream_db_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(STREAM_DB_THREADS, thread_name_prefix="stream-db")
 
 
-def socket_db(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """`fn` as a coroutine on threads of its own, for the WebSocket consumers' database
-    calls (the key's lookup on a cache miss, fetching the task to subscribe or cancel).
+def stream_db(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`fn` as a coroutine on threads of its own, for the database calls of following a
+    task over SSE or WebSocket: the key's lookup on a cache miss, fetching the task to
+    subscribe to or cancel, reading a finished task whose log expired.
 
-    The consumers run on the event loop, where channels' `database_sync_to_async` sends
-    every call of the process, one after another, to the single thread-sensitive thread.
-    Offered twice what the machine serves, subscriptions queued there for seconds and
-    daphne refused the handshakes still open after 5 s. Not the API's threads either: there
-    a subscription would wait behind the POSTs admitted before it, and the followers of
-    tasks already accepted come before new work. (The SSE view needs neither: it runs in
-    a request thread, which serves its own thread-sensitive calls.)"""
-    return database_sync_to_async(fn, thread_sensitive=False, executor=_socket_db_threads())
+    Called from the event loop, channels' `database_sync_to_async` sends every call of the
+    process, one after another, to the single thread-sensitive thread. Offered twice what
+    the machine serves, subscriptions queued there for seconds and daphne refused the
+    handshakes still open after 5 s. Not the API's threads either: a subscription would
+    wait behind the POSTs admitted before it (the followers of tasks already accepted come
+    before new work), and an SSE view, which runs in one of the never-refused threads,
+    never waits for a thread of the pool it holds one of."""
+    return database_sync_to_async(fn, thread_sensitive=False, executor=_stream_db_threads())
 
 
 @cache

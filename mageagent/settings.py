@@ -106,10 +106,10 @@ CACHES = {
 
 CHANNEL_LAYERS: dict[str, Any] = {
     "default": {
-        # The pub/sub layer (channels-redis's, with batched subscriptions: mageagent/channel_layer.py):
-        # fan-out is one PUBLISH per event. JSON serialization lets the
-        # event log's Lua script publish an event into a group atomically with appending it
-        # (see tasks/events.py), so a subscriber can never see an event the log lacks.
+        # channels-redis's pub/sub layer, with batched subscriptions (mageagent/channel_layer.py):
+        # fan-out is one PUBLISH per event. JSON serialization lets the event log's Lua script
+        # publish an event into a group atomically with appending it (see tasks/events.py), so
+        # a subscriber can never see an event the log lacks.
         "BACKEND": "mageagent.channel_layer.BatchingPubSubChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL], "prefix": "ma:ch", "serializer_format": "json"},
     }

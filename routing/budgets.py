@@ -317,8 +317,8 @@ def spend_record(*, company_id: int, app_id: int, cost_usd: float, prompt_tokens
 @cache
 def _spend_upsert_sql() -> tuple[str, list[Any]]:
     meta = Spend._meta
-    fields: list[Any] = [meta.get_field(name) for name in ("company", "app", "day", "cost_usd", "prompt_tokens",
-                                                "completion_tokens", "calls", "tasks", "updated_at")]
+    names = ("company", "app", "day", "cost_usd", "prompt_tokens", "completion_tokens", "calls", "tasks", "updated_at")
+    fields: list[Any] = [meta.get_field(name) for name in names]
     q = connections[router.db_for_write(Spend)].ops.quote_name
     table, cols = q(meta.db_table), [q(f.column) for f in fields]
     added = [f"{c} = {table}.{c} + EXCLUDED.{c}" for c in cols[3:8]]

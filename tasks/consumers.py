@@ -16,7 +16,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from mageagent.errors import DomainError, error_body
-from mageagent.handlers import socket_db, waiting_threads
+from mageagent.handlers import stream_db, waiting_threads
 from mageagent.tenancy.access import query_params, tenant_from
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.throttling import rate_limited, stream_open_wait
@@ -39,8 +39,7 @@ class _TaskSocket(AsyncWebsocketConsumer):
         # server refused sockets, which an SSE request, simply waiting its turn, never is.
         # A bad key still gets its error event and close code 4401.
         await self.accept()
-        self.tenant = await tenant_from(headers, self.query.get("token"), auser=lambda: get_user(self.scope),
-                                        hop=socket_db)
+        self.tenant = await tenant_from(headers, self.query.get("token"), auser=lambda: get_user(self.scope))
         if self.tenant is None:
             await self.send_error(None, "authentication_failed", "an API key is required")
             await self.close(code=4401)
@@ -65,7 +64,7 @@ class _TaskSocket(AsyncWebsocketConsumer):
 
     async def subscribe(self, task_id: str, after: int) -> bool:
         try:
-            task = await socket_db(selectors.task_get)(tenant=self.tenant, task_id=task_id)
+            task = await stream_db(selectors.task_get)(tenant=self.tenant, task_id=task_id)
         except DomainError as exc:
             await self.send_error(task_id, exc.code, exc.message)
             return False
@@ -113,9 +112,9 @@ class _TaskSocket(AsyncWebsocketConsumer):
 
     async def cancel(self, task_id: str) -> None:
         try:
-            task = await socket_db(selectors.task_get)(tenant=self.tenant, task_id=task_id)
+            task = await stream_db(selectors.task_get)(tenant=self.tenant, task_id=task_id)
             # A cancel waits up to CANCEL_WAIT_S for its worker: not on the few threads every
-            # consumer's lookups share.
+            # follower's lookups share.
             await database_sync_to_async(services.task_cancel, thread_sensitive=False,
                                          executor=waiting_threads())(task=task)
         except DomainError as exc:

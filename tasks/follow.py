@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+
+from mageagent.handlers import stream_db
 
 from . import events
 from .models import Task, TaskStatus
@@ -90,7 +91,7 @@ class Follower:
     async def replay(self) -> list[str]:
         raws = await events.aread_after(self.task_id, self.position)
         if raws is None:
-            task = await database_sync_to_async(Task.objects.filter(pk=self.task_id).first)()
+            task = await stream_db(Task.objects.filter(pk=self.task_id).first)()
             taken = self._take(synthesized_after(task, self.position) if task else [])
             if task is not None and task.is_terminal:
                 self.done = True

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from mageagent.errors import DomainError, domain_error_response, error_response
+from mageagent.handlers import stream_db
 from mageagent.tenancy.access import tenant_from
 from mageagent.tenancy.throttling import rate_limited, stream_open_wait
 
@@ -67,7 +67,7 @@ async def _stream(request: HttpRequest, task_id: str) -> HttpResponseBase:
     except ValueError as exc:
         return error_response("validation_error", str(exc), 400)
     try:
-        task = await database_sync_to_async(selectors.task_get)(tenant=tenant, task_id=task_id)
+        task = await stream_db(selectors.task_get)(tenant=tenant, task_id=task_id)
     except DomainError as exc:
         return domain_error_response(exc)
     response = StreamingHttpResponse(_frames(str(task.id), after), content_type="text/event-stream")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
+
+from mageagent.handlers import stream_db
 
 from .auth import Tenant, cached_tenant, raw_key_from, staff_tenant, tenant_for_key
 
@@ -33,18 +33,15 @@ def origin_is_ours(headers: dict[str, str]) -> bool:
 
 
 async def tenant_from(headers: dict[str, str], query_token: str | None,
-                      auser: Callable[[], Awaitable[object]] | None = None,
-                      hop: Callable[[Callable[..., Any]], Callable[..., Awaitable[Any]]] = database_sync_to_async,
-                      ) -> Tenant | None:
+                      auser: Callable[[], Awaitable[object]] | None = None) -> Tenant | None:
     """The caller: its API key, else a staff session. `auser()` gives the session's user;
-    it is called only when no key was given (the lookup is a hop into the thread pool).
-    `hop` runs a key lookup the cache cannot answer (WebSocket consumers: `socket_db`)."""
+    it is called only when no key was given (the lookup is a hop into the thread pool)."""
     raw = raw_key_from(headers, query_token)
     if raw is not None:
         # A key is a credential the page had to hold: valid from any origin (like a bearer
         # token under CORS).
         known, tenant = cached_tenant(raw)  # most calls: no thread hop at all
-        return tenant if known else await hop(tenant_for_key)(raw)
+        return tenant if known else await stream_db(tenant_for_key)(raw)
     user = await auser() if auser is not None else None
     if user is not None and getattr(user, "is_active", False) and getattr(user, "is_staff", False):
         # A session cookie rides along on any page's WebSocket (browsers apply no CORS to

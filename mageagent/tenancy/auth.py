@@ -46,21 +46,24 @@ class Tenant:
 _cache: dict[str, tuple[float, Tenant | None]] = {}
 
 
-def cached_tenant(raw_key: str) -> tuple[bool, Tenant | None]:
-    """(True, the key's tenant or None) when the cache knows the key; (False, None) when
-    only the database does. No I/O: an async caller checks here before a thread hop."""
-    hit = _cache.get(key_digest(raw_key))
+def _cached(digest: str) -> tuple[bool, Tenant | None]:
+    hit = _cache.get(digest)
     if hit is not None and hit[0] > time.monotonic():
         return True, hit[1]
     return False, None
 
 
+def cached_tenant(raw_key: str) -> tuple[bool, Tenant | None]:
+    """(True, the key's tenant or None) when the cache knows the key; (False, None) when
+    only the database does. No I/O: an async caller checks here before a thread hop."""
+    return _cached(key_digest(raw_key))
+
+
 def tenant_for_key(raw_key: str) -> Tenant | None:
     digest = key_digest(raw_key)
-    now = time.monotonic()
-    hit = _cache.get(digest)
-    if hit is not None and hit[0] > now:
-        return hit[1]
+    known, tenant = _cached(digest)
+    if known:
+        return tenant
     key = (
         ApiKey.objects.select_related("app__company")
         .filter(digest=digest, revoked_at__isnull=True, app__is_active=True, app__company__is_active=True)
@@ -76,7 +79,7 @@ def tenant_for_key(raw_key: str) -> Tenant | None:
         )
     if len(_cache) > 10_000:
         _cache.clear()
-    _cache[digest] = (now + settings.MAGEAGENT["API_KEY_CACHE_S"], tenant)
+    _cache[digest] = (time.monotonic() + settings.MAGEAGENT["API_KEY_CACHE_S"], tenant)
     return tenant
 
 

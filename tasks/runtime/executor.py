@@ -162,25 +162,20 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
         if services.task_complete(task_id=task_id, attempt=attempt, result=result, steps=steps, routing=routing):
             _close(task_id, owner, services.done_event(status=TaskStatus.COMPLETED, result=result))
             return None
-        _finish_cancelled(plan, decision, outcome)
-        return None
-    if outcome.status == "cancelled":
-        _finish_cancelled(plan, decision, outcome)
-        return None
-    error = ({"code": "timeout", "message": "the task exceeded its time limit"} if outcome.status == "timeout"
-             else outcome.error.as_error() if outcome.error else {"code": "internal_error", "message": "unknown"})
-    err = outcome.error
-    if err is not None and err.retryable and attempt < settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
-        if services.task_requeue(task_id=task_id, attempt=attempt, steps=steps, routing=routing):
-            events.append(task_id, events.encode("status", status=TaskStatus.QUEUED, attempt=attempt + 1,
-                                                 error=error), owner=owner)
-            backoff = settings.MAGEAGENT["RETRY_BACKOFF_S"] * (2 ** (attempt - 1))
-            return max(backoff, err.retry_after or 0.0)
-        _finish_cancelled(plan, decision, outcome)
-        return None
-    if services.task_fail(task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing):
-        _close(task_id, owner, services.done_event(status=TaskStatus.FAILED, error=error))
-        return None
+    elif outcome.status != "cancelled":
+        error = ({"code": "timeout", "message": "the task exceeded its time limit"} if outcome.status == "timeout"
+                 else outcome.error.as_error() if outcome.error else {"code": "internal_error", "message": "unknown"})
+        err = outcome.error
+        if err is not None and err.retryable and attempt < settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
+            if services.task_requeue(task_id=task_id, attempt=attempt, steps=steps, routing=routing):
+                events.append(task_id, events.encode("status", status=TaskStatus.QUEUED, attempt=attempt + 1,
+                                                     error=error), owner=owner)
+                backoff = settings.MAGEAGENT["RETRY_BACKOFF_S"] * (2 ** (attempt - 1))
+                return max(backoff, err.retry_after or 0.0)
+        elif services.task_fail(task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing):
+            _close(task_id, owner, services.done_event(status=TaskStatus.FAILED, error=error))
+            return None
+    # Cancelled, or its transition refused because the API cancelled it meanwhile.
     _finish_cancelled(plan, decision, outcome)
     return None
 
@@ -213,4 +208,3 @@ def _finish_cancelled(plan: AttemptPlan, decision: RoutingDecision, outcome: Att
     result = _result(plan, decision, outcome, "cancelled")
     if _close(plan.task_id, plan.owner, services.done_event(status=TaskStatus.CANCELLED, result=result)):
         services.task_record_cancelled_result(task_id=plan.task_id, result=result)
-    return None

@@ -138,7 +138,7 @@ def test_a_websocket_cancel_waiting_for_its_worker_holds_up_no_other_socket(alic
     from channels.testing import WebsocketCommunicator
 
     from mageagent.asgi import application
-    from mageagent.handlers import socket_db
+    from mageagent.handlers import stream_db
     from tasks import events
     from tasks.models import Task, TaskStatus
 
@@ -156,7 +156,7 @@ def test_a_websocket_cancel_waiting_for_its_worker_holds_up_no_other_socket(alic
         # Another socket's database call (the threads every consumer shares) is not queued
         # behind it: it answers while the cancel still waits, before the cancel gives up on
         # the worker and closes the log itself.
-        await socket_db(Task.objects.filter(pk=task.pk).exists)()
+        await stream_db(Task.objects.filter(pk=task.pk).exists)()
         closed_when_answered = events.is_closed(str(task.id))
         await ws.disconnect()
         return closed_when_answered

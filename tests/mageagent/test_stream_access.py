@@ -49,22 +49,22 @@ async def test_an_api_key_counts_from_any_origin_without_a_session_lookup(alice)
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_key_the_process_has_seen_is_answered_without_a_thread_hop(alice, monkeypatch, settings):
-    from mageagent.tenancy import auth
+    from mageagent.tenancy import access, auth
 
     monkeypatch.setattr(auth, "_cache", {})  # nothing seen yet
     settings.MAGEAGENT = {**settings.MAGEAGENT, "API_KEY_CACHE_S": 60.0}  # the suite's is 0
     hops: list[str] = []
+    real_hop = access.stream_db
 
-    def counting_hop(fn):  # what the consumers pass as `hop`: here it records, then runs
-        from channels.db import database_sync_to_async
-
+    def counting_hop(fn):  # records each hop into the threads, then makes it
         hops.append(fn.__name__)
-        return database_sync_to_async(fn)
+        return real_hop(fn)
 
-    first = await tenant_from({}, alice.key, no_lookup, hop=counting_hop)
-    again = await tenant_from({}, alice.key, no_lookup, hop=counting_hop)
-    unknown = await tenant_from({}, "mk_not_a_key", no_lookup, hop=counting_hop)
-    unknown_again = await tenant_from({}, "mk_not_a_key", no_lookup, hop=counting_hop)
+    monkeypatch.setattr(access, "stream_db", counting_hop)
+    first = await tenant_from({}, alice.key, no_lookup)
+    again = await tenant_from({}, alice.key, no_lookup)
+    unknown = await tenant_from({}, "mk_not_a_key", no_lookup)
+    unknown_again = await tenant_from({}, "mk_not_a_key", no_lookup)
 
     assert first == again and first is not None and first.app_id == alice.tenant.app_id
     assert unknown is None and unknown_again is None
