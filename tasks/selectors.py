@@ -3,11 +3,15 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+import uuid
+from functools import cache
 from typing import Any
 
+from django.db import connections, router
 from django.db.models import Count, F, QuerySet
 
 from mageagent.errors import NotFound
+from mageagent.queries import CompiledSelect
 from mageagent.tenancy.auth import Tenant
 
 from .models import Task, TaskStatus
@@ -18,16 +22,52 @@ def task_queryset(*, tenant: Tenant) -> QuerySet[Task]:
     return qs if tenant.is_staff else qs.filter(company_id=tenant.app_ids[0])
 
 
+_PK = Task._meta.pk
+_COMPANY = Task._meta.get_field("company")
+_NO_ID = uuid.UUID(int=0)
+
+
+@cache
+def _task_select(alias: str, *, related: bool, company: bool) -> CompiledSelect[Task]:
+    """SELECT a task by id [AND company_id =] [joined to its company and app], compiled once
+    per shape (mageagent/queries.py): the worker and every follower fetch a task this way."""
+    qs = Task.objects.using(alias).order_by()
+    if related:
+        qs = qs.select_related("company", "app")
+    connection = connections[alias]
+    expected = []
+    if company:
+        qs = qs.filter(company_id=0)
+        expected.append(_COMPANY.get_db_prep_value(0, connection))
+    expected.append(_PK.get_db_prep_value(_NO_ID, connection))
+    return CompiledSelect(qs.filter(pk=_NO_ID), expected)
+
+
+def task_fetch(task_id: Any, *, company_id: int | None = None, related: bool = False) -> Task | None:
+    """The task with this id (of this company, when given), or None. `related` joins its
+    company and app (what rendering it reads)."""
+    alias = router.db_for_read(Task)
+    connection = connections[alias]
+    params = [_PK.get_db_prep_value(task_id, connection)]
+    if company_id is not None:
+        params.insert(0, _COMPANY.get_db_prep_value(company_id, connection))
+    rows = _task_select(alias, related=related, company=company_id is not None).all(params)
+    return rows[0] if rows else None
+
+
 def task_get(*, tenant: Tenant, task_id: Any) -> Task:
     """The caller's task, or NotFound: another company's task does not exist for them."""
     try:
-        return task_queryset(tenant=tenant).get(pk=task_id)
-    except (Task.DoesNotExist, ValueError, TypeError):
-        raise NotFound("task not found") from None
+        task = task_fetch(task_id, company_id=None if tenant.is_staff else tenant.app_ids[0], related=True)
+    except (ValueError, TypeError):
+        task = None
     except Exception as exc:  # malformed UUIDs raise ValidationError on some backends
-        if exc.__class__.__name__ == "ValidationError":
-            raise NotFound("task not found") from None
-        raise
+        if exc.__class__.__name__ != "ValidationError":
+            raise
+        task = None
+    if task is None:
+        raise NotFound("task not found")
+    return task
 
 
 def task_list(*, tenant: Tenant, status: str | None = None, model: str | None = None,

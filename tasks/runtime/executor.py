@@ -19,7 +19,7 @@ from routing.deployments import registry
 from routing.pricing import cost_usd, usage_estimate
 from routing.runtime import AttemptRouter
 from routing.services import RoutingDecision, model_select
-from tasks import events, services
+from tasks import events, selectors, services
 from tasks.models import Task, TaskStatus
 
 from .heartbeat import WORKER_ID
@@ -64,11 +64,8 @@ def execute(task_id: str) -> float | None:
     """Run the task's next attempt. Returns a countdown when it should be retried later."""
     picked_up = timezone.now()  # started_at: when a worker took it; routing is part of the run
     close_old_connections()
-    try:
-        task = Task.objects.get(pk=task_id)  # no join, no ORDER BY: ~0.5 ms of CPU less than first()
-    except Task.DoesNotExist:
-        return None
-    if task.status != TaskStatus.QUEUED:
+    task = selectors.task_fetch(task_id)  # compiled once: ~0.5 ms of CPU less than Task.objects.get
+    if task is None or task.status != TaskStatus.QUEUED:
         return None  # cancelled, finished, or running elsewhere: a duplicate delivery
     context_text, step_events, steps = _context(task)
     budget = budget_context(company_id=task.company_id, app_id=task.app_id)
