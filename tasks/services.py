@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
+from mageagent import broker
 from mageagent.errors import Conflict
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.models import App, Company
@@ -132,15 +133,29 @@ def _enqueue(task: Task) -> None:
     # would answer 500 for a task that exists, and the client's retry would create a second
     # one. The row is the ledger: the reconciler (tasks/housekeeping.py) dispatches queued
     # rows the broker does not hold once Redis answers again.
+    task_id = str(task.id)
+    queued = events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts)
+    message = None
+    if broker.shares_events_redis():
+        # Celery's message, built but not sent: the event's script pushes it (one round
+        # trip instead of two; ~0.3 ms of the web's CPU per POST).
+        try:
+            message = broker.captured(lambda: task_dispatch(task_id=task_id, priority=task.priority))
+        except Exception:
+            logger.exception("task %s: its broker message could not be built for the event's script", task_id)
     try:
-        events.append(str(task.id), events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts))
+        events.append(task_id, queued, push=message)
+        if message is not None:
+            return
     except Exception:
-        logger.exception("task %s: its queued event could not be logged", task.id)
+        logger.exception("task %s: its queued event could not be logged", task_id)
+    # Not pushed by the script (another Redis, or the script failed: a reply lost after it
+    # ran means a second message, which the worker's guarded start makes harmless).
     try:
-        task_dispatch(task_id=str(task.id), priority=task.priority)
+        task_dispatch(task_id=task_id, priority=task.priority)
     except Exception:
         logger.exception("task %s is queued but could not be handed to the broker; "
-                         "the reconciler will dispatch it", task.id)
+                         "the reconciler will dispatch it", task_id)
 
 
 def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = None) -> None:

@@ -64,3 +64,86 @@ def test_a_failed_publish_raises_and_the_next_one_gets_a_new_producer(private_qu
 
     assert services._publisher.producer is not held
     assert [message_on(client, f"{name}:9")[1][0] for _ in range(2)] == [["first"], ["second"]]
+
+
+# --- a new task: its queued event and its message in one script -----------------------------
+def new_task(persona, priority=0):
+    # In the test's transaction on_commit never fires: _enqueue is called by the test.
+    task, _ = services.task_create(tenant=persona.tenant, prompt="Plan the sprint", priority=priority)
+    return task
+
+
+def log_of(task):
+    from tasks import events
+
+    return [events.peek(raw) for raw in events.read_after(str(task.id), 0) or []]
+
+
+@pytest.mark.django_db
+def test_a_new_tasks_message_is_pushed_by_its_queued_events_script_not_by_kombu(alice, private_queue, monkeypatch):
+    from kombu.transport import redis as kombu_redis
+
+    name, client = private_queue
+    task = new_task(alice, priority=9)
+
+    def kombu_put(*args, **kwargs):
+        raise AssertionError("kombu sent the message itself")
+
+    monkeypatch.setattr(kombu_redis.Channel, "_put", kombu_put)
+    services._enqueue(task)
+
+    message, body = message_on(client, name)  # priority 9: the transport's 0, the list itself
+    assert message["headers"]["task"] == "mageagent.task.execute" and body[0] == [str(task.id)]
+    assert message["properties"]["delivery_info"]["routing_key"] == name
+    assert log_of(task) == [(1, "status")]
+
+
+@pytest.mark.django_db
+def test_a_broker_on_another_redis_gets_the_message_from_kombu(alice, private_queue, settings, monkeypatch):
+    from tasks import events
+
+    name, client = private_queue
+    settings.CELERY_BROKER_URL = settings.REDIS_URL + "?another=1"
+    pushes = []
+    real = events.append
+    monkeypatch.setattr(events, "append", lambda *a, **kw: pushes.append(kw.get("push")) or real(*a, **kw))
+    task = new_task(alice, priority=2)
+
+    services._enqueue(task)
+
+    assert pushes == [None]
+    assert message_on(client, f"{name}:7")[1][0] == [str(task.id)]
+    assert log_of(task) == [(1, "status")]
+
+
+@pytest.mark.django_db
+def test_when_the_events_script_fails_kombu_still_hands_the_task_to_the_broker(alice, private_queue, monkeypatch):
+    from tasks import events
+
+    name, client = private_queue
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(kwargs.get("push"))
+        raise ConnectionError("redis went away")
+
+    monkeypatch.setattr(events, "append", refuse)
+    task = new_task(alice)
+
+    services._enqueue(task)
+
+    assert calls and calls[0] is not None  # the script was asked to push it
+    assert message_on(client, f"{name}:9")[1][0] == [str(task.id)]
+    assert client.llen(f"{name}:9") == 0  # once
+
+
+def test_a_captured_publish_is_built_but_not_sent(private_queue):
+    from mageagent import broker
+
+    name, client = private_queue
+    key, payload = broker.captured(lambda: services.task_dispatch(task_id="kept", priority=0))
+
+    assert key == f"{name}:9" and client.llen(key) == 0
+    assert json.loads(base64.b64decode(json.loads(payload)["body"]))[0] == ["kept"]
+    with pytest.raises(RuntimeError, match="one message"):
+        broker.captured(lambda: None)
