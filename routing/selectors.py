@@ -131,15 +131,26 @@ def company_policy(company_id: int | None) -> CompanyRoutingPolicy | None:
     return cat.policies[company_id]
 
 
+_policies: dict[int | None, tuple[Any, Any, dict[str, Any]]] = {}
+
+
 def policy_for(company_id: int | None) -> dict[str, Any]:
-    """The settings policy with the company's overrides merged in (dicts merge per key)."""
-    policy = copy.deepcopy(settings.MAGEAGENT_ROUTING["POLICY"])
-    row = company_policy(company_id)
+    """The settings policy with the company's overrides merged in (dicts merge per key).
+    Read it, do not change it: it is merged once per company policy row (the catalog's,
+    which a save replaces) and settings policy, not deep-copied for every task."""
+    base, row = settings.MAGEAGENT_ROUTING["POLICY"], company_policy(company_id)
+    hit = _policies.get(company_id)
+    if hit is not None and hit[0] is base and hit[1] is row:
+        return hit[2]
+    policy = copy.deepcopy(base)
     for key, value in ((row.policy or {}) if row else {}).items():
         if isinstance(value, dict) and isinstance(policy.get(key), dict):
             policy[key].update(value)
         else:
             policy[key] = value
+    if len(_policies) > 10_000:
+        _policies.clear()
+    _policies[company_id] = (base, row, policy)
     return policy
 
 
