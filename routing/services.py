@@ -193,7 +193,9 @@ class _Columns:
         self.resellers = [s.provider in RESELLER_PROVIDERS for s in pool]
         # (window, index), ascending: the models above a window are a slice of it.
         self.by_window = sorted((w, i) for i, w in enumerate(self.windows))
+        self.index = {model_id: i for i, model_id in enumerate(self.ids)}
         self._bands: dict[int, list[int]] = {}
+        self._unpreferred: dict[tuple[int, int], list[int]] = {}
 
     def bands(self, need: int) -> list[int]:
         """0 at the needed tier, 1 above it, 2 + the distance below it."""
@@ -201,6 +203,14 @@ class _Columns:
         if bands is None:
             bands = self._bands[need] = [0 if t == need else 1 if t > need else 2 + (need - t) for t in self.tiers]
         return bands
+
+    def unpreferred(self, need: int, preferred: int) -> list[int]:
+        """The rank group of each model that none of `preferred` preferences names."""
+        groups = self._unpreferred.get((need, preferred))
+        if groups is None:
+            groups = self._unpreferred[(need, preferred)] = [b * (preferred + 1) + preferred
+                                                             for b in self.bands(need)]
+        return groups
 
     def costs(self, prompt_tokens: int, output_tokens: int, cap: int | None,
               only: list[int] | None = None) -> list[float]:
@@ -237,11 +247,13 @@ def _rank(pool: list[ModelSpec], *, need: int, prefer: dict[str, int], prompt_to
     c = _columns(pool)
     costs = c.costs(prompt_tokens, output_tokens, cap)
     bands = c.bands(need)
-    if prefer:
-        step = len(prefer) + 1  # (band, preference) as one int: band-major
-        groups = [b * step + prefer.get(i, len(prefer)) for b, i in zip(bands, c.ids, strict=True)]
-    else:
-        groups = bands
+    groups = bands
+    if prefer:  # (band, preference) as one int, band-major: a few preferred models set theirs
+        groups, step = list(c.unpreferred(need, len(prefer))), len(prefer) + 1
+        for model_id, rank in prefer.items():
+            i = c.index.get(model_id)
+            if i is not None:
+                groups[i] = bands[i] * step + rank
     room = prompt_tokens + output_tokens
     order = list(range(len(pool)))
     if room > c.min_window:
