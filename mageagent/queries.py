@@ -23,7 +23,11 @@ class CompiledSelect(Generic[M]):
     """`queryset`'s statement, run with other values for its parameters. The queryset is
     built with placeholder values; `expected` are those values in the order the compiled
     statement takes them, so that a Django that orders a WHERE differently fails here, at
-    the first use, not with rows of another filter."""
+    the first use, not with rows of another filter.
+
+    Threads share it: each runs the SQL on its own connection. The converters stay bound
+    to the compiling thread's connection wrapper, of which Django's converters read only
+    settings (the time zone), never the socket."""
 
     def __init__(self, queryset: QuerySet[M], expected: Sequence[Any]) -> None:
         self.db = queryset.db
