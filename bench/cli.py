@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"{mode}: {runs} run(s) x {configs} x {scenarios}; {infra.describe()}; logs in {workdir}")
     results: dict[str, Any] = {"runs": {c: {s: [] for s in scenarios} for c in configs}}
     banners: dict[str, str] = {}
+    references: list[float] = []
     try:
         key = template_prepare(infra, base_env(), workdir / "migrate.log")
         for run in range(runs):
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 stack = BenchStack(infra, CONFIGS[cfg], db_url=db_fresh(infra), logdir=workdir,
                                    workers=args.workers, extra_env=extra_env, tag=tag,
                                    web_processes=args.web_processes)
-                _log(f"run {run + 1}/{runs}: starting the {cfg} stack")
+                references.append(report.reference_ms())  # at idle: how fast the machine is now
+                _log(f"run {run + 1}/{runs}: starting the {cfg} stack (reference workload {references[-1]} ms)")
                 try:
                     start_stack(stack, key, workdir, tag)
                     banners[cfg] = stack.worker_banner
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "configs": configs, "scenarios": scenarios, "elapsed_min": elapsed, "machine": report.machine(),
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
         "infra": infra.describe(), "banners": banners, "params": preset,
-        "config_titles": {c: CONFIGS[c].title for c in configs},
+        "config_titles": {c: CONFIGS[c].title for c in configs}, "reference_ms": references,
     }
     json_path = Path(args.json) if args.json else results_dir / f"{stamp}-{mode}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ Only the part between the results markers is rewritten; everything else in the f
 
 from __future__ import annotations
 
+import math
 import platform
 import re
 import statistics
@@ -154,6 +155,35 @@ def _events_total(agg: dict[str, dict[str, Any]]) -> tuple[int | None, int | Non
     return (sum(lost_v) if lost_v else None), (sum(rep_v) if rep_v else None)
 
 
+def reference_ms(repeat: int = 5) -> float:
+    """CPU ms of a fixed pure-Python workload (JSON, dicts, strings: what this service's
+    processes do), best of `repeat`. Machines of one model string differ by up to 2x in
+    this workplace; the same figure in every record says how fast the machine was."""
+    import json
+    import time
+
+    doc = {"id": "0" * 36, "type": "chunk", "seq": 1, "content": "token " * 8,
+           "routing": {"model": "openai/gpt-4o-mini", "candidates": ["a", "b", "c"], "tier": 1}}
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.process_time()
+        total = 0
+        for i in range(20_000):
+            text = json.dumps(doc)
+            back = json.loads(text)
+            total += len(text) + back["seq"] + len(f"{i}:{back['type']}".split(":"))
+        best = min(best, time.process_time() - t0)
+    return round(best * 1000, 1)
+
+
+def _reference(values: list[float]) -> str:
+    if not values:
+        return "Reference workload not measured."
+    return (f"Reference workload (`bench.report.reference_ms`, CPU ms, lower is faster; compare records by it): "
+            f"median **{statistics.median(values):.0f}** ms, {min(values):.0f}-{max(values):.0f} over "
+            f"{len(values)} measurements, one before each stack start.")
+
+
 def machine() -> dict[str, str]:
     cpu = "?"
     try:
@@ -188,7 +218,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"Measured {meta['date']} · commit `{m['commit']}` · `{meta['command']}`",
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, Python {m['python']}; {meta['infra']}. "
-        f"Everything (web, worker, Redis, PostgreSQL, simulator, load generator) shares the machine.",
+        f"Everything (web, worker, Redis, PostgreSQL, simulator, load generator) shares the machine. "
+        f"{_reference(meta.get('reference_ms') or [])}",
         f"Runs: **{meta['runs']}** per configuration, interleaved; each value is the **median over runs** "
         f"(counts of errors and lost/repeated events are **sums**). Wall time {meta['elapsed_min']:.1f} min.",
         "",

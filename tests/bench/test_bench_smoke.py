@@ -71,3 +71,7 @@ def test_the_report_has_the_results_table_and_keeps_the_hand_written_prose(smoke
     assert "| burst | 10 |" in report and "| sustained | 10 |" in report
     assert results["meta"]["machine"]["commit"] in report
     assert results["meta"]["runs"] == 1
+    # How fast the machine was: one reference measurement before each stack start.
+    references = results["meta"]["reference_ms"]
+    assert len(references) == 2 and all(ms > 0 for ms in references)
+    assert f"over {len(references)} measurements, one before each stack start" in report
