@@ -177,20 +177,21 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
         options=options, larger=larger, prompt_counts=prompt_counts)
 
 
-class _Columns:
-    """A routable pool as columns, built once per pool (it is cached for CATALOG_CACHE_S):
-    ranking reads them with list comprehensions and zip, not attribute by attribute."""
+class _Pool:
+    """The models automatic routing may pick, as columns: built once per company and tool
+    need (cached by _routable for CATALOG_CACHE_S), so that ranking for each task reads
+    them with list comprehensions and zip, not attribute by attribute."""
 
-    def __init__(self, pool: list[ModelSpec]) -> None:
-        self.pool = pool
-        self.ids = [s.id for s in pool]
-        self.windows = [s.context_window for s in pool]
+    def __init__(self, specs: list[ModelSpec]) -> None:
+        self.specs = specs
+        self.ids = [s.id for s in specs]
+        self.windows = [s.context_window for s in specs]
         self.min_window = min(self.windows, default=0)
-        self.tiers = [s.tier or 0 for s in pool]
-        self.ins = [s.input_cost_per_token for s in pool]
-        self.outs = [s.output_cost_per_token for s in pool]
-        self.max_outs = [s.max_output_tokens for s in pool]
-        self.resellers = [s.provider in RESELLER_PROVIDERS for s in pool]
+        self.tiers = [s.tier or 0 for s in specs]
+        self.ins = [s.input_cost_per_token for s in specs]
+        self.outs = [s.output_cost_per_token for s in specs]
+        self.max_outs = [s.max_output_tokens for s in specs]
+        self.resellers = [s.provider in RESELLER_PROVIDERS for s in specs]
         # (window, index), ascending: the models above a window are a slice of it.
         self.by_window = sorted((w, i) for i, w in enumerate(self.windows))
         self.index = {model_id: i for i, model_id in enumerate(self.ids)}
@@ -215,7 +216,7 @@ class _Columns:
     def costs(self, prompt_tokens: int, output_tokens: int, cap: int | None,
               only: list[int] | None = None) -> list[float]:
         """Each model's estimated cost (of the models at `only`, when given)."""
-        rows = range(len(self.pool)) if only is None else only
+        rows = range(len(self.specs)) if only is None else only
         ins, outs = self.ins, self.outs
         if cap:
             max_outs = self.max_outs
@@ -225,65 +226,51 @@ class _Columns:
         return [prompt_tokens * ins[i] + output_tokens * outs[i] for i in rows]
 
 
-_columns_cache: dict[int, _Columns] = {}
-
-
-def _columns(pool: list[ModelSpec]) -> _Columns:
-    columns = _columns_cache.get(id(pool))
-    if columns is None or columns.pool is not pool:  # the pool it holds keeps its id from reuse
-        if len(_columns_cache) > 1_000:
-            _columns_cache.clear()
-        columns = _columns_cache[id(pool)] = _Columns(pool)
-    return columns
-
-
-def _rank(pool: list[ModelSpec], *, need: int, prefer: dict[str, int], prompt_tokens: int, output_tokens: int,
+def _rank(pool: _Pool, *, need: int, prefer: dict[str, int], prompt_tokens: int, output_tokens: int,
           cap: int | None) -> list[ModelSpec]:
     """The pool's models with room for the prompt, in routing order: the needed tier first
     (then higher, then lower), the policy's preferences, the estimated cost, resellers
     last, then the pool's order. It runs for every task over the whole routable pool
     (~460 models), so it reads the pool's columns and sorts indices by one key at a
-    time: ~150 us where a loop building a key tuple per spec took ~450."""
-    c = _columns(pool)
-    costs = c.costs(prompt_tokens, output_tokens, cap)
-    bands = c.bands(need)
+    time: ~120 us where a loop building a key tuple per spec took ~450."""
+    costs = pool.costs(prompt_tokens, output_tokens, cap)
+    bands = pool.bands(need)
     groups = bands
     if prefer:  # (band, preference) as one int, band-major: a few preferred models set theirs
-        groups, step = list(c.unpreferred(need, len(prefer))), len(prefer) + 1
+        groups, step = list(pool.unpreferred(need, len(prefer))), len(prefer) + 1
         for model_id, rank in prefer.items():
-            i = c.index.get(model_id)
+            i = pool.index.get(model_id)
             if i is not None:
                 groups[i] = bands[i] * step + rank
     room = prompt_tokens + output_tokens
-    order = list(range(len(pool)))
-    if room > c.min_window:
-        windows = c.windows
+    order = list(range(len(pool.specs)))
+    if room > pool.min_window:
+        windows = pool.windows
         order = [i for i in order if windows[i] >= room]
     # Stable sorts, least significant key first: each sort's keys are of one type (ints,
     # floats, bools), which list.sort compares without the generic protocol.
-    order.sort(key=c.resellers.__getitem__)
+    order.sort(key=pool.resellers.__getitem__)
     order.sort(key=costs.__getitem__)
     order.sort(key=groups.__getitem__)
-    return [pool[i] for i in order]
+    return [pool.specs[i] for i in order]
 
 
-def _larger(pool: list[ModelSpec], *, than: ModelSpec, need: int, prompt_tokens: int, output_tokens: int,
+def _larger(pool: _Pool, *, than: ModelSpec, need: int, prompt_tokens: int, output_tokens: int,
             cap: int | None, n: int = 3) -> list[ModelSpec]:
     """The next larger context windows (at the needed tier or above), cheapest first per
     window: where a context_window_exceeded error reroutes. Walks the pool by window from
     the least that helps, and stops past the n-th fit's window."""
-    c = _columns(pool)
     least = max(than.context_window + 1, prompt_tokens + output_tokens)
-    tiers, found, last = c.tiers, list[tuple[int, int]](), None
-    for window, i in c.by_window[bisect.bisect_left(c.by_window, (least, -1)):]:
+    tiers, found, last = pool.tiers, list[tuple[int, int]](), None
+    for window, i in pool.by_window[bisect.bisect_left(pool.by_window, (least, -1)):]:
         if len(found) >= n and window != last:
             break
         if tiers[i] >= need:
             found.append((window, i))
             last = window
-    costs = c.costs(prompt_tokens, output_tokens, cap, only=[i for _, i in found])
+    costs = pool.costs(prompt_tokens, output_tokens, cap, only=[i for _, i in found])
     keyed = [(window, cost, i) for (window, i), cost in zip(found, costs, strict=True)]
-    return [pool[i] for _, _, i in heapq.nsmallest(n, keyed)]
+    return [pool.specs[i] for _, _, i in heapq.nsmallest(n, keyed)]
 
 
 def _usable(spec: ModelSpec, company_id: int | None, tools: bool, reg: Any) -> bool:
@@ -291,10 +278,10 @@ def _usable(spec: ModelSpec, company_id: int | None, tools: bool, reg: Any) -> b
             and bool(reg.deployments(spec.id, spec.provider)))
 
 
-_routable_cache: dict[tuple[int | None, bool], tuple[float, int, list[ModelSpec]]] = {}
+_routable_cache: dict[tuple[int | None, bool], tuple[float, int, _Pool]] = {}
 
 
-def _routable(company_id: int | None, tools: bool, reg: Any) -> list[ModelSpec]:
+def _routable(company_id: int | None, tools: bool, reg: Any) -> _Pool:
     """The models automatic routing may pick for a company, before the per-prompt context
     check. The same for every task of the company within CATALOG_CACHE_S, and it walks the
     whole catalog, so it is cached rather than recomputed per task."""
@@ -303,7 +290,7 @@ def _routable(company_id: int | None, tools: bool, reg: Any) -> list[ModelSpec]:
     hit = _routable_cache.get((company_id, tools))
     if hit is not None and hit[0] > now and hit[1] == id(catalog) + id(reg):
         return hit[2]
-    pool = [s for s in catalog.values() if s.auto_route and s.tier and _usable(s, company_id, tools, reg)]
+    pool = _Pool([s for s in catalog.values() if s.auto_route and s.tier and _usable(s, company_id, tools, reg)])
     if len(_routable_cache) > 10_000:
         _routable_cache.clear()
     expires = now + settings.MAGEAGENT_ROUTING["CATALOG_CACHE_S"]

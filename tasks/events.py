@@ -114,11 +114,15 @@ def peek(raw: str | bytes) -> tuple[int, str]:
     return seq, text[start : text.index('"', start)]
 
 
-def _args(task_id: str, owner: str, bodies: list[bytes], close: bool) -> tuple[list[str], list[Any]]:
+def _args(task_id: str, owner: str, bodies: list[bytes], close: bool,
+          push: tuple[str, bytes] | None = None) -> tuple[list[str], list[Any]]:
     keys = [stream_key(task_id), meta_key(task_id)]
     args: list[Any] = [owner, settings.MAGEAGENT["EVENT_TTL_S"], "1" if close else "0",
-                       _group_channel(task_id), task_id, *bodies]
-    return keys, args
+                       _group_channel(task_id), task_id]
+    if push is not None:  # the script's KEYS[3] and ARGV[6]: the events follow it
+        keys.append(push[0])
+        args.append(push[1])
+    return keys, [*args, *bodies]
 
 
 # --- sync side (web views, services, the Celery thread) ------------------------------------
@@ -147,10 +151,7 @@ def append(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = F
            push: tuple[str, bytes] | None = None) -> int:
     """Append events; returns the last seq, SEALED or FENCED. `push` is (list, message):
     LPUSHed in the same script, whatever the log's state (mageagent/broker.py builds it)."""
-    keys, args = _args(str(task_id), owner, list(bodies), close)
-    if push is not None:
-        keys.append(push[0])
-        args.insert(5, push[1])
+    keys, args = _args(str(task_id), owner, list(bodies), close, push)
     return int(sync_script(_APPEND)(keys=keys, args=args))
 
 

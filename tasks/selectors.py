@@ -7,6 +7,7 @@ import uuid
 from functools import cache
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import connections, router
 from django.db.models import Count, F, QuerySet
 
@@ -48,9 +49,9 @@ def task_fetch(task_id: Any, *, company_id: int | None = None, related: bool = F
     company and app (what rendering it reads)."""
     alias = router.db_for_read(Task)
     connection = connections[alias]
-    params = [_PK.get_db_prep_value(task_id, connection)]
-    if company_id is not None:
-        params.insert(0, _COMPANY.get_db_prep_value(company_id, connection))
+    # In _task_select's order: company_id, then id.
+    params = [] if company_id is None else [_COMPANY.get_db_prep_value(company_id, connection)]
+    params.append(_PK.get_db_prep_value(task_id, connection))
     rows = _task_select(alias, related=related, company=company_id is not None).all(params)
     return rows[0] if rows else None
 
@@ -59,11 +60,7 @@ def task_get(*, tenant: Tenant, task_id: Any) -> Task:
     """The caller's task, or NotFound: another company's task does not exist for them."""
     try:
         task = task_fetch(task_id, company_id=None if tenant.is_staff else tenant.app_ids[0], related=True)
-    except (ValueError, TypeError):
-        task = None
-    except Exception as exc:  # malformed UUIDs raise ValidationError on some backends
-        if exc.__class__.__name__ != "ValidationError":
-            raise
+    except (ValueError, TypeError, ValidationError):  # a malformed id: UUIDField.to_python refuses it
         task = None
     if task is None:
         raise NotFound("task not found")

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 
 from routing.selectors import ModelSpec, policy_for
-from routing.services import RESELLER_PROVIDERS, _larger, _rank
+from routing.services import RESELLER_PROVIDERS, _larger, _Pool, _rank
 
 PROVIDERS = ["openai", "anthropic", "gemini", "openrouter", "together_ai", "mistral"]
 
@@ -48,14 +48,15 @@ def plain_larger(pool, *, than, need, prompt_tokens, output_tokens, cap, n=3):
 def test_the_rank_and_the_larger_windows_match_their_plain_definitions(seed):
     rng = random.Random(seed)
     pool = [spec(rng, n) for n in range(rng.choice([0, 1, 5, 60, 460]))]
+    columns = _Pool(pool)
     for _ in range(10):
         prefer = {f"m{n}": rank for rank, n in enumerate(rng.sample(range(80), rng.choice([0, 0, 2, 5])))}
         args = {"need": rng.choice([1, 2, 3]), "prompt_tokens": rng.choice([10, 900, 20_000, 40_000]),
                 "output_tokens": rng.choice([200, 1_000, 4_000]), "cap": rng.choice([None, None, 2_000])}
-        assert _rank(pool, prefer=prefer, **args) == plain_rank(pool, prefer=prefer, **args)
+        assert _rank(columns, prefer=prefer, **args) == plain_rank(pool, prefer=prefer, **args)
         if pool:
             than = rng.choice(pool)
-            assert _larger(pool, than=than, **args) == plain_larger(pool, than=than, **args)
+            assert _larger(columns, than=than, **args) == plain_larger(pool, than=than, **args)
 
 
 @pytest.mark.django_db
