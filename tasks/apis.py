@@ -8,13 +8,10 @@ from rest_framework.views import APIView
 
 from mageagent.pagination import NewestFirstPagination
 from mageagent.tenancy.auth import request_tenant
-from routing.budgets import budget_hold, budget_release_task
-from routing.services import model_validate
-from tools.registry import tools_validate_requested
 
 from . import selectors, services
 from .follow import events_page
-from .models import Task, TaskStatus
+from .models import Task
 from .serializers import (
     EventsQuerySerializer,
     TaskInputSerializer,
@@ -30,23 +27,9 @@ class TaskListCreateApi(APIView):
     def post(self, request: Request) -> Response:
         data = TaskInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        fields = dict(data.validated_data)
-        tenant = request_tenant(request)
-        idempotency_key = request.headers.get("Idempotency-Key") or None
-        # A replay answers with the original task before anything that may have changed
-        # since (the model catalog, the tools, the budget) can refuse it.
-        task = services.task_idempotent_replay(tenant=tenant, idempotency_key=idempotency_key, **fields)
-        if task is not None:
-            return self._answer(task, created=False)
-        model_validate(tenant=tenant, model=fields["model"])
-        tools_validate_requested(tenant=tenant, names=fields["tools"])
-        with budget_hold(tenant=tenant, **fields) as hold:  # 402 budget_exceeded when it cannot fit
-            task, created = services.task_create(
-                tenant=tenant, idempotency_key=idempotency_key,
-                estimated_duration_ms=selectors.estimated_duration_ms(company_id=tenant.app_ids[0]),
-                **fields,
-            )
-            hold.bind(task_id=task.id, created=created)
+        task, created = services.task_submit(tenant=request_tenant(request),
+                                             idempotency_key=request.headers.get("Idempotency-Key") or None,
+                                             **data.validated_data)
         return self._answer(task, created=created)
 
     @staticmethod
@@ -79,10 +62,7 @@ class TaskCancelApi(APIView):
     @extend_schema(request=None, responses=TaskOutputSerializer, summary="Cancel a task")
     def post(self, request: Request, task_id: str) -> Response:
         task = selectors.task_get(tenant=request_tenant(request), task_id=task_id)
-        task = services.task_cancel(task=task)
-        if task.status == TaskStatus.CANCELLED and task.started_at is None:  # never ran: free its budget hold
-            budget_release_task(task_id=task.id, company_id=task.company_id, app_id=task.app_id)
-        return Response(TaskOutputSerializer(task).data)
+        return Response(TaskOutputSerializer(services.task_cancel(task=task)).data)
 
 
 class TaskEventsApi(APIView):

@@ -24,8 +24,11 @@ from mageagent import broker
 from mageagent.errors import Conflict
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.models import App, Company
+from routing.budgets import budget_hold, budget_release_task
+from routing.services import model_validate
+from tools.registry import tools_validate_requested
 
-from . import events
+from . import events, selectors
 from .models import TERMINAL, Task, TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,26 @@ def task_idempotent_replay(*, tenant: Tenant, idempotency_key: str | None, **fie
         return None
     return _task_for_idempotency_key(tenant=tenant, key=idempotency_key,
                                      digest=_request_hash(_request_fields(**fields)))
+
+
+def task_submit(*, tenant: Tenant, idempotency_key: str | None = None, **fields: Any) -> tuple[Task, bool]:
+    """What every entry point calls to run a task (REST, the admin's retry, the OpenAI-compatible
+    API, Socket.IO): replay an Idempotency-Key, check the model and the tools, reserve the
+    budget (402 when it cannot fit), create and enqueue. Returns (task, created).
+
+    A replay answers with the original task before anything that may have changed since (the
+    model catalog, the tools, the budget) can refuse it, as the contract promises."""
+    task = task_idempotent_replay(tenant=tenant, idempotency_key=idempotency_key, **fields)
+    if task is not None:
+        return task, False
+    model_validate(tenant=tenant, model=fields.get("model"))
+    tools_validate_requested(tenant=tenant, names=fields.get("tools") or [])
+    with budget_hold(tenant=tenant, **fields) as hold:
+        task, created = task_create(
+            tenant=tenant, idempotency_key=idempotency_key,
+            estimated_duration_ms=selectors.estimated_duration_ms(company_id=tenant.app_ids[0]), **fields)
+        hold.bind(task_id=task.id, created=created)
+    return task, created
 
 
 def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
@@ -291,6 +314,9 @@ def task_record_cancelled_result(*, task_id: str, result: dict[str, Any]) -> boo
 
 
 def task_cancel(*, task: Task) -> Task:
+    """Cancel for whoever asks (REST, both WebSockets, Socket.IO, the admin): a queued task
+    never runs and gives back the budget its enqueue reserved; a processing one is stopped by
+    its worker. Cancelling a cancelled task is a no-op; a finished one is a Conflict."""
     if task.status == TaskStatus.CANCELLED:
         return task
     if task.status in TERMINAL:
@@ -299,6 +325,8 @@ def task_cancel(*, task: Task) -> Task:
     if _transition(str(task.id), from_=(TaskStatus.QUEUED,), status=TaskStatus.CANCELLED, completed_at=now):
         events.append(str(task.id), events.encode("status", status=TaskStatus.CANCELLED, attempt=task.attempts),
                       done_event(status=TaskStatus.CANCELLED, result=None), close=True)
+        if task.started_at is None:  # never ran: nothing spent, so its hold goes back now
+            budget_release_task(task_id=task.id, company_id=task.company_id, app_id=task.app_id)
         return Task.objects.get(pk=task.pk)
     if _transition(str(task.id), from_=(TaskStatus.PROCESSING,), status=TaskStatus.CANCELLED, completed_at=now):
         events.sync_client().publish(CANCEL_CHANNEL, str(task.id))
@@ -312,16 +340,15 @@ def task_cancel(*, task: Task) -> Task:
 
 
 def task_retry(*, task: Task) -> Task:
-    """Run a failed or cancelled task again as a NEW task with the same inputs (staff action);
-    the old task and its log stay as they were."""
+    """Run a failed or cancelled task again as a NEW task with the same inputs (staff action),
+    checked like any new task (model, tools, budget); the old task and its log stay as they were."""
     if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         raise Conflict(f"only failed or cancelled tasks can be retried; this one is {task.status}",
                        details={"status": task.status})
     tenant = Tenant(company_id=task.company_id, company_slug=task.company.slug,
                     app_id=task.app_id, app_slug=task.app.slug)
-    new_task, _ = task_create(tenant=tenant, prompt=task.prompt, model=task.model, context=task.context,
-                              tools=task.tools, stream=task.stream, metadata=task.metadata,
-                              priority=task.priority, estimated_duration_ms=task.estimated_duration_ms)
+    new_task, _ = task_submit(tenant=tenant, prompt=task.prompt, model=task.model, context=task.context,
+                              tools=task.tools, stream=task.stream, metadata=task.metadata, priority=task.priority)
     return new_task
 
 
