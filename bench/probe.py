@@ -50,14 +50,14 @@ PROBES = ("post", "execute", "stream")
 
 def _setup() -> tuple[Any, Proc, str]:
     """A fresh probe database and Redis db, the simulator, Django configured on them."""
-    from mageagent.devinfra import free_port
+    from devtools.infra import free_port
 
     infra = infra_setup(db_name="mageagent_probe", redis_db=13)
     env = base_env()
     key = template_prepare(infra, env, infra.workdir / "probe.log")
     db_url = db_fresh(infra)
     port = free_port()
-    sim = Proc("simulator", [sys.executable, "mageagent/simulator/server.py", "--port", str(port)], env,
+    sim = Proc("simulator", [sys.executable, "devtools/simulator/server.py", "--port", str(port)], env,
                infra.workdir / "simulator.log")
     wait_ready(lambda: _get(f"http://127.0.0.1:{port}/_sim/health")[0] == 200, "simulator",
                time.monotonic() + 30, [sim])

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mageagent.devinfra import free_port, postgres_answers, redis_answers, start_private_redis
+from devtools.infra import free_port, postgres_answers, redis_answers, start_private_redis
 
 from .procs import descendants
 
@@ -309,7 +309,7 @@ class BenchStack:
         self.sim_url, self.web_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{web_port}"
         env = self.env()
         log = self.logdir
-        self.procs["simulator"] = Proc("simulator", [sys.executable, "mageagent/simulator/server.py", "--port",
+        self.procs["simulator"] = Proc("simulator", [sys.executable, "devtools/simulator/server.py", "--port",
                                                      str(sim_port)], env, log / f"{self.tag}-simulator.log")
         web = ([str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(web_port), "mageagent.asgi:application"]
                if self.web_processes == 1 else

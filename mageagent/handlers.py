@@ -3,8 +3,8 @@ and request bodies capped before they are read.
 
 Under ASGI, Django runs each sync middleware's process_request/process_response and the
 sync DRF views through their own `sync_to_async` hop: about 16 thread hand-offs per
-API request, which cost more CPU than the view itself (measured under daphne: 4 ms of CPU
-for a bare /healthz, 10.7 ms for POST /tasks). Every view on the API path is sync, so this
+API request, which cost more CPU than the view itself (BENCHMARKS.md, "Figures behind the
+design"). Every view on the API path is sync, so this
 handler builds the middleware chain in sync mode and enters it with one hop. The few
 async views (the SSE stream) still work: Django's sync path runs them with
 `async_to_sync`, and they return a streaming response at once, whose body the event loop
@@ -74,12 +74,11 @@ async def _send_too_large(send: Any, limit: int) -> None:
 def _request_threads() -> ThreadPoolExecutor:
     # Its own pool: the loop's default one has min(32, cores + 4) threads, 6 here. Few
     # threads, because they share one GIL with the event loop: under a burst of
-    # `POST /tasks`, 32 runnable threads handed the GIL round and each request cost ~35%
-    # more CPU (8.4 vs 6.2 ms at 100 req/s, p99 218 vs 13 ms) than with 8. And the loop,
-    # which takes the GIL back after every socket write and every poll, waits behind each
-    # runnable thread: offered twice what the machine serves, followers of accepted tasks
-    # waited 7.0-7.5 s (p99) for their first event with 8 threads, 2.3-3.2 s with 2, for
-    # the same throughput and POST latency (BENCHMARKS.md). Nothing on these threads waits
+    # `POST /tasks`, 32 runnable threads handed the GIL round and each request cost more
+    # CPU than with 8. And the loop, which takes the GIL back after every socket write and
+    # every poll, waits behind each runnable thread: offered more than the machine serves,
+    # followers of accepted tasks wait longer for their first event the more threads there
+    # are, for the same throughput (BENCHMARKS.md, "Figures behind the design"). Nothing on these threads waits
     # on anything slower than PostgreSQL and Redis (see _executor_for).
     return ThreadPoolExecutor(settings.MAGEAGENT["WEB_THREADS"], thread_name_prefix="http")
 

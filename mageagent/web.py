@@ -3,8 +3,8 @@
     python -m mageagent.web -b 127.0.0.1 -p 8080 --processes 2 [-- daphne options...]
 
 One daphne process runs one Python interpreter and so uses at most one core: its request
-handling holds the GIL (a `POST /tasks` costs 4-6 ms of CPU, so one process tops out near
-150-200 req/s with nothing else to do). This launcher binds the address once and starts
+handling holds the GIL, so one process tops out at what one core serves (BENCHMARKS.md).
+This launcher binds the address once and starts
 N `daphne --fd` children that all accept from that socket (the kernel hands each new
 connection to one of them), so HTTP, SSE and WebSocket clients need no balancer in front.
 Everything a follower needs is shared through Redis (the event log, the channel layer),

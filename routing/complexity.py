@@ -6,7 +6,7 @@ constraints, code, maths, reasoning and design verbs, technical vocabulary, scal
 It is trained offline on the labelled set in routing/data/prompts.jsonl by
 `python manage.py routing_train_complexity`; the weights live in
 routing/data/complexity_model.json, so routing needs no ML library at run time and a
-prediction costs a few regex passes (~0.1 ms for a short prompt).
+prediction costs a few regex passes.
 """
 
 from __future__ import annotations

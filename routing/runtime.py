@@ -63,7 +63,7 @@ class AttemptRouter:
         self.base_messages = base_messages
         self.tools = tools or None  # the schemas every call sends: prompt tokens too
         # Resolved once, here in the Celery thread: registry() fingerprints the settings and
-        # 14 environment variables (~26 µs), which the event loop need not pay per call.
+        # 14 environment variables, which the event loop need not pay per call.
         self.registry = registry()
         # Per tokenizer: how many messages are counted, and their tokens (tool schemas
         # included), so a tool round only counts the messages it added. The routing

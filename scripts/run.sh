@@ -190,7 +190,7 @@ done
 if [ "${#CONFIGURED[@]}" -eq 0 ]; then
   say "no LLM provider is configured (none of ${PROVIDER_VARS[*]} is set):"
   say "starting the LLM SIMULATOR, a development/test tool that streams fake answers"
-  start simulator "$PY" mageagent/simulator/server.py --host 127.0.0.1 --port "$SIM_PORT"
+  start simulator "$PY" devtools/simulator/server.py --host 127.0.0.1 --port "$SIM_PORT"
   wait_for "the simulator" 20 grep -q "simulator listening on" "$LOG_DIR/simulator.log"
   SIM_URL=$(sed -n 's/.*simulator listening on \(http[^ ]*\).*/\1/p' "$LOG_DIR/simulator.log" | head -n 1)
   export MAGEAGENT_LLM_API_BASE="$SIM_URL/v1"

@@ -190,9 +190,9 @@ def async_client() -> aredis.Redis:
 class _Batcher:
     """Appends from one event loop share Redis round trips: every append made while a
     batch is in flight joins the next one. The worker makes one append per chunk of every
-    stream it holds, so this is most of its per-chunk cost: redis-py spends ~140 µs of CPU
-    on a lone command and ~20 µs per command in a pipeline of tens, most of it packing the
-    arguments (measured: 26% of the worker's streaming CPU). The batch is therefore packed
+    stream it holds, so this is most of its per-chunk cost: redis-py spends far less CPU per
+    command in a pipeline of tens than on a lone command, and most of it packing the
+    arguments (BENCHMARKS.md, "Figures behind the design"). The batch is therefore packed
     here, once per call with bytes that need no encoding, and sent on a pooled connection."""
 
     def __init__(self) -> None:
@@ -239,8 +239,8 @@ class _Batcher:
             await conn.send_packed_command(packed)  # pings first if idle past health_check_interval
             results: list[Any] = []
             # One deadline for the batch's replies, not redis-py's per reply (its socket
-            # timeout arms and cancels a loop timer around every read: ~13% of the loop's
-            # streaming CPU, measured with bench/probe.py stream).
+            # timeout arms and cancels a loop timer around every read, a visible share of
+            # the loop's streaming CPU).
             async with asyncio.timeout(conn.socket_timeout):
                 for _ in calls:
                     try:

@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from mageagent.devinfra import free_port, postgres_answers, redis_answers, start_private_redis
+from devtools.infra import free_port, postgres_answers, redis_answers, start_private_redis
 
 __all__ = ("configure", "free_port")
 

@@ -71,7 +71,7 @@ class Stack:
         self.sim_url, self.web_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{web_port}"
         env = self.env()
         self.processes["simulator"] = Process(
-            "simulator", [sys.executable, "mageagent/simulator/server.py", "--port", str(sim_port)], env)
+            "simulator", [sys.executable, "devtools/simulator/server.py", "--port", str(sim_port)], env)
         self.processes["web"] = self.web_process("web", web_port, env)
         self.start_worker("worker")
         self.wait_until(lambda: self._answers(f"{self.sim_url}/_sim/health"), "simulator")

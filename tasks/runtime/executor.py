@@ -64,7 +64,7 @@ def execute(task_id: str) -> float | None:
     """Run the task's next attempt. Returns a countdown when it should be retried later."""
     picked_up = timezone.now()  # started_at: when a worker took it; routing is part of the run
     close_old_connections()
-    task = selectors.task_fetch(task_id)  # compiled once: ~0.5 ms of CPU less than Task.objects.get
+    task = selectors.task_fetch(task_id)
     if task is None or task.status != TaskStatus.QUEUED:
         return None  # cancelled, finished, or running elsewhere: a duplicate delivery
     context_text, step_events, steps = _context(task)

@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 client for streamed POSTs: the provider's side of every token.
 
-aiohttp cost ~40 µs of the worker's event-loop CPU per streamed token (its StreamReader,
-a read timer re-armed on every read, the glue around its parser); this client costs ~28
-(bench/probe.py stream; BENCHMARKS.md). httptools (llhttp, the parser uvicorn uses) does
+aiohttp spends more of the worker's event-loop CPU per streamed token (its StreamReader,
+a read timer re-armed on every read, the glue around its parser) than this client
+(BENCHMARKS.md, "Figures behind the design"). httptools (llhttp, the parser uvicorn uses) does
 the HTTP parsing and chunked decoding; what is here is the connection handling around it:
 
 - one read per `data_received`: the body bytes of a read are handed to the reader at once,

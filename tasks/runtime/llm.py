@@ -2,8 +2,8 @@
 
 OpenAI-compatible endpoints (OpenAI, OpenRouter, vLLM, a local gateway, the simulator) are
 streamed directly: tasks/runtime/httpstream.py reads the body a read at a time and each
-`data:` line is parsed with orjson, ~28 µs of CPU per chunk in all instead of litellm's
-~550 µs streaming wrapper or ~40 through aiohttp (see BENCHMARKS.md). Every other provider
+`data:` line is parsed with orjson, a fraction of the CPU per chunk of litellm's streaming
+wrapper or of aiohttp (BENCHMARKS.md, "Figures behind the design"). Every other provider
 goes through litellm.acompletion, which translates Anthropic, Gemini, Cohere, ... into the
 same deltas, and so are OpenAI-compatible endpoints that the environment sends through a
 proxy (HTTPS_PROXY and friends): the direct client speaks no proxy protocol.
@@ -302,7 +302,7 @@ def _proxied(url: str) -> bool:
     """Whether the environment sends requests to `url` through a proxy (HTTP_PROXY,
     HTTPS_PROXY, ALL_PROXY, minus NO_PROXY), as httpx and aiohttp would read it. Once per
     call: without any proxy variable it reads only those (urllib's getproxies reads the
-    whole environment, ~45 µs)."""
+    whole environment on every call)."""
     if not any(map(os.environ.get, _PROXY_VARS)):
         return False
     parts = urlsplit(url)

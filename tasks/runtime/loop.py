@@ -2,7 +2,7 @@
 
 Celery's threads pool hands each task to a thread; the thread does the task's database
 work and then waits on a coroutine run here. One loop per process therefore holds
-hundreds of concurrent provider streams at a few µs of CPU per chunk, while Celery keeps
+hundreds of concurrent provider streams cheaply, while Celery keeps
 acks, retries, revocation and Flower's view of the tasks.
 
 The loop also runs the process's heartbeat (tasks/runtime/heartbeat.py) and listens for

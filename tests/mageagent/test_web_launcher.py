@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.procs import descendants
-from mageagent.devinfra import free_port
+from devtools.infra import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,6 @@
 """Tests of the OpenAI-compatible LLM simulator (a dev/test tool; no Django, no DB).
 
-The simulator runs as a real subprocess (``python -m mageagent.simulator --port 0``)
+The simulator runs as a real subprocess (``python -m devtools.simulator --port 0``)
 and is exercised with the real ``openai`` SDK and httpx.
 """
 
@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from mageagent.simulator import (
+from devtools.simulator import (
     SimulatorProcess,
     SimulatorThread,
     Stats,

@@ -45,7 +45,7 @@ def simulator() -> Iterator[str]:
     from tests.stack import ROOT
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "mageagent/simulator/server.py", "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "devtools/simulator/server.py", "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

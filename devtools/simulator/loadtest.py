@@ -1,6 +1,6 @@
 """Measure the simulator's own CPU cost per token (development tool).
 
-    python -m mageagent.simulator.loadtest --rate 250 --tokens 100 --interval-ms 40 --seconds 20
+    python -m devtools.simulator.loadtest --rate 250 --tokens 100 --interval-ms 40 --seconds 20
 
 Starts the simulator as a subprocess (``--scheduler shared|sleep``), drives it
 with a minimal raw-socket HTTP/1.1 keep-alive client (so the client is cheap),

@@ -1,7 +1,7 @@
 """OpenAI-compatible LLM simulator -- a development/test/benchmark tool (not production).
 
 Standalone: imports only the stdlib, aiohttp and orjson (never Django).
-See :mod:`mageagent.simulator.server` for the protocol, directive and stats API.
+See :mod:`devtools.simulator.server` for the protocol, directive and stats API.
 """
 
 from .server import (

@@ -7,8 +7,8 @@ can be tested and benchmarked without a real provider.  It must stay
 standalone: it imports only the stdlib, aiohttp and orjson (no Django), so it
 starts fast and can run as a separate process::
 
-    python -m mageagent.simulator --host 127.0.0.1 --port 8900
-    python mageagent/simulator/server.py --port 0     # same, without importing
+    python -m devtools.simulator --host 127.0.0.1 --port 8900
+    python devtools/simulator/server.py --port 0     # same, without importing
                                                       # the mageagent package
 
 It prints ``simulator listening on http://HOST:PORT`` (flushed) once serving.
@@ -52,25 +52,17 @@ went away first -- detected immediately through aiohttp's
 ``model``, ``request_count`` (ordinal of this request among those sharing the
 key, i.e. retries).  At most ``--max-records`` (200k) records are kept.
 
-Performance (measured on the shared 2-core dev box with
-``python -m mageagent.simulator.loadtest``: 1,000 concurrent streams x 100
-tokens at 40 ms/token, 250 new streams/s = 25k tokens/s, uvloop, a raw-socket
-keep-alive client; simulator process CPU = utime+stime from /proc, divided by
-tokens sent, per-request overhead included):
+Schedulers (their CPU per token: ``python -m devtools.simulator.loadtest``;
+figures in BENCHMARKS.md, "Figures behind the design"):
 
 * ``--scheduler shared`` (default): one timer wheel (1 ms slots) for all
   streams; due tokens are written synchronously straight to the transport
   (several due tokens of a stream are coalesced into one HTTP chunk/write);
-  the handler task only wakes at start and end.  13-15 us CPU per token
-  (~6 us user + ~8 us kernel: one send() per token on loopback), ~30% of one
-  core at 25k tokens/s.  The Python scheduling itself is ~1.5 us/token (fake
-  transport micro-benchmark; a heap of (due, seq, stream) instead of the
-  wheel was 2.4 us/token and 15-21 us total).
+  the handler task only wakes at start and end, so the simulator stays a
+  small share of a benchmark's CPU. A wheel rather than a heap of
+  (due, seq, stream): cheaper per token.
 * ``--scheduler sleep``: naive per-stream ``asyncio.sleep`` + ``await
-  resp.write`` per token: 22-25 us CPU per token (~15 us user), ~50% of a core.
-* Per request (headers, JSON parse, handler, 3 sends): ~300-450 us, i.e.
-  3-4.5 us per token at 100 tokens/stream.  Interval-0 streams cost ~2 us/token
-  (128 events per write).
+  resp.write`` per token, the reference the wheel is compared with.
 """
 
 from __future__ import annotations
@@ -1042,7 +1034,7 @@ class SimulatorProcess:
     >>> with SimulatorProcess(tokens=5, interval_ms=10) as sim:
     ...     sim.url, sim.base_url, sim.pid
 
-    ``use_module=True`` runs ``python -m mageagent.simulator`` (imports the
+    ``use_module=True`` runs ``python -m devtools.simulator`` (imports the
     mageagent package __init__); the default runs server.py as a script, which
     imports only aiohttp/orjson and starts faster.
     """
@@ -1078,7 +1070,7 @@ class SimulatorProcess:
 
     def command(self) -> list[str]:
         if self.use_module:
-            cmd = [self.python, "-m", "mageagent.simulator"]
+            cmd = [self.python, "-m", "devtools.simulator"]
         else:
             cmd = [self.python, os.path.abspath(__file__)]
         cmd += ["--host", self.host, "--port", str(self.port)]
@@ -1145,7 +1137,7 @@ def _env(name: str, default: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m mageagent.simulator",
+        prog="python -m devtools.simulator",
         description="OpenAI-compatible LLM simulator (development/test tool).",
     )
     p.add_argument("--host", default=_env("HOST", "127.0.0.1"))
