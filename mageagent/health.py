@@ -6,7 +6,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tasks import events
+from mageagent.redis import sync_client
 from tasks.runtime.heartbeat import live_workers
 
 from . import metrics
@@ -25,7 +25,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
     try:
-        events.sync_client().ping()
+        sync_client().ping()
         checks["redis"] = "ok"
         workers = live_workers()
         checks["workers"] = f"{len(workers)} live" if workers else "none"

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import connections, router, transaction
 
 from mageagent.errors import BudgetExceeded
-from tasks import events
+from mageagent.redis import async_script, sync_client, sync_script
 
 from .models import BudgetPeriod, Spend
 from .selectors import budgets_for, budgets_forget, budgets_version_key, spend_total
@@ -186,43 +186,33 @@ def _refusal(ctx: BudgetContext, reply: list[Any], amount: int) -> BudgetExceede
                           f"${scope.label['limit_usd']} would be exceeded", details=details)
 
 
-_async_scripts: dict[tuple[int, str], Any] = {}
-
-
-def _async(name: str, source: str) -> Any:
-    client = events.async_client()
-    if (id(client), name) not in _async_scripts:
-        _async_scripts[(id(client), name)] = client.register_script(source)
-    return _async_scripts[(id(client), name)]
-
-
 def budget_reserve(ctx: BudgetContext, *, rid: str, amount_usd: float) -> None:
     """Raise BudgetExceeded unless every scope has room for `amount_usd` more."""
     if not ctx.active:
         return
     amount = nano(amount_usd)
-    reply = events.sync_script(_RESERVE)(args=_reserve_args(ctx, rid, amount))
+    reply = sync_script(_RESERVE)(args=_reserve_args(ctx, rid, amount))
     if int(reply[0]) != 1:
         raise _refusal(ctx, reply, amount)
 
 
 def budget_settle(ctx: BudgetContext, *, rid: str, actual_usd: float) -> None:
     if ctx.active:
-        events.sync_script(_SETTLE)(args=_settle_args(ctx, rid, nano(actual_usd)))
+        sync_script(_SETTLE)(args=_settle_args(ctx, rid, nano(actual_usd)))
 
 
 async def abudget_reserve(ctx: BudgetContext, *, rid: str, amount_usd: float) -> None:
     if not ctx.active:
         return
     amount = nano(amount_usd)
-    reply = await _async("reserve", _RESERVE)(args=_reserve_args(ctx, rid, amount))
+    reply = await async_script(_RESERVE)(args=_reserve_args(ctx, rid, amount))
     if int(reply[0]) != 1:
         raise _refusal(ctx, reply, amount)
 
 
 async def abudget_settle(ctx: BudgetContext, *, rid: str, actual_usd: float) -> None:
     if ctx.active:
-        await _async("settle", _SETTLE)(args=_settle_args(ctx, rid, nano(actual_usd)))
+        await async_script(_SETTLE)(args=_settle_args(ctx, rid, nano(actual_usd)))
 
 
 def task_reservation_id(task_id: Any) -> str:
@@ -248,7 +238,7 @@ class BudgetHold:
         if not self.ctx.active:
             return
         if created:
-            events.sync_script(_BIND)(args=[_ns(), self.rid, task_reservation_id(task_id)])
+            sync_script(_BIND)(args=[_ns(), self.rid, task_reservation_id(task_id)])
             self.bound = True
 
     def release(self) -> None:
@@ -291,7 +281,7 @@ def budgets_changed(**_: Any) -> None:
 def _budgets_version_bump() -> None:
     budgets_forget()
     try:
-        events.sync_client().incr(budgets_version_key())
+        sync_client().incr(budgets_version_key())
     except Exception:  # other processes then see the change within BUDGET_CACHE_S
         logger.exception("could not announce a budget change to other processes")
 
@@ -330,7 +320,7 @@ def _spend_upsert_sql() -> tuple[str, list[Any]]:
 
 def budget_usage(ctx: BudgetContext) -> list[dict[str, Any]]:
     """Spent and reserved per scope as Redis has them (for the admin)."""
-    client = events.sync_client()
+    client = sync_client()
     out = []
     for s in ctx.scopes:
         spent, reserved = client.hmget(s.key, "spent", "reserved")

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from django.conf import settings
 
-from tasks import events
+from mageagent.redis import async_script, sync_script
 
 # KEYS: rpm bucket, tpm bucket. ARGV: rpm, tpm, tokens, burst seconds, mode (take | adjust).
 # Returns the seconds to wait ("0" when taken). Buckets refill continuously at limit/60
@@ -54,17 +53,6 @@ return '0'
 """
 
 
-_scripts: dict[int, Any] = {}
-
-
-def _script() -> Any:
-    client = events.async_client()
-    script = _scripts.get(id(client))
-    if script is None:
-        script = _scripts[id(client)] = client.register_script(_SCRIPT)
-    return script
-
-
 def _keys(deployment_id: str) -> list[str]:
     ns = settings.MAGEAGENT_ROUTING["REDIS_NAMESPACE"]
     return [f"{ns}:rl:{deployment_id}:rpm", f"{ns}:rl:{deployment_id}:tpm"]
@@ -74,14 +62,15 @@ async def rate_limit_try(deployment_id: str, *, rpm: int | None, tpm: int | None
                          burst_s: float | None = None) -> float:
     """Take one request and `tokens` tokens if they fit now; else the seconds to wait."""
     burst = burst_s if burst_s is not None else settings.MAGEAGENT_ROUTING["RATE_LIMIT_BURST_S"]
-    raw = await _script()(keys=_keys(deployment_id), args=[rpm or 0, tpm or 0, max(tokens, 0), burst, "take"])
+    args = [rpm or 0, tpm or 0, max(tokens, 0), burst, "take"]
+    raw = await async_script(_SCRIPT)(keys=_keys(deployment_id), args=args)
     return float(raw)
 
 
 def rate_limit_try_sync(bucket_id: str, *, rpm: int, burst_s: float) -> float:
     """rate_limit_try for one request of a sync caller (the API's per-app limit,
     mageagent/tenancy/throttling.py), in its own bucket: 0 when taken, else the wait."""
-    return float(events.sync_script(_SCRIPT)(keys=_keys(bucket_id), args=[rpm, 0, 0, burst_s, "take"]))
+    return float(sync_script(_SCRIPT)(keys=_keys(bucket_id), args=[rpm, 0, 0, burst_s, "take"]))
 
 
 async def rate_limit_acquire(deployment_id: str, *, rpm: int | None, tpm: int | None, tokens: int,
@@ -109,5 +98,5 @@ async def rate_limit_acquire(deployment_id: str, *, rpm: int | None, tpm: int | 
 async def rate_limit_adjust(deployment_id: str, *, tpm: int | None, tokens: int) -> None:
     """Book the difference between the tokens a call used and the estimate it took."""
     if tpm and tokens:
-        await _script()(keys=_keys(deployment_id),
+        await async_script(_SCRIPT)(keys=_keys(deployment_id),
                         args=[0, tpm, tokens, settings.MAGEAGENT_ROUTING["RATE_LIMIT_BURST_S"], "adjust"])

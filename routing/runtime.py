@@ -23,7 +23,6 @@ from typing import Any
 from django.conf import settings
 
 from mageagent.errors import BudgetExceeded
-from tasks import events
 from tasks.runtime.llm import Deployment, ProviderError
 
 from .budgets import BudgetContext, abudget_reserve, abudget_settle, task_reservation_id
@@ -36,7 +35,8 @@ from .services import Candidate, RoutingDecision
 LONG_PROMPT_CHARS = 20_000
 
 logger = logging.getLogger(__name__)
-Emit = Callable[..., Awaitable[None]]
+# Emit(name, detail): a `step` event of the task, appended by the caller.
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 @dataclass
@@ -156,8 +156,7 @@ class AttemptRouter:
         target = CallTarget(cand, dep, dep.runtime(), prompt_tokens, cap, probe=probe)
 
         async def on_wait(seconds: float) -> None:
-            await emit(events.encode("step", name="rate_limited",
-                                     detail={"model": spec.id, "deployment": dep.id, "wait_s": round(seconds, 3)}))
+            await emit("rate_limited", {"model": spec.id, "deployment": dep.id, "wait_s": round(seconds, 3)})
 
         await rate_limit_acquire(dep.id, rpm=dep.rpm, tpm=dep.tpm, tokens=prompt_tokens + output, on_wait=on_wait,
                                  before_sleep=self._extend_limit)

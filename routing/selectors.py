@@ -16,6 +16,8 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q, Sum
 
+from mageagent.redis import sync_client
+
 from .models import Budget, CompanyRoutingPolicy, Model, Spend
 
 
@@ -180,10 +182,8 @@ def budgets_version_key() -> str:
 
 def budgets_version() -> Any:
     """A counter every process bumps when it changes a Budget (routing.services)."""
-    from tasks import events
-
     try:
-        return events.sync_client().get(budgets_version_key())
+        return sync_client().get(budgets_version_key())
     except Exception:  # Redis trouble: BUDGET_CACHE_S alone bounds how stale the cache gets
         return None
 

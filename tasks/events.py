@@ -28,8 +28,9 @@ from typing import Any
 
 import orjson
 import redis
-import redis.asyncio as aredis
 from django.conf import settings
+
+from mageagent.redis import async_client, sync_client, sync_script
 
 ANY_OWNER = "*"
 SEALED = -1
@@ -126,27 +127,6 @@ def _args(task_id: str, owner: str, bodies: list[bytes], close: bool,
 
 
 # --- sync side (web views, services, the Celery thread) ------------------------------------
-_sync_client: redis.Redis | None = None
-
-
-def sync_client() -> redis.Redis:
-    global _sync_client
-    if _sync_client is None:
-        _sync_client = redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
-    return _sync_client
-
-
-_sync_scripts: dict[str, Any] = {}
-
-
-def sync_script(source: str) -> Any:
-    """A Lua script registered on the sync client, once per source."""
-    script = _sync_scripts.get(source)
-    if script is None:
-        script = _sync_scripts[source] = sync_client().register_script(source)
-    return script
-
-
 def append(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False,
            push: tuple[str, bytes] | None = None) -> int:
     """Append events; returns the last seq, SEALED or FENCED. `push` is (list, message):
@@ -174,19 +154,6 @@ def read_after(task_id: str, after: int) -> list[str] | None:
 
 
 # --- async side (the worker's event loop, SSE and WebSocket consumers) ---------------------
-_async_clients: dict[asyncio.AbstractEventLoop, aredis.Redis] = {}
-
-
-def async_client() -> aredis.Redis:
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        client = aredis.Redis.from_url(settings.REDIS_URL, max_connections=200,
-                                       health_check_interval=30)
-        _async_clients[loop] = client
-    return client
-
-
 class _Batcher:
     """Appends from one event loop share Redis round trips: every append made while a
     batch is in flight joins the next one. The worker makes one append per chunk of every

@@ -11,6 +11,8 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from mageagent.redis import sync_client
+
 from . import events, services
 from .models import Task, TaskStatus
 from .runtime.heartbeat import is_alive
@@ -57,7 +59,7 @@ def _close_log(task: Task) -> None:
 
 
 def _log_exists(task_id: str) -> bool:
-    return bool(events.sync_client().exists(events.meta_key(task_id)))
+    return bool(sync_client().exists(events.meta_key(task_id)))
 
 
 def tasks_reconcile() -> dict[str, Any]:

@@ -8,7 +8,7 @@ import uuid
 
 from django.conf import settings
 
-from tasks import events
+from mageagent.redis import sync_client
 
 WORKER_KEY = "ma:worker:"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -19,9 +19,9 @@ def heartbeat_ttl() -> int:
 
 
 def live_workers() -> list[str]:
-    client = events.sync_client()
+    client = sync_client()
     return [key.decode()[len(WORKER_KEY):] for key in client.scan_iter(match=f"{WORKER_KEY}*", count=500)]
 
 
 def is_alive(worker_id: str) -> bool:
-    return bool(worker_id) and bool(events.sync_client().exists(WORKER_KEY + worker_id))
+    return bool(worker_id) and bool(sync_client().exists(WORKER_KEY + worker_id))

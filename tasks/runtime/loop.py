@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
-from tasks import events
+from mageagent.redis import async_client
 from tasks.services import CANCEL_CHANNEL
 
 from .heartbeat import WORKER_ID, WORKER_KEY, heartbeat_ttl
@@ -97,7 +97,7 @@ class Runtime:
 
     # --- background duties ----------------------------------------------------------------
     async def _heartbeat(self) -> None:
-        client = events.async_client()
+        client = async_client()
         while True:
             try:
                 await client.set(WORKER_KEY + WORKER_ID, str(len(self.running)), ex=heartbeat_ttl())
@@ -108,7 +108,7 @@ class Runtime:
     async def _listen_for_cancels(self) -> None:
         while True:
             try:
-                pubsub = events.async_client().pubsub(ignore_subscribe_messages=True)
+                pubsub = async_client().pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(CANCEL_CHANNEL)
                 async for message in pubsub.listen():
                     if message.get("type") == "message":

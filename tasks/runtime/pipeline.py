@@ -255,7 +255,8 @@ async def _routed_call(plan: AttemptPlan, messages: list[dict[str, Any]], tools:
     or candidate model (a `fallback` step), restarting the answer if chunks went out."""
     router = plan.router
     while True:
-        target = await router.begin_call(messages, lambda *bodies: _append(plan, *bodies))
+        target = await router.begin_call(
+            messages, lambda name, detail: _append(plan, events.encode("step", name=name, detail=detail)))
         mark, usage = emitter.mark(), dict[str, int]()
         try:
             await _stream_call(target.runtime, messages, tools, emitter, outcome, calls, usage, target.max_tokens)

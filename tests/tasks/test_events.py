@@ -10,6 +10,7 @@ import uuid
 
 import orjson
 
+from mageagent.redis import async_client_close
 from tasks import events
 
 
@@ -27,9 +28,7 @@ def run(coro):
             return await coro
         finally:  # each test's loop gets its own clients; close them with it
             events._batchers.clear()
-            client = events._async_clients.pop(asyncio.get_running_loop(), None)
-            if client is not None:
-                await client.aclose()
+            await async_client_close()
     return asyncio.run(main())
 
 
