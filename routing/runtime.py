@@ -23,12 +23,12 @@ from typing import Any
 from django.conf import settings
 
 from mageagent.errors import BudgetExceeded
+from mageagent.ratelimit import rate_limit_acquire, rate_limit_adjust
 from tasks.runtime.llm import Deployment, ProviderError
 
 from .budgets import BudgetContext, abudget_reserve, abudget_settle, task_reservation_id
 from .deployments import DeploymentSpec, registry
 from .pricing import count_tokens, request_tokens, tokenizer_model
-from .ratelimit import rate_limit_acquire, rate_limit_adjust
 from .services import Candidate, RoutingDecision
 
 # Prompts longer than this are counted in a thread, off the worker's event loop.

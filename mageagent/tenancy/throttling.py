@@ -1,5 +1,5 @@
 """The API's per-app request rate limit: every DRF request made with an app's keys takes
-one request from the app's bucket in Redis (routing/ratelimit.py's script: checked and
+one request from the app's bucket in Redis (mageagent/ratelimit.py's script: checked and
 taken atomically, so concurrent requests on any number of web processes cannot overrun
 it). Past the limit the answer is 429 `rate_limited` with `Retry-After`.
 
@@ -22,7 +22,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from mageagent.errors import RateLimited, retry_after
-from routing.ratelimit import rate_limit_try, rate_limit_try_sync
+from mageagent.ratelimit import rate_limit_try, rate_limit_try_sync
 
 from .auth import Tenant
 

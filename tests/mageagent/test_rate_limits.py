@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import redis
 
+from mageagent.ratelimit import _keys, rate_limit_try_sync
 from mageagent.tenancy import throttling
 from mageagent.tenancy.models import App
 from mageagent.tenancy.services import api_key_create
-from routing.ratelimit import _keys, rate_limit_try_sync
 from tasks import events
 from tasks.models import Task
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from routing import ratelimit
-from routing.ratelimit import rate_limit_acquire
+from mageagent import ratelimit
+from mageagent.ratelimit import rate_limit_acquire
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ WORKER = textwrap.dedent("""
     import asyncio, sys
     import django
     django.setup()
-    from routing.ratelimit import rate_limit_acquire
+    from mageagent.ratelimit import rate_limit_acquire
 
     calls, rpm, burst_s, window_s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 

@@ -13,10 +13,10 @@ from typing import Any
 import litellm
 import pytest
 
+from mageagent.ratelimit import rate_limit_try
 from routing.budgets import budget_context
 from routing.models import Budget
 from routing.pricing import TOOL_PROMPT_TOKENS
-from routing.ratelimit import rate_limit_try
 from routing.runtime import AttemptRouter
 from routing.services import model_select
 from tasks import events

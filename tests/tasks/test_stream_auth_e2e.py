@@ -181,8 +181,8 @@ def test_unknown_api_paths_are_json_404s_on_the_debug_stack(stack, alice):
 
 
 def test_opening_a_stream_past_the_apps_rate_limit_is_refused_on_sse_and_websocket(stack, alice, bob):
+    from mageagent.ratelimit import _keys
     from mageagent.tenancy.models import App
-    from routing.ratelimit import _keys
     from tasks import events
 
     task = Client(stack.web_url, alice.key).create(f"x {sim(tokens=1)}")

@@ -1,6 +1,7 @@
-"""Per-deployment rpm/tpm limits shared by every worker: two token buckets per
-deployment in Redis, checked and taken in one Lua script, so concurrent workers can never
-both take the last request or token. A call that does not fit waits (asyncio.sleep on
+"""Rate limits shared by every process: a provider deployment's rpm/tpm (routing) and an
+app's requests per minute (the API, mageagent/tenancy/throttling.py). Two token buckets
+per limited thing in Redis, checked and taken in one Lua script, so concurrent workers
+can never both take the last request or token. A call that does not fit waits (asyncio.sleep on
 the worker's loop, for exactly as long as the bucket needs to refill) and tries again."""
 
 from __future__ import annotations
