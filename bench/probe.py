@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from django.db import connections
 
-        from tasks.runtime.llm import close_sessions
+        from providers.llm import close_sessions
         from tasks.runtime.loop import runtime
 
         if runtime.loop is not None:  # the worker loop's provider sessions, closed on their loop

@@ -8,7 +8,7 @@ api_base, `os.environ/NAME` keys, rpm/tpm); (3) provider keys in the environment
 litellm's Router holds them: it picks a deployment among a model's several (weighted by
 rpm/tpm) and keeps their cooldowns and failure counts in Redis, so every worker steers
 around a deployment any worker saw failing. Answers are still streamed by
-tasks.runtime.llm.stream_chat, so failures are reported back here to feed the cooldowns.
+providers.llm.stream_chat, so failures are reported back here to feed the cooldowns.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 
-from tasks.runtime.llm import Deployment, ProviderError
+from providers.llm import Deployment, ProviderError
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from django.conf import settings
 
 from mageagent.errors import BudgetExceeded
 from mageagent.ratelimit import rate_limit_acquire, rate_limit_adjust
-from tasks.runtime.llm import Deployment, ProviderError
+from providers.llm import Deployment, ProviderError
 
 from .budgets import BudgetContext, abudget_reserve, abudget_settle, task_reservation_id
 from .deployments import DeploymentSpec, registry

@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 
 from mageagent.errors import ValidationFailed
-from tasks.runtime.llm import Deployment
+from providers.llm import Deployment
 
 from .complexity import LABELS, complexity_estimate
 from .deployments import DeploymentSpec, registry

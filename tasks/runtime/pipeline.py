@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from providers.llm import Delta, Deployment, ProviderError, stream_chat
 from tasks import events
 
-from .llm import Delta, Deployment, ProviderError, stream_chat
 from .loop import runtime
 
 

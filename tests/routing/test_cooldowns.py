@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from providers.llm import ProviderError
 from routing.deployments import registry
-from tasks.runtime.llm import ProviderError
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +24,7 @@ WORKER = textwrap.dedent("""
     import django
     django.setup()
     from routing.deployments import registry
-    from tasks.runtime.llm import ProviderError
+    from providers.llm import ProviderError
 
     role, model = sys.argv[1], sys.argv[2]
     reg = registry()

@@ -9,10 +9,10 @@ import litellm
 import pytest
 from django.conf import settings
 
+from providers.llm import ProviderError
 from routing.deployments import registry
 from routing.models import CompanyRoutingPolicy, Model
 from routing.services import model_select
-from tasks.runtime.llm import ProviderError
 
 pytestmark = pytest.mark.django_db
 

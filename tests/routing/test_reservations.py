@@ -14,6 +14,7 @@ import litellm
 import pytest
 
 from mageagent.ratelimit import rate_limit_try
+from providers.llm import Delta, ProviderError
 from routing.budgets import budget_context
 from routing.models import Budget
 from routing.pricing import TOOL_PROMPT_TOKENS
@@ -21,7 +22,6 @@ from routing.runtime import AttemptRouter
 from routing.services import model_select
 from tasks import events
 from tasks.runtime import pipeline
-from tasks.runtime.llm import Delta, ProviderError
 from tasks.runtime.loop import runtime
 from tasks.runtime.pipeline import AttemptPlan, run_attempt
 from tools.registry import tool_specs

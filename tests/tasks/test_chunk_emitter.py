@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
+from providers.llm import Deployment
 from tasks import events
-from tasks.runtime.llm import Deployment
 from tasks.runtime.pipeline import AttemptPlan, ChunkEmitter
 
 

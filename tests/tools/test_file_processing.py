@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
 
-from tasks.runtime.llm import close_sessions
+from providers.llm import close_sessions
 from tests.clients import sim
 from tests.tools.documents import make_docx, make_pdf, make_text_image
 from tools import netfetch

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from providers.llm import Deployment
 from tasks import events
-from tasks.runtime.llm import Deployment
 from tasks.runtime.pipeline import AttemptPlan, _run_tools
 from tools.registry import ToolContext, ToolResult
 

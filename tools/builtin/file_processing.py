@@ -84,7 +84,7 @@ def _select_model(prompt: str, model: str | None, company_id: int | None) -> Rou
 
 
 async def summarize(text: str, *, company_id: int | None) -> str:
-    from tasks.runtime.llm import ProviderError, stream_chat
+    from providers.llm import ProviderError, stream_chat
 
     clipped = text[:SUMMARY_INPUT_CHARS]
     model = knob("SUMMARIZE_MODEL") or None

@@ -1,4 +1,4 @@
-"""The worker's HTTP client for provider streams (tasks/runtime/httpstream.py), against raw
+"""The worker's HTTP client for provider streams (providers/httpstream.py), against raw
 TCP servers that answer with exactly the bytes a test needs: split reads, each body
 framing, keep-alive, servers that close, stall or never answer."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.runtime import httpstream
-from tasks.runtime.llm import Deployment, ProviderError, _deltas, _proxied, close_sessions, stream_chat
+from providers import httpstream
+from providers.llm import Deployment, ProviderError, _deltas, _proxied, close_sessions, stream_chat
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -1,7 +1,7 @@
 """Streaming chat completions.
 
 OpenAI-compatible endpoints (OpenAI, OpenRouter, vLLM, a local gateway, the simulator) are
-streamed directly: tasks/runtime/httpstream.py reads the body a read at a time and each
+streamed directly: providers/httpstream.py reads the body a read at a time and each
 `data:` line is parsed with orjson, a fraction of the CPU per chunk of litellm's streaming
 wrapper or of aiohttp (BENCHMARKS.md, "Figures behind the design"). Every other provider
 goes through litellm.acompletion, which translates Anthropic, Gemini, Cohere, ... into the
