@@ -5,8 +5,15 @@ from django.contrib.staticfiles.views import serve as static_serve
 from django.urls import URLPattern, URLResolver, include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from routing.apis import ModelListApi, RouteApi
-from tasks.apis import QueueMetricsApi, TaskCancelApi, TaskDetailApi, TaskEventsApi, TaskListCreateApi
+from routing.apis import ModelListApi
+from tasks.apis import (
+    QueueMetricsApi,
+    TaskCancelApi,
+    TaskDetailApi,
+    TaskEventsApi,
+    TaskListCreateApi,
+    TaskRouteApi,
+)
 from tasks.streaming import task_stream_view
 from tools.apis import ToolListApi
 
@@ -21,7 +28,7 @@ api: list[URLPattern | URLResolver] = [
     path("tasks/<str:task_id>/stream", task_stream_view),
     path("queue/metrics", QueueMetricsApi.as_view()),
     path("models", ModelListApi.as_view()),
-    path("route", RouteApi.as_view()),
+    path("route", TaskRouteApi.as_view()),
     path("tools", ToolListApi.as_view()),
     path("", include("tools.urls")),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),

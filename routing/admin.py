@@ -1,5 +1,6 @@
 """Staff admin: the catalog (enable, tier, price and capability overrides), company
-policies, budgets with their live use, daily spend, and every task's routing decision."""
+policies, budgets with their live use and daily spend. Every task's routing decision
+(RoutedTask) is registered by tasks/admin.py, the app that owns those rows."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from django.utils.safestring import SafeString
 
 from .budgets import budget_context, budget_usage
 from .catalog import catalog_refresh
-from .models import Budget, CompanyRoutingPolicy, Model, RoutedTask, Spend
+from .models import Budget, CompanyRoutingPolicy, Model, Spend
 from .selectors import spend_total
 
 
@@ -132,48 +133,3 @@ class SpendAdmin(admin.ModelAdmin):
             total = cl.queryset.aggregate(total=Sum("cost_usd"))["total"] or 0
             context["title"] = f"Spend (total of the rows shown: ${total:.6f})"
         return response
-
-
-@admin.register(RoutedTask)
-class RoutedTaskAdmin(admin.ModelAdmin):
-    list_display = ("id", "company", "status", "routed_model", "reason", "estimated", "actual", "fallbacks",
-                    "created_at")
-    list_filter = ("status", "company")
-    list_select_related = ("company",)
-    date_hierarchy = "created_at"
-    fields = ("id", "company", "app", "status", "model", "routing_record")
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: RoutedTask | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: RoutedTask | None = None) -> bool:
-        return False
-
-    @admin.display(description="model")
-    def routed_model(self, obj: RoutedTask) -> str:
-        routing = obj.routing or {}
-        return routing.get("model_used") or routing.get("model") or "—"
-
-    @admin.display(description="reason")
-    def reason(self, obj: RoutedTask) -> str:
-        return (obj.routing or {}).get("reason", "—")
-
-    @admin.display(description="est. $")
-    def estimated(self, obj: RoutedTask) -> Any:
-        return (obj.routing or {}).get("estimated_cost_usd")
-
-    @admin.display(description="actual $")
-    def actual(self, obj: RoutedTask) -> Any:
-        return (obj.routing or {}).get("actual_cost_usd")
-
-    @admin.display(description="fallbacks")
-    def fallbacks(self, obj: RoutedTask) -> int:
-        return len((obj.routing or {}).get("fallbacks") or [])
-
-    @admin.display(description="routing")
-    def routing_record(self, obj: RoutedTask) -> SafeString:
-        return _pretty(obj.routing)

@@ -5,7 +5,6 @@ from decimal import Decimal
 from django.db import models
 
 from mageagent.tenancy.models import App, Company
-from tasks.models import Task
 
 
 class Tier(models.IntegerChoices):
@@ -126,11 +125,3 @@ class Spend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.app} {self.day}: ${self.cost_usd}"
-
-
-class RoutedTask(Task):
-    """Tasks seen from routing: the decision, its estimate and what the task actually cost."""
-
-    class Meta:
-        proxy = True
-        verbose_name = "routing decision"

@@ -18,7 +18,7 @@ from mageagent.errors import DomainError
 
 from . import events, services
 from .admin_views import queue_view
-from .models import Task, TaskStatus
+from .models import RoutedTask, Task, TaskStatus
 
 # The change page shows at most this many events; a long answer has thousands of chunks.
 EVENT_LOG_LIMIT = 500
@@ -154,3 +154,48 @@ class TaskAdmin(admin.ModelAdmin):
             url = reverse("admin:tasks_task_change", args=(new_task.pk,))
             self.message_user(request, format_html('Retried {} as <a href="{}">{}</a>.', task.id, url, new_task.id),
                               messages.SUCCESS)
+
+
+@admin.register(RoutedTask)
+class RoutedTaskAdmin(admin.ModelAdmin):
+    list_display = ("id", "company", "status", "routed_model", "reason", "estimated", "actual", "fallbacks",
+                    "created_at")
+    list_filter = ("status", "company")
+    list_select_related = ("company",)
+    date_hierarchy = "created_at"
+    fields = ("id", "company", "app", "status", "model", "routing_record")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: RoutedTask | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: RoutedTask | None = None) -> bool:
+        return False
+
+    @admin.display(description="model")
+    def routed_model(self, obj: RoutedTask) -> str:
+        routing = obj.routing or {}
+        return routing.get("model_used") or routing.get("model") or "—"
+
+    @admin.display(description="reason")
+    def reason(self, obj: RoutedTask) -> str:
+        return (obj.routing or {}).get("reason", "—")
+
+    @admin.display(description="est. $")
+    def estimated(self, obj: RoutedTask) -> Any:
+        return (obj.routing or {}).get("estimated_cost_usd")
+
+    @admin.display(description="actual $")
+    def actual(self, obj: RoutedTask) -> Any:
+        return (obj.routing or {}).get("actual_cost_usd")
+
+    @admin.display(description="fallbacks")
+    def fallbacks(self, obj: RoutedTask) -> int:
+        return len((obj.routing or {}).get("fallbacks") or [])
+
+    @admin.display(description="routing")
+    def routing_record(self, obj: RoutedTask) -> SafeString:
+        return _pretty(obj.routing)

@@ -8,6 +8,8 @@ from rest_framework.views import APIView
 
 from mageagent.pagination import NewestFirstPagination
 from mageagent.tenancy.auth import request_tenant
+from routing.budgets import budget_context
+from routing.services import model_select, model_validate
 
 from . import selectors, services
 from .follow import events_page
@@ -86,3 +88,34 @@ class QueueMetricsApi(APIView):
             "p95_processing_ms", "throughput_per_min", "workers")}), summary="Queue metrics for the caller's company")
     def get(self, request: Request) -> Response:
         return Response(selectors.queue_metrics(company_id=request_tenant(request).company_id))
+
+
+RouteOutput = inline_serializer("RoutingDecision", {
+    # Catalog ids (GET /models' `id`, what a task's `model` accepts), as in the Task's
+    # `routing`; `result.model` is the `provider/name` label.
+    "model": serializers.CharField(help_text="catalog id of the chosen model (GET /models `id`), e.g. gpt-4o-mini"),
+    "provider": serializers.CharField(help_text="the chosen model's provider, e.g. openai"),
+    "reason": serializers.CharField(),
+    "candidates": serializers.ListField(child=serializers.CharField(), help_text="catalog ids, best first"),
+    "estimated_cost_usd": serializers.FloatField(), "estimated_tokens": serializers.IntegerField(),
+    "estimated_prompt_tokens": serializers.IntegerField(), "estimated_output_tokens": serializers.IntegerField(),
+    "tier": serializers.IntegerField(allow_null=True), "characteristics": serializers.ListField(),
+    "complexity": serializers.DictField(), "max_tokens": serializers.IntegerField(allow_null=True),
+})
+
+
+class TaskRouteApi(APIView):
+    @extend_schema(request=TaskInputSerializer, responses=RouteOutput,
+                   summary="Dry-run routing: the decision a task with this body would get")
+    def post(self, request: Request) -> Response:
+        data = TaskInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = data.validated_data
+        tenant = request_tenant(request)
+        model_validate(tenant=tenant, model=fields["model"])
+        budgeted = tenant.company_id is not None and budget_context(
+            company_id=tenant.company_id, app_id=tenant.app_id).active
+        decision = model_select(prompt=fields["prompt"], model=fields["model"], tools=fields["tools"],
+                                context_text=(fields.get("context") or {}).get("additionalContext") or "",
+                                company_id=tenant.company_id, budgeted=budgeted)
+        return Response(decision.as_dict())

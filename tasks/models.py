@@ -70,3 +70,14 @@ class Task(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+class RoutedTask(Task):
+    """Tasks seen from routing: the decision, its estimate and what the task actually cost.
+    Declared here, by the app that owns the rows, so routing never imports tasks; its
+    app_label keeps it under Routing in the admin (and in routing's migrations)."""
+
+    class Meta:
+        proxy = True
+        app_label = "routing"
+        verbose_name = "routing decision"
