@@ -32,6 +32,9 @@ from django.conf import settings
 
 from mageagent.redis import async_client, sync_client, sync_script
 
+# The pub/sub channel of cancel requests: task_cancel publishes a task id, every worker's
+# loop (tasks/runtime/loop.py) cancels the stream it holds for it.
+CANCEL_CHANNEL = "ma:cancel"
 ANY_OWNER = "*"
 SEALED = -1
 FENCED = -2

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from mageagent.celery import app
 from mageagent.redis import sync_client
 
 from . import events, services
@@ -21,8 +22,6 @@ logger = logging.getLogger(__name__)
 
 
 def _broker_backlog() -> int:
-    from mageagent.celery import app
-
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     sep = settings.CELERY_BROKER_TRANSPORT_OPTIONS["sep"]
     names = [queue] + [f"{queue}{sep}{p}" for p in settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"][1:]]

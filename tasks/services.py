@@ -21,6 +21,7 @@ from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from mageagent import broker
+from mageagent.celery import app as celery_app
 from mageagent.errors import Conflict
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.models import App, Company
@@ -29,11 +30,14 @@ from routing.services import model_validate
 from tools.registry import tools_validate_requested
 
 from . import events, selectors
+from .events import CANCEL_CHANNEL
 from .models import TERMINAL, Task, TaskStatus
 
 logger = logging.getLogger(__name__)
 
-CANCEL_CHANNEL = "ma:cancel"
+# Celery's stable name of tasks/tasks.py's task_execute_job: services send by the name, so
+# they need not import the Celery module (which imports the worker, which calls services).
+TASK_EXECUTE_JOB = "mageagent.task.execute"
 
 
 def _request_fields(*, prompt: str, model: str | None = None, context: dict[str, Any] | None = None,
@@ -187,14 +191,12 @@ def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = 
     one producer this process holds. apply_async acquired and released a pooled producer
     and built an AsyncResult on every call: ~half of the dispatch's CPU, ~10% of a
     POST /tasks, for a result this service never reads."""
-    from .tasks import task_execute_job
-
-    app = task_execute_job.app
-    message = app.amqp.create_task_message(uuid_str(), task_execute_job.name, (task_id,), {}, countdown=countdown,
+    app = celery_app
+    message = app.amqp.create_task_message(uuid_str(), TASK_EXECUTE_JOB, (task_id,), {}, countdown=countdown,
                                            ignore_result=True)
     # The Redis transport serves priority 0 first; the API's scale is "higher first". The
     # queue is read per call (not once by Celery's config) so that it follows the settings.
-    _publisher.send(app, task_execute_job.name, message, queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+    _publisher.send(app, TASK_EXECUTE_JOB, message, queue=settings.CELERY_TASK_DEFAULT_QUEUE,
                     priority=9 - priority)
 
 

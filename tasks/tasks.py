@@ -10,9 +10,11 @@ from celery.signals import worker_process_init, worker_ready
 
 from . import housekeeping
 from .runtime import executor
+from .runtime.loop import runtime
+from .services import TASK_EXECUTE_JOB
 
 
-@shared_task(name="mageagent.task.execute", bind=True, acks_late=True, ignore_result=True, max_retries=None)
+@shared_task(name=TASK_EXECUTE_JOB, bind=True, acks_late=True, ignore_result=True, max_retries=None)
 def task_execute_job(self: CeleryTask, task_id: str) -> None:
     countdown = executor.execute(task_id)
     if countdown is not None:
@@ -34,8 +36,6 @@ def tasks_prune_job() -> dict[str, Any]:
 def _start_runtime(**_: Any) -> None:
     # The event loop, heartbeat and cancel listener run from start-up, so /readyz sees
     # this worker before its first task.
-    import litellm  # noqa: F401  (a 3 s import: pay it at start, not in the first task)
-
-    from .runtime.loop import runtime
+    import litellm  # noqa: F401  (a slow import: pay it at start, not in the first task)
 
     runtime.ensure_started()

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 
 from mageagent.redis import async_client
-from tasks.services import CANCEL_CHANNEL
+from tasks.events import CANCEL_CHANNEL
 
 from .heartbeat import WORKER_ID, WORKER_KEY, heartbeat_ttl
 
