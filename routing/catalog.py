@@ -118,6 +118,11 @@ def _int(value: Any) -> int | None:
         return None
 
 
+# Counts this process's refreshes: the readers' cache (routing/selectors.py) reloads when it
+# moved, so the catalog's writer need not know its readers.
+refreshes = 0
+
+
 def catalog_refresh(*, providers: list[str] | None = None, model_cls: Any = None) -> dict[str, int]:
     """Create new models, update litellm-owned columns of known ones, and mark the ones
     litellm dropped (`in_source=False`; they stay, with their overrides, until staff
@@ -145,9 +150,8 @@ def catalog_refresh(*, providers: list[str] | None = None, model_cls: Any = None
                 changed.append(row)
         model_cls.objects.bulk_create(new, batch_size=500, ignore_conflicts=True)
         model_cls.objects.bulk_update(changed, SOURCE_FIELDS, batch_size=500)
-    from .selectors import catalog_invalidate
-
-    catalog_invalidate()
+    global refreshes
+    refreshes += 1
     return {"created": len(new), "updated": len(changed), "total": len(everything) + len(new),
             "dropped_by_source": sum(1 for i in existing if i not in source)}
 

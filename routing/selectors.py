@@ -18,6 +18,9 @@ from django.db.models import Q, Sum
 
 from mageagent.redis import sync_client
 
+from . import catalog as catalog_module
+from .catalog import catalog_ensure
+from .deployments import catalog_sync_config
 from .models import Budget, CompanyRoutingPolicy, Model, Spend
 
 
@@ -73,21 +76,23 @@ class _Catalog:
         self.models: dict[str, ModelSpec] = {}
         self.aliases: dict[str, str] = {}
         self.policies: dict[int, CompanyRoutingPolicy | None] = {}
+        self.refreshes = -1
+
+    def stale(self) -> bool:
+        return (time.monotonic() - self.loaded_at > settings.MAGEAGENT_ROUTING["CATALOG_CACHE_S"]
+                or not self.models or self.refreshes != catalog_module.refreshes)
 
     def get(self) -> _Catalog:
-        if time.monotonic() - self.loaded_at > settings.MAGEAGENT_ROUTING["CATALOG_CACHE_S"] or not self.models:
+        if self.stale():
             with self.lock:
-                if time.monotonic() - self.loaded_at > settings.MAGEAGENT_ROUTING["CATALOG_CACHE_S"] \
-                        or not self.models:
+                if self.stale():
                     self._load()
         return self
 
     def _load(self) -> None:
-        from .catalog import catalog_ensure
-        from .deployments import catalog_sync_config
-
         catalog_ensure()
         catalog_sync_config()
+        self.refreshes = catalog_module.refreshes  # after the refresh an empty catalog gets
         models = {m.id: spec_from_row(m) for m in Model.objects.all()}
         aliases: dict[str, str] = {}
         for model_id, spec in models.items():
