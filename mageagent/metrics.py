@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from prometheus_client import Gauge
 
+from tasks.selectors import queue_metrics
+
 TASKS = Gauge("mageagent_tasks", "Tasks by status (all companies)", ["status"])
 PROCESSING_MS = Gauge("mageagent_processing_ms", "Processing time of recent completed tasks", ["stat"])
 WORKERS = Gauge("mageagent_workers", "Live worker processes")
 
 
 def refresh_queue_gauges() -> None:
-    from tasks.selectors import queue_metrics
-
     m = queue_metrics(company_id=None)
     for status in ("waiting", "active", "completed", "failed", "cancelled", "delayed"):
         TASKS.labels(status=status).set(m[status])

@@ -34,6 +34,7 @@ from mageagent.redis import async_script, sync_client, sync_script
 
 from .models import BudgetPeriod, Spend
 from .selectors import budgets_for, budgets_forget, budgets_version_key, spend_total
+from .services import model_select
 
 logger = logging.getLogger(__name__)
 NANO = 1_000_000_000
@@ -252,8 +253,6 @@ def budget_hold(*, tenant: Any, prompt: str, model: str | None, tools: list[str]
     """Reserve a new task's first call, or raise BudgetExceeded (402). Create the task
     inside the block and `bind` it: the block is one transaction, so the task is only
     enqueued (on commit) once it owns the reservation."""
-    from .services import model_select
-
     ctx = budget_context(company_id=tenant.company_id, app_id=tenant.app_id)
     if not ctx.active:
         yield BudgetHold(ctx, None)

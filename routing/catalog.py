@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import transaction
 
 from .complexity import DATA_DIR
+from .models import Model
 
 SOURCE_FIELDS = ("provider", "context_window", "max_output_tokens", "input_cost_per_token", "output_cost_per_token",
                  "supports_tools", "supports_vision", "supports_json", "default_tier", "in_source")
@@ -130,7 +131,7 @@ def catalog_refresh(*, providers: list[str] | None = None, model_cls: Any = None
     provider says nothing about the others. `model_cls` lets the data migration pass its
     historical model."""
     if model_cls is None:
-        from .models import Model as model_cls
+        model_cls = Model
     source = {m.id: m for m in catalog_source(providers)}
     with transaction.atomic():
         everything = {m.id: m for m in model_cls.objects.all()}
@@ -159,7 +160,5 @@ def catalog_refresh(*, providers: list[str] | None = None, model_cls: Any = None
 def catalog_ensure() -> None:
     """Seed an empty catalog on first use (a database flushed by tests, or migrated
     before this app's data migration existed)."""
-    from .models import Model
-
     if not Model.objects.exists():
         catalog_refresh()

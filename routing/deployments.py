@@ -26,6 +26,8 @@ from django.conf import settings
 
 from providers.llm import Deployment, ProviderError
 
+from .models import Model
+
 logger = logging.getLogger(__name__)
 
 # Providers that speak the OpenAI protocol: streamed directly, without litellm's wrapper.
@@ -304,8 +306,6 @@ def registry_reset() -> None:
 def catalog_sync_config() -> None:
     """Give every model the config file serves a catalog row (models litellm's map does
     not know, such as a self-hosted one; prices and window come from its model_info)."""
-    from .models import Model
-
     reg = registry()
     known = Model.objects.filter(id__in=list(reg.config_info)).values_list("id", flat=True)
     missing = set(reg.config_info) - set(known)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from .selectors import model_get
+
 
 def _price(model: str) -> tuple[float, float]:
     """USD per prompt and completion token: the catalog's (with staff overrides), else litellm's map."""
-    from .selectors import model_get
-
     spec = model_get(model)
     if spec is not None:
         return spec.input_cost_per_token, spec.output_cost_per_token

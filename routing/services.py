@@ -21,6 +21,7 @@ from django.conf import settings
 
 from mageagent.errors import ValidationFailed
 from providers.llm import Deployment
+from tools.registry import tool_specs
 
 from .complexity import LABELS, complexity_estimate
 from .deployments import DeploymentSpec, registry
@@ -96,8 +97,6 @@ def _tool_schemas(tools: list[str]) -> list[dict[str, Any]] | None:
     """The JSON schemas the calls will carry: sent on every call, billed as prompt tokens."""
     if not tools:
         return None
-    from tools.registry import tool_specs
-
     return tool_specs(tools) or None
 
 

@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from .models import Task, TaskStatus
+from .runtime.heartbeat import live_workers
 from .selectors import queue_metrics
 
 RECENT_FAILURES = 20
@@ -28,8 +29,6 @@ def _per_company() -> list[dict[str, Any]]:
 
 def queue_view(request: HttpRequest) -> HttpResponse:
     """Wrapped by AdminSite.admin_view (TaskAdmin.get_urls): only active staff reach it."""
-    from .runtime.heartbeat import live_workers
-
     if not request.user.has_perm("tasks.view_task"):
         raise PermissionDenied
     context: dict[str, Any] = {**admin.site.each_context(request), "title": "Queue",

@@ -16,6 +16,7 @@ from mageagent.queries import CompiledSelect
 from mageagent.tenancy.auth import Tenant
 
 from .models import Task, TaskStatus
+from .runtime.heartbeat import live_workers
 
 
 def task_queryset(*, tenant: Tenant) -> QuerySet[Task]:
@@ -90,8 +91,6 @@ def _durations_ms(qs: QuerySet[Task], limit: int = 1000) -> list[float]:
 
 
 def queue_metrics(*, company_id: int | None) -> dict[str, Any]:
-    from .runtime.heartbeat import live_workers
-
     qs = Task.objects.all() if company_id is None else Task.objects.filter(company_id=company_id)
     counts = dict(qs.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
     durations = _durations_ms(qs)

@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from xml.etree import ElementTree
 
 from .conf import knob
+from .sandbox import Limits, SandboxBusy, SandboxUnavailable, sandbox_run, sandbox_unavailable_reason
 
 MAX_PDF_PAGES = 1000
 MAX_OCR_IMAGES = 20
@@ -211,8 +212,6 @@ async def ocr_text(data: bytes, *, content_type: str = "", name: str = "") -> st
 
 
 async def _tesseract(image: bytes) -> str:
-    from .sandbox import Limits, SandboxBusy, SandboxUnavailable, sandbox_run, sandbox_unavailable_reason
-
     binary = os.path.realpath(shutil.which(knob("TESSERACT")) or "tesseract")
     command = [binary, "stdin", "stdout"]
     if sandbox_unavailable_reason() is None and binary.startswith("/usr/"):

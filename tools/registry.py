@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, ClassVar
@@ -28,6 +29,11 @@ logger = logging.getLogger(__name__)
 ERROR_PREFIX = "error: "
 
 
+# complete(messages, model): the text a model answers, the model routed as a task's would
+# be (`model` a catalog id, or None to let routing choose). Raises providers' ProviderError.
+Complete = Callable[[list[dict[str, Any]], str | None], Awaitable[str]]
+
+
 @dataclass(frozen=True)
 class ToolContext:
     task_id: str
@@ -35,6 +41,9 @@ class ToolContext:
     # The tools the task asked for: a model calling any other one is refused. None when
     # the caller does not say (then every registered tool may run).
     allowed_tools: frozenset[str] | None = None
+    # How a tool asks a model (file_processing's summaries). The caller gives it: tools sit
+    # below routing and the worker, so they cannot reach a model by themselves.
+    complete: Complete | None = None
 
 
 @dataclass(frozen=True)

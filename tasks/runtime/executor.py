@@ -21,6 +21,8 @@ from routing.runtime import AttemptRouter
 from routing.services import RoutingDecision, model_select
 from tasks import events, selectors, services
 from tasks.models import Task, TaskStatus
+from tools.knowledge import knowledge_retrieve
+from tools.registry import tool_specs
 
 from .heartbeat import WORKER_ID
 from .loop import runtime
@@ -44,8 +46,6 @@ def _context(task: Task) -> tuple[str, list[bytes], list[str]]:
     step_events: list[bytes] = []
     steps: list[str] = []
     if ctx.get("useGraphRAG"):
-        from tools.knowledge import knowledge_retrieve
-
         query = ctx.get("graphragQuery") or task.prompt
         detail: dict[str, Any] = {"query": query}
         try:
@@ -112,8 +112,6 @@ def _run_attempt(plan: AttemptPlan) -> AttemptOutcome:
 
 def _plan(task: Task, decision: RoutingDecision, context_text: str, owner: str,
           step_events: list[bytes]) -> AttemptPlan:
-    from tools.registry import tool_specs
-
     start = [events.encode("status", status=TaskStatus.PROCESSING, attempt=task.attempts)]
     if task.attempts > 1:
         start.append(events.encode("reset", attempt=task.attempts))

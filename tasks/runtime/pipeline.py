@@ -14,7 +14,9 @@ from typing import Any
 
 from providers.llm import Delta, Deployment, ProviderError, stream_chat
 from tasks import events
+from tools.registry import ToolContext, ToolResult, tool_invoke
 
+from .completion import routed_complete
 from .loop import runtime
 
 
@@ -182,13 +184,12 @@ async def _run_tools(plan: AttemptPlan, calls: list[dict[str, Any]], messages: l
                      text: str | None = None) -> None:
     """Run one round's calls concurrently. `text` is what the model streamed before its
     calls this round: the assistant message keeps it, or the next round loses it."""
-    from tools.registry import ToolContext, ToolResult, tool_invoke
-
     await _append(plan, *(events.encode("tool_call", id=c["id"], name=c["name"], arguments=c["arguments"])
                           for c in calls))
     # Only the tools the task asked for, whatever the model calls.
     allowed = frozenset(spec["function"]["name"] for spec in plan.tool_specs)
-    ctx = ToolContext(task_id=plan.task_id, company_id=plan.company_id, allowed_tools=allowed)
+    ctx = ToolContext(task_id=plan.task_id, company_id=plan.company_id, allowed_tools=allowed,
+                      complete=routed_complete(plan.company_id))
 
     async def invoke(call: dict[str, Any]) -> ToolResult:
         result = await tool_invoke(call["name"], call["arguments"], ctx)

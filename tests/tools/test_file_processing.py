@@ -14,6 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
 
 from providers.llm import close_sessions
+from tasks.runtime.completion import routed_complete
 from tests.clients import sim
 from tests.tools.documents import make_docx, make_pdf, make_text_image
 from tools import netfetch
@@ -47,7 +48,9 @@ def in_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 async def process(persona, **arguments) -> ToolResult:
-    return await tool_invoke("file_processing", json.dumps(arguments), ToolContext("t", persona.tenant.company_id))
+    company = persona.tenant.company_id
+    return await tool_invoke("file_processing", json.dumps(arguments),
+                             ToolContext("t", company, complete=routed_complete(company)))
 
 
 @pytest.mark.django_db

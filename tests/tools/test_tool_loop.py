@@ -42,7 +42,7 @@ def tools(monkeypatch):
     async def invoke(name: str, arguments: str, ctx: ToolContext) -> ToolResult:
         return await registry[name](arguments, ctx)
 
-    monkeypatch.setattr("tools.registry.tool_invoke", invoke)
+    monkeypatch.setattr("tasks.runtime.pipeline.tool_invoke", invoke)
     return registry
 
 

@@ -4,20 +4,20 @@ summary written by an LLM chosen by the same routing as tasks."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mageagent.errors import NotFound
+from providers.llm import ProviderError
 from tools.conf import knob
 from tools.extract import ExtractionError, detect_kind, extract_text, ocr_text
 from tools.netfetch import FetchRefused, fetch
 from tools.registry import Tool, ToolContext, ToolError
-
-if TYPE_CHECKING:
-    from routing.services import RoutingDecision
+from tools.selectors import file_get
+from tools.services import file_read
 
 SUMMARY_INPUT_CHARS = 60_000
 SUMMARY_PROMPT = ("Summarize the document below for the user: its purpose, its key points and any figures or "
@@ -40,9 +40,6 @@ class FileProcessingArguments(BaseModel):
 
 
 def _load_stored(company_id: int, file_id: str) -> tuple[bytes, str, str]:
-    from tools.selectors import file_get
-    from tools.services import file_read
-
     try:
         stored = file_get(company_id=company_id, file_id=file_id)
         return file_read(stored=stored), stored.content_type, stored.name
@@ -74,31 +71,15 @@ async def _text(data: bytes, content_type: str, name: str) -> str:
     return text
 
 
-def _select_model(prompt: str, model: str | None, company_id: int | None) -> RoutingDecision:
-    from routing.services import model_select
-
-    try:
-        return model_select(prompt=prompt, model=model, tools=[], company_id=company_id)
-    finally:
-        close_old_connections()
-
-
-async def summarize(text: str, *, company_id: int | None) -> str:
-    from providers.llm import ProviderError, stream_chat
-
+async def summarize(text: str, ctx: ToolContext) -> str:
+    if ctx.complete is None:
+        raise ToolError("summarize needs a model, and this caller gives the tool none")
     clipped = text[:SUMMARY_INPUT_CHARS]
-    model = knob("SUMMARIZE_MODEL") or None
-    decision = await sync_to_async(_select_model, thread_sensitive=False)(clipped, model, company_id)
-    assert decision.deployment is not None
     messages = [{"role": "system", "content": SUMMARY_PROMPT}, {"role": "user", "content": clipped}]
-    parts: list[str] = []
     try:
-        async for delta in stream_chat(decision.deployment, messages):
-            if delta.content:
-                parts.append(delta.content)
+        summary = (await ctx.complete(messages, knob("SUMMARIZE_MODEL") or None)).strip()
     except ProviderError as exc:
         raise ToolError(f"the summarizing model failed: {exc.message}") from None
-    summary = "".join(parts).strip()
     if len(text) > SUMMARY_INPUT_CHARS:
         summary += f"\n\n(summary of the first {SUMMARY_INPUT_CHARS} of {len(text)} characters)"
     return summary
@@ -124,6 +105,6 @@ class FileProcessingTool(Tool):
                 text = await _text(data, content_type, name)
             if args.operation == "extract_text":
                 return text
-            return await summarize(text, company_id=ctx.company_id)
+            return await summarize(text, ctx)
         except ExtractionError as exc:
             raise ToolError(str(exc)) from None
