@@ -33,7 +33,6 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "channels",
-    "django_celery_results",
     "django_celery_beat",
     "mageagent.tenancy",
     "tasks",
