@@ -17,7 +17,8 @@ cd "$ROOT"
 # command is missing and only as root with apt-get (elsewhere the tests that need them skip).
 #   bwrap     - the code_execution tool's sandbox (bubblewrap)
 #   tesseract - OCR in the file_processing tool
-SYSTEM_PACKAGES=${MAGEAGENT_TEST_SYSTEM_PACKAGES-"bwrap:bubblewrap tesseract:tesseract-ocr"}
+#   chromium  - a browser's EventSource reading the SSE stream (headless)
+SYSTEM_PACKAGES=${MAGEAGENT_TEST_SYSTEM_PACKAGES-"bwrap:bubblewrap tesseract:tesseract-ocr chromium:chromium"}
 # <<< SYSTEM PACKAGES HOOK <<<
 
 missing=()
