@@ -15,16 +15,20 @@ import litellm  # noqa: E402, F401  (a 3 s import: pay it at start, not in the f
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
+from tasks.socketio_app import socketio_app  # noqa: E402
 from tasks.ws_urls import websocket_urlpatterns  # noqa: E402
 
 from .logging import redact_daphne_access_log  # noqa: E402
 
 redact_daphne_access_log()
 
-application = ProtocolTypeRouter({
+channels_app = ProtocolTypeRouter({
     "http": django_asgi_app,
     # Sessions only: a staff session's user is looked up by the consumer, and only when no
     # API key was given (channels' AuthMiddleware would do it in the pool for every socket,
     # before the handshake completes).
     "websocket": SessionMiddlewareStack(URLRouter(websocket_urlpatterns)),
 })
+
+# Socket.IO (the seed's client) at /socket.io/, beside Channels: everything else goes through.
+application = socketio_app(channels_app)

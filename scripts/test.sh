@@ -17,7 +17,9 @@ cd "$ROOT"
 # command is missing and only as root with apt-get (elsewhere the tests that need them skip).
 #   bwrap     - the code_execution tool's sandbox (bubblewrap)
 #   tesseract - OCR in the file_processing tool
-SYSTEM_PACKAGES=${MAGEAGENT_TEST_SYSTEM_PACKAGES-"bwrap:bubblewrap tesseract:tesseract-ocr"}
+#   chromium  - a browser's EventSource reading the SSE stream (headless)
+#   npm       - Node clients the tests run (tests/package.json), with Node itself
+SYSTEM_PACKAGES=${MAGEAGENT_TEST_SYSTEM_PACKAGES-"bwrap:bubblewrap tesseract:tesseract-ocr chromium:chromium npm:npm"}
 # <<< SYSTEM PACKAGES HOOK <<<
 
 missing=()
@@ -39,6 +41,17 @@ ensure_venv
 # requirements-dev.txt includes requirements.txt: its stamp is written too, so a later
 # scripts/run.sh installs nothing.
 install_requirements requirements-dev.txt requirements.txt
+
+# npm packages the tests run under Node (tests/package.json, locked): again only when the
+# lock changed since the last install.
+if command -v npm >/dev/null 2>&1; then
+  if [ ! tests/node_modules/.package-lock.json -nt tests/package-lock.json ]; then
+    echo "==> npm ci (tests/package.json)"
+    (cd tests && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+else
+  echo "==> npm not found: the tests that run Node clients will skip"
+fi
 
 # Run "tests" unless the arguments name what to run.
 targets=(tests)

@@ -1,37 +1,27 @@
 """WebSockets: one task (`/tasks/{id}/ws`) or many over one socket (`/mageagent/ws`).
 
-Each subscription is a Follower (tasks/follow.py) fed by the task's Channels group, so a
-socket delivers every event exactly once whenever it subscribes.
+What they do is tasks/subscriptions.py's, shared with Socket.IO; here is the framing.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 from channels.auth import get_user
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from mageagent.errors import DomainError, error_body
-from mageagent.handlers import stream_db, waiting_threads
-from mageagent.tenancy.access import query_params, tenant_from
-from mageagent.tenancy.auth import Tenant
-from mageagent.tenancy.throttling import rate_limited, stream_open_wait
+from mageagent.errors import AuthenticationFailed, error_body
+from mageagent.tenancy.access import query_params
 
-from . import events, selectors, services
-from .follow import IDLE_RECHECK_EVERY, Follower, parse_position
+from .follow import parse_position
+from .subscriptions import TaskSubscriptions
 
 
-class _TaskSocket(AsyncWebsocketConsumer):
-    tenant: Tenant | None
-
+class _TaskSocket(TaskSubscriptions, AsyncWebsocketConsumer):
     async def connect(self) -> None:
-        self.followers: dict[str, Follower] = {}
-        self.lock = asyncio.Lock()
-        self.recheck: asyncio.Task[None] | None = None
+        self.start_subscriptions()
         self.query = query_params(self.scope.get("query_string", b""))
         headers = {k.decode().lower(): v.decode() for k, v in self.scope.get("headers", [])}
         # Accept before anything waits for a thread of the shared pool (the key's lookup,
@@ -39,45 +29,18 @@ class _TaskSocket(AsyncWebsocketConsumer):
         # server refused sockets, which an SSE request, simply waiting its turn, never is.
         # A bad key still gets its error event and close code 4401.
         await self.accept()
-        self.tenant = await tenant_from(headers, self.query.get("token"), auser=lambda: get_user(self.scope))
-        if self.tenant is None:
-            await self.send_error(None, "authentication_failed", "an API key is required")
-            await self.close(code=4401)
-            return
-        wait = await stream_open_wait(self.tenant)
-        if wait > 0:
-            refused = rate_limited(wait)
+        refused = await self.open_for(headers, self.query.get("token"), auser=lambda: get_user(self.scope))
+        if refused is not None:
             await self.send_error(None, refused.code, refused.message)
-            await self.close(code=4429)
+            await self.close(code=4401 if isinstance(refused, AuthenticationFailed) else 4429)
             return
-        self.recheck = asyncio.ensure_future(self._recheck_forever())
         await self.opened()
 
     async def opened(self) -> None:
         pass
 
     async def disconnect(self, code: int) -> None:
-        if self.recheck is not None:
-            self.recheck.cancel()
-        for task_id in list(getattr(self, "followers", {})):
-            await self.unsubscribe(task_id)
-
-    async def subscribe(self, task_id: str, after: int) -> bool:
-        try:
-            task = await stream_db(selectors.task_get)(tenant=self.tenant, task_id=task_id)
-        except DomainError as exc:
-            await self.send_error(task_id, exc.code, exc.message)
-            return False
-        task_id = str(task.id)
-        async with self.lock:
-            self.followers[task_id] = Follower(task_id, after)
-            await self.channel_layer.group_add(events.group_name(task_id), self.channel_name)
-            await self._deliver(task_id, await self.followers[task_id].replay())
-        return True
-
-    async def unsubscribe(self, task_id: str) -> None:
-        if self.followers.pop(task_id, None) is not None:
-            await self.channel_layer.group_discard(events.group_name(task_id), self.channel_name)
+        await self.close_subscriptions()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections (a hop into the thread pool) before every
@@ -88,46 +51,6 @@ class _TaskSocket(AsyncWebsocketConsumer):
         if handler is None:
             raise ValueError(f"no handler for message type {message['type']}")
         await handler(message)
-
-    async def task_event(self, message: dict[str, Any]) -> None:
-        async with self.lock:
-            follower = self.followers.get(message["task"])
-            if follower is not None:
-                await self._deliver(follower.task_id, await follower.live(message["raw"]))
-
-    async def _recheck_forever(self) -> None:
-        delays = [0.25, 1.0]
-        while True:
-            await asyncio.sleep(delays.pop(0) if delays else IDLE_RECHECK_EVERY)
-            async with self.lock:
-                for follower in list(self.followers.values()):
-                    await self._deliver(follower.task_id, await follower.replay())
-
-    async def _deliver(self, task_id: str, raws: list[str]) -> None:
-        for raw in raws:
-            await self.send_event(task_id, raw)
-        follower = self.followers.get(task_id)
-        if follower is not None and follower.done:
-            await self.finished(task_id)
-
-    async def cancel(self, task_id: str) -> None:
-        try:
-            task = await stream_db(selectors.task_get)(tenant=self.tenant, task_id=task_id)
-            # A cancel waits up to CANCEL_WAIT_S for its worker: not on the few threads every
-            # follower's lookups share.
-            await database_sync_to_async(services.task_cancel, thread_sensitive=False,
-                                         executor=waiting_threads())(task=task)
-        except DomainError as exc:
-            await self.send_error(task_id, exc.code, exc.message)
-
-    async def send_event(self, task_id: str, raw: str) -> None:
-        raise NotImplementedError
-
-    async def send_error(self, task_id: str | None, code: str, message: str) -> None:
-        raise NotImplementedError
-
-    async def finished(self, task_id: str) -> None:
-        pass
 
     @staticmethod
     def parse(text: str | None) -> dict[str, Any] | None:
@@ -181,29 +104,7 @@ class MultiplexConsumer(_TaskSocket):
         if frame is None:
             await self.send_error(None, "validation_error", "frames must be JSON objects")
             return
-        kind, task_id = frame.get("type"), frame.get("taskId")
-        if not isinstance(task_id, str) or not task_id:
-            await self.send_error(None, "validation_error", "taskId is required")
-            return
-        if kind == "subscribe-task":
-            after = frame.get("after", 0)
-            if not isinstance(after, int) or isinstance(after, bool) or after < 0:
-                await self.send_error(task_id, "validation_error", "after must be an integer >= 0")
-                return
-            # Each subscription counts against the app's rate limit, as opening a stream of its
-            # own would: one socket must not follow without limit. Refused, the socket stays.
-            wait = await stream_open_wait(self.tenant)
-            if wait > 0:
-                refused = rate_limited(wait)
-                await self.send_error(task_id, refused.code, refused.message)
-                return
-            await self.subscribe(task_id, after)
-        elif kind == "unsubscribe-task":
-            await self.unsubscribe(task_id)
-        elif kind == "cancel-task":
-            await self.cancel(task_id)
-        else:
-            await self.send_error(task_id, "validation_error", f"unknown frame type {kind!r}")
+        await self.command(frame)
 
     async def send_event(self, task_id: str, raw: str) -> None:
         await self.send(text_data=f'{{"type":"task-update","taskId":"{task_id}","data":{raw}}}')
@@ -211,6 +112,3 @@ class MultiplexConsumer(_TaskSocket):
     async def send_error(self, task_id: str | None, code: str, message: str) -> None:
         frame = {"type": "error", "taskId": task_id, **error_body(code, message)}
         await self.send(text_data=orjson.dumps(frame).decode())
-
-    async def finished(self, task_id: str) -> None:
-        await self.unsubscribe(task_id)

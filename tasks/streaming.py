@@ -30,9 +30,19 @@ def sse_frame(raw: str) -> bytes:
 
 
 async def _frames(task_id: str, after: int) -> AsyncIterator[bytes]:
-    yield b"retry: 1000\n: connected\n\n"
+    # The comment sends the headers at once (a client resuming at the log's end waits for
+    # nothing else). `retry:` rides on the first event: a block with a field but no data is
+    # an event with empty data to httpx-sse and the openai SDK, though not to browsers.
+    yield b": connected\n\n"
+    retry = b"retry: 1000\n"
     async for raw in follow(task_id, after, idle_s=settings.MAGEAGENT["SSE_PING_S"]):
-        yield b": ping\n\n" if raw is None else sse_frame(raw)
+        if raw is None:
+            yield b": ping\n\n"
+        elif retry:
+            yield retry + sse_frame(raw)
+            retry = b""
+        else:
+            yield sse_frame(raw)
 
 
 def _position(request: HttpRequest) -> int:
