@@ -3,11 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from django.conf import settings
 from rest_framework import serializers
 
 from mageagent.serializers import SharedFieldsMixin, StrictCharField, StrictSerializer
 from providers.conversation import conversation_chars, conversation_from
+from routing.selectors import CHARS_PER_TOKEN, largest_context_window, max_prompt_chars
 
 from .models import Task, TaskStatus
 
@@ -155,10 +155,14 @@ class TaskInputSerializer(StrictSerializer):
 
 
 def prompt_limit_check(*, prompt: str, messages: list[dict[str, Any]], system: str | None) -> None:
-    limit = settings.MAGEAGENT["MAX_PROMPT_CHARS"]
-    if conversation_chars(prompt=prompt, messages=messages, system=system) > limit:
+    """The conversation fits the largest enabled model (routing then picks one it fits)."""
+    chars = conversation_chars(prompt=prompt, messages=messages, system=system)
+    if chars > (limit := max_prompt_chars()):
         field = "messages" if messages else "prompt"
-        raise serializers.ValidationError({field: [f"is longer than {limit} characters"]})
+        window = largest_context_window()
+        raise serializers.ValidationError({field: [
+            f"is longer than {limit} characters, what the largest enabled model's context window "
+            f"({window} tokens) holds at about {CHARS_PER_TOKEN} characters a token"]})
 
 
 class TaskListFilterSerializer(StrictSerializer):

@@ -88,3 +88,26 @@ def test_routing_counts_the_whole_conversation(api, alice):
                     HTTP_AUTHORIZATION=f"Bearer {alice.key}").json()
 
     assert long["estimated_prompt_tokens"] > short["estimated_prompt_tokens"] + 2900
+
+
+def test_a_prompt_as_long_as_the_largest_context_window_is_accepted_and_one_longer_is_not(api, alice, settings):
+    from routing.selectors import largest_context_window, max_prompt_chars
+
+    window = largest_context_window()
+    fits = "word " * (max_prompt_chars() // 5)
+    too_long = "x" * (max_prompt_chars() + 1)
+
+    accepted = post(api, alice, {"prompt": fits})
+    refused = post(api, alice, {"messages": [{"role": "user", "content": too_long}]})
+
+    assert max_prompt_chars() == 4 * window > 400_000
+    assert accepted.status_code == 202, accepted.content[:300]
+    assert refused.status_code == 400
+    assert f"({window} tokens)" in refused.json()["error"]["message"]
+
+
+def test_the_body_limit_of_the_prompt_paths_follows_the_longest_prompt(settings):
+    from mageagent.handlers import max_request_bytes
+    from routing.selectors import max_prompt_chars
+
+    assert max_request_bytes("/mageagent/api/v1/tasks") > 2 * max_prompt_chars()
