@@ -35,7 +35,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.db import close_old_connections
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 
 from .errors import error_response
@@ -170,6 +170,16 @@ def _overloaded(admitted: int) -> JsonResponse:
     return response
 
 
+class DeferredResponse(HttpResponse):
+    """What a view returns when its answer must wait for something (a task to finish)
+    without holding a request thread: the handler awaits `resolve()` on the event loop and
+    sends what it gives. A client that disconnects meanwhile cancels the wait."""
+
+    def __init__(self, resolve: Callable[[], Awaitable[HttpResponseBase]]) -> None:
+        super().__init__(status=202)
+        self.resolve = resolve
+
+
 class MageAgentASGIHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
@@ -192,6 +202,12 @@ class MageAgentASGIHandler(ASGIHandler):
         # loop's pool threads are reused instead, requests run side by side as under a
         # threaded WSGI server, and one that waits (a cancel waiting for its worker) holds
         # up no other.
+        response = await self._threaded_response(request)
+        if isinstance(response, DeferredResponse):
+            return await response.resolve()
+        return response
+
+    async def _threaded_response(self, request: HttpRequest) -> HttpResponseBase:
         executor = _executor_for(request)
         serve = sync_to_async(self._serve, thread_sensitive=False, executor=executor)
         if executor is not _request_threads():

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "tasks",
     "routing",
     "tools",
+    "openai_api",
 ]
 
 MIDDLEWARE = [

@@ -352,6 +352,15 @@ def task_cancel(*, task: Task) -> Task:
     return task_cancel(task=Task.objects.get(pk=task.pk))
 
 
+def task_delete(*, task: Task) -> None:
+    """Delete a task (DELETE /v1/responses/{id}): one still running is cancelled first, so
+    its worker stops and its budget hold goes back. Its event log expires with EVENT_TTL_S."""
+    if not task.is_terminal:
+        with suppress(Conflict):  # it finished meanwhile: nothing left to stop
+            task_cancel(task=task)
+    Task.objects.filter(pk=task.pk).delete()
+
+
 def task_retry(*, task: Task) -> Task:
     """Run a failed or cancelled task again as a NEW task with the same inputs (staff action),
     checked like any new task (model, tools, budget); the old task and its log stay as they were."""
