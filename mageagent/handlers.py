@@ -23,6 +23,7 @@ admin run on their own threads and are never refused.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -34,7 +35,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.db import close_old_connections
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 
 from .errors import error_response
@@ -43,11 +44,40 @@ Scope = dict[str, Any]
 T = TypeVar("T")
 
 
-def max_request_bytes() -> int:
-    """The largest body any endpoint accepts: the largest upload plus the multipart envelope."""
+# Larger bodies some paths take, registered by the apps that serve them (a prompt as long as
+# the largest enabled model's context window: tasks/apps.py, openai_api/apps.py). A limit may
+# read the database (the model catalog), so the handler asks for it from a thread and keeps
+# the answer BODY_LIMIT_CACHE_S.
+_path_limits: list[tuple[tuple[str, ...], Callable[[], int]]] = []
+BODY_LIMIT_CACHE_S = 30.0
+
+
+def body_limit_register(*, paths: tuple[str, ...], limit: Callable[[], int]) -> None:
+    """Let POSTs to these exact paths have bodies up to `limit()` bytes (more than the default)."""
+    _path_limits.append((paths, limit))
+
+
+def max_request_bytes(path: str = "") -> int:
+    """The largest body an endpoint accepts: the largest upload plus the multipart envelope,
+    or what the path's app registered when larger."""
     knobs = settings.MAGEAGENT
-    largest = max(knobs["FILES_MAX_BYTES"], knobs["KNOWLEDGE_MAX_BYTES"], settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+    largest = max(knobs["FILES_MAX_BYTES"], knobs["KNOWLEDGE_MAX_BYTES"], knobs["MAX_BODY_BYTES"],
+                  *(limit() for paths, limit in _path_limits if path in paths))
     return largest + 64 * 1024
+
+
+_limits_cache: dict[str, tuple[float, int]] = {}
+
+
+async def _request_limit(scope: Scope) -> int:
+    path = scope.get("path", "")
+    if scope.get("method") != "POST" or not any(path in paths for paths, _ in _path_limits):
+        return max_request_bytes()
+    now = time.monotonic()
+    hit = _limits_cache.get(path)
+    if hit is None or hit[0] < now:
+        hit = _limits_cache[path] = (now + BODY_LIMIT_CACHE_S, await stream_db(max_request_bytes)(path))
+    return hit[1]
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -140,6 +170,16 @@ def _overloaded(admitted: int) -> JsonResponse:
     return response
 
 
+class DeferredResponse(HttpResponse):
+    """What a view returns when its answer must wait for something (a task to finish)
+    without holding a request thread: the handler awaits `resolve()` on the event loop and
+    sends what it gives. A client that disconnects meanwhile cancels the wait."""
+
+    def __init__(self, resolve: Callable[[], Awaitable[HttpResponseBase]]) -> None:
+        super().__init__(status=202)
+        self.resolve = resolve
+
+
 class MageAgentASGIHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
@@ -162,6 +202,12 @@ class MageAgentASGIHandler(ASGIHandler):
         # loop's pool threads are reused instead, requests run side by side as under a
         # threaded WSGI server, and one that waits (a cancel waiting for its worker) holds
         # up no other.
+        response = await self._threaded_response(request)
+        if isinstance(response, DeferredResponse):
+            return await response.resolve()
+        return response
+
+    async def _threaded_response(self, request: HttpRequest) -> HttpResponseBase:
         executor = _executor_for(request)
         serve = sync_to_async(self._serve, thread_sensitive=False, executor=executor)
         if executor is not _request_threads():
@@ -185,7 +231,7 @@ class MageAgentASGIHandler(ASGIHandler):
             close_old_connections()
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
-        limit = max_request_bytes()
+        limit = await _request_limit(scope)
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
             await _send_too_large(send, limit)

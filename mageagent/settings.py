@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "tasks",
     "routing",
     "tools",
+    "openai_api",
 ]
 
 MIDDLEWARE = [
@@ -114,7 +115,10 @@ CHANNEL_LAYERS: dict[str, Any] = {
     }
 }
 
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAGEAGENT_MAX_BODY_BYTES", 2_621_440, minimum=1024)
+# Bodies are capped by the ASGI handler before they are read (mageagent/handlers.py), by
+# MAGEAGENT["MAX_BODY_BYTES"] or a larger limit of the path (a prompt as long as the largest
+# model's context window); Django's own check would refuse those after reading them.
+DATA_UPLOAD_MAX_MEMORY_SIZE = None
 
 # --- Internationalisation, static -------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -193,7 +197,9 @@ MAGEAGENT: dict[str, Any] = {
     "RETENTION_FAILED_DAYS": env_float("MAGEAGENT_RETENTION_FAILED_DAYS", 1.0, minimum=0.0),
     "RETENTION_FAILED_MAX": env_int("MAGEAGENT_RETENTION_FAILED_MAX", 5000, minimum=0),
     "IDEMPOTENCY_TTL_S": env_int("MAGEAGENT_IDEMPOTENCY_TTL", 86400, minimum=60),
-    "MAX_PROMPT_CHARS": env_int("MAGEAGENT_MAX_PROMPT_CHARS", 400_000, minimum=1),
+    # 0: the largest enabled model's context window at ~4 characters a token (routing/selectors.py).
+    "MAX_BODY_BYTES": env_int("MAGEAGENT_MAX_BODY_BYTES", 2_621_440, minimum=1024),
+    "MAX_PROMPT_CHARS": env_int("MAGEAGENT_MAX_PROMPT_CHARS", 0, minimum=0),
     # Threads of a web process that run HTTP requests, and those for requests that wait
     # (cancels, the admin): mageagent/handlers.py.
     "WEB_THREADS": env_int("MAGEAGENT_WEB_THREADS", 2, minimum=1),

@@ -41,6 +41,8 @@ urlpatterns = [
     # Last under the prefix: whatever it does not serve is the contract's JSON 404, also when
     # DEBUG is on (Django's handler404 is bypassed for its HTML debug page then).
     re_path(r"^mageagent/api/v1(?:/.*)?$", api_not_found),
+    # The OpenAI-compatible API: OpenAI(base_url="http://HOST:PORT/v1", api_key=<a MageAgent key>).
+    path("v1/", include("openai_api.urls")),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz),
     path("readyz", health.readyz),

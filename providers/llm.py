@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
@@ -112,9 +113,13 @@ def _pool() -> httpstream.Pool:
 
 
 def request_body(deployment: Deployment, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                 max_tokens: int | None) -> dict[str, Any]:
+                 max_tokens: int | None, params: dict[str, Any] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"model": deployment.model, "messages": messages, "stream": True,
                             "stream_options": {"include_usage": True}}
+    if params:
+        body.update(params)
+        if not tools:
+            body.pop("tool_choice", None)  # providers refuse a tool_choice without tools
     if tools:
         body["tools"] = tools
     if max_tokens:
@@ -251,6 +256,9 @@ async def _stream_litellm(deployment: Deployment, body: dict[str, Any]) -> Async
 
     kwargs = {k: v for k, v in body.items() if k != "model"}
     kwargs.update(deployment.extra)
+    # What the provider does not take is left out (the pipeline notes it in the task's
+    # events first, from supported_params), rather than failing the call.
+    kwargs["drop_params"] = True
     if deployment.api_base:
         kwargs["api_base"] = deployment.api_base
     if deployment.api_key:
@@ -283,12 +291,30 @@ def _usage_dict(usage: Any) -> dict[str, Any] | None:
     return {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
+@cache
+def _supported_params(litellm_model: str) -> frozenset[str] | None:
+    import litellm
+
+    try:
+        model, provider, _, _ = litellm.get_llm_provider(litellm_model)
+        names = litellm.get_supported_openai_params(model=model, custom_llm_provider=provider)
+    except Exception:  # a provider litellm cannot name: send everything, litellm drops what it must
+        return None
+    return frozenset(names) if names is not None else None
+
+
+def supported_params(deployment: Deployment) -> frozenset[str] | None:
+    """The OpenAI parameters litellm maps for the deployment's provider (None: unknown)."""
+    return _supported_params(deployment.litellm_model)
+
+
 def stream_chat(deployment: Deployment, messages: list[dict[str, Any]], *,
                 tools: list[dict[str, Any]] | None = None, max_tokens: int | None = None,
-                pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
+                pace: httpstream.Pace | None = None, params: dict[str, Any] | None = None) -> AsyncIterator[Delta]:
     """The answer's deltas. `pace`: how long the caller can wait before the next read (see
-    httpstream.Stream.reads); the litellm path reads as fast as litellm yields."""
-    body = request_body(deployment, messages, tools, max_tokens)
+    httpstream.Stream.reads); the litellm path reads as fast as litellm yields. `params`:
+    sampling parameters by their OpenAI names (temperature, stop, seed, response_format, ...)."""
+    body = request_body(deployment, messages, tools, max_tokens, params)
     if deployment.openai_compatible and not _proxied(deployment.api_base or OPENAI_BASE):
         return _stream_openai(deployment, body, pace)
     return _stream_litellm(deployment, body)

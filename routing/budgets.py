@@ -249,7 +249,9 @@ class BudgetHold:
 
 @contextmanager
 def budget_hold(*, tenant: Any, prompt: str, model: str | None, tools: list[str] | None = None,
-                context: dict[str, Any] | None = None, **_: Any) -> Iterator[BudgetHold]:
+                context: dict[str, Any] | None = None, messages: list[dict[str, Any]] | None = None,
+                system: str | None = None, max_tokens: int | None = None,
+                client_tools: list[dict[str, Any]] | None = None, **_: Any) -> Iterator[BudgetHold]:
     """Reserve a new task's first call, or raise BudgetExceeded (402). Create the task
     inside the block and `bind` it: the block is one transaction, so the task is only
     enqueued (on commit) once it owns the reservation."""
@@ -259,7 +261,8 @@ def budget_hold(*, tenant: Any, prompt: str, model: str | None, tools: list[str]
         return
     context_text = (context or {}).get("additionalContext") or ""
     decision = model_select(prompt=prompt, model=model, tools=tools or [], context_text=context_text,
-                            company_id=tenant.company_id, budgeted=True)
+                            company_id=tenant.company_id, budgeted=True, messages=messages, system=system,
+                            max_tokens=max_tokens, client_tools=client_tools)
     hold = BudgetHold(ctx, decision.as_dict())
     budget_reserve(ctx, rid=hold.rid, amount_usd=decision.estimated_cost_usd)
     try:

@@ -113,6 +113,34 @@ def catalog_invalidate(**_: Any) -> None:
     catalog.invalidate()
 
 
+# Characters per token the prompt limit allows: English prose runs about four.
+CHARS_PER_TOKEN = 4
+
+
+def largest_context_window() -> int:
+    """The largest context window of an enabled model (what the longest prompt may fill)."""
+    catalog = models_all()
+    if _largest[0] is not catalog:  # once per catalog load, not per request
+        _largest[:] = [catalog, max((s.context_window for s in catalog.values() if s.enabled), default=128_000)]
+    return int(_largest[1])
+
+
+_largest: list[Any] = [None, 0]
+
+
+def max_prompt_chars() -> int:
+    """The longest conversation a task may carry: MAGEAGENT_MAX_PROMPT_CHARS when set, else
+    the largest enabled context window at CHARS_PER_TOKEN. Routing then picks a model by the
+    counted tokens."""
+    return int(settings.MAGEAGENT["MAX_PROMPT_CHARS"]) or largest_context_window() * CHARS_PER_TOKEN
+
+
+def max_prompt_body_bytes() -> int:
+    """A JSON body with room for the longest prompt: two bytes a character (JSON escapes,
+    non-ASCII text) and a megabyte for the rest of the request."""
+    return 2 * max_prompt_chars() + 1024 * 1024
+
+
 def model_get(name: str) -> ModelSpec | None:
     """A catalog model by id, or by the name a caller may use for it
     ('openai/gpt-4o' for 'gpt-4o', 'gemini-2.5-pro' for 'gemini/gemini-2.5-pro')."""

@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 
 from mageagent.errors import ValidationFailed
+from providers.conversation import conversation_messages
 from providers.llm import Deployment
 from tools.registry import tool_specs
 
@@ -84,15 +85,6 @@ def model_validate(*, tenant: Any, model: str | None) -> None:
         raise ValidationFailed(f"model {model!r} is not allowed for this company", details={"model": model})
 
 
-def _prompt_messages(prompt: str, context_text: str) -> list[dict[str, Any]]:
-    # The same messages tasks/runtime/executor.py sends.
-    messages = [{"role": "system", "content": settings.MAGEAGENT["SYSTEM_PROMPT"]}]
-    if context_text:
-        messages.append({"role": "system", "content": f"Context:\n{context_text}"})
-    messages.append({"role": "user", "content": prompt})
-    return messages
-
-
 def _tool_schemas(tools: list[str]) -> list[dict[str, Any]] | None:
     """The JSON schemas the calls will carry: sent on every call, billed as prompt tokens."""
     if not tools:
@@ -108,10 +100,16 @@ def _unknown_spec(model: str) -> ModelSpec:
 
 
 def model_select(*, prompt: str, model: str | None, tools: list[str], context_text: str = "",
-                 company_id: int | None = None, budgeted: bool = False) -> RoutingDecision:
+                 company_id: int | None = None, budgeted: bool = False,
+                 messages: list[dict[str, Any]] | None = None, system: str | None = None,
+                 max_tokens: int | None = None, client_tools: list[dict[str, Any]] | None = None) -> RoutingDecision:
+    """Route a task. The whole conversation counts (`messages`, `system`, context and the
+    tool schemas, the client's functions too); `max_tokens` bounds the expected answer."""
     policy = policy_for(company_id)
     reg = registry()
-    messages, schemas = _prompt_messages(prompt, context_text), _tool_schemas(tools)
+    messages = conversation_messages(prompt=prompt, messages=messages, system=system, context_text=context_text)
+    schemas = [*(_tool_schemas(tools) or []), *(client_tools or [])] or None
+    tools = [*tools, *(t["function"]["name"] for t in client_tools or ())]
     counted = count_tokens(FALLBACK_TOKENIZER_MODEL, messages=messages, tools=schemas)
     prompt_counts = {tokenizer_model(FALLBACK_TOKENIZER_MODEL): counted}
     prompt_tokens = counted
@@ -119,6 +117,9 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
     complexity = complexity_estimate(prompt, bias=bias)
     output_tokens = int(policy["expected_output_tokens"][complexity.label])
     cap = settings.MAGEAGENT_ROUTING["BUDGET_MAX_OUTPUT_TOKENS"] if budgeted else None
+    if max_tokens:
+        output_tokens = min(output_tokens, max_tokens)
+        cap = min(cap, max_tokens) if cap else max_tokens
     long_context = prompt_tokens >= int(policy["long_context_tokens"])
     traits = [complexity.label] + (["tools"] if tools else []) + (["long_context"] if long_context else [])
     need = max(int(policy["tiers"][complexity.label]), int(policy["tools_min_tier"]) if tools else 0)

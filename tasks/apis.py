@@ -117,5 +117,6 @@ class TaskRouteApi(APIView):
             company_id=tenant.company_id, app_id=tenant.app_id).active
         decision = model_select(prompt=fields["prompt"], model=fields["model"], tools=fields["tools"],
                                 context_text=(fields.get("context") or {}).get("additionalContext") or "",
-                                company_id=tenant.company_id, budgeted=budgeted)
+                                company_id=tenant.company_id, budgeted=budgeted, messages=fields.get("messages"),
+                                system=fields.get("system"), max_tokens=fields.get("max_tokens"))
         return Response(decision.as_dict())

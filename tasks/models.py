@@ -34,6 +34,20 @@ class Task(models.Model):
     stream = models.BooleanField(default=True)
     metadata = models.JSONField(default=dict, blank=True)
     priority = models.PositiveSmallIntegerField(default=0)
+    # The conversation and sampling parameters (providers/conversation.py). `messages` is the
+    # whole conversation when given (its last user message is `prompt`); empty: the prompt alone.
+    messages = models.JSONField(default=list, blank=True)
+    system = models.TextField(null=True, blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    stop = models.JSONField(null=True, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    response_format = models.JSONField(null=True, blank=True)
+    # Functions the client defines (the OpenAI-compatible API): a call to one ends the task
+    # with the call in its result, for the client to run.
+    client_tools = models.JSONField(default=list, blank=True)
+    tool_choice = models.JSONField(null=True, blank=True)
 
     result = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)

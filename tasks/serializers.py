@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
+import orjson
 from rest_framework import serializers
 
 from mageagent.serializers import SharedFieldsMixin, StrictCharField, StrictSerializer
+from providers.conversation import conversation_chars, conversation_from
+from routing.selectors import CHARS_PER_TOKEN, largest_context_window, max_prompt_chars
 
 from .models import Task, TaskStatus
 
@@ -18,8 +20,99 @@ class TaskContextSerializer(StrictSerializer):
                                               default=None, max_length=400_000)
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool")
+CONTENT_PARTS = ("text", "image_url")
+
+
+def _invalid(message: str) -> serializers.ValidationError:
+    return serializers.ValidationError(message)
+
+
+def _check_content(content: Any, where: str, *, role: str) -> None:
+    if isinstance(content, str) or (content is None and role == "assistant"):
+        return
+    if not isinstance(content, list) or not content:
+        raise _invalid(f"{where}.content must be a string or a non-empty list of content parts")
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in CONTENT_PARTS:
+            raise _invalid(f"{where}.content[{j}].type must be one of {', '.join(CONTENT_PARTS)}")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise _invalid(f"{where}.content[{j}].text must be a string")
+        if kind == "image_url" and (role != "user" or not isinstance(part.get("image_url"), dict)
+                                    or not isinstance(part["image_url"].get("url"), str)):
+            raise _invalid(f"{where}.content[{j}]: an image_url part (user messages only) needs image_url.url")
+
+
+def _check_message(message: Any, i: int) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise _invalid(f"{where} must be an object")
+    role = message.get("role")
+    if role not in ROLES:
+        raise _invalid(f"{where}.role must be one of {', '.join(ROLES)}")
+    unknown = set(message) - {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
+    if unknown:
+        raise _invalid(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
+    _check_content(message.get("content"), where, role=role)
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise _invalid(f"{where}: a tool message needs tool_call_id")
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if role != "assistant" or not isinstance(calls, list):
+            raise _invalid(f"{where}.tool_calls: a list, on assistant messages only")
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not (isinstance(fn, dict) and isinstance(call.get("id"), str) and isinstance(fn.get("name"), str)
+                    and isinstance(fn.get("arguments"), str)):
+                raise _invalid(f"{where}.tool_calls[{j}] needs id and function.name / function.arguments (a string)")
+    elif role == "assistant" and message.get("content") is None:
+        raise _invalid(f"{where}: an assistant message needs content or tool_calls")
+
+
+class ChatMessagesField(serializers.ListField):
+    """OpenAI chat messages: system/developer, user (text and image parts), assistant (with
+    tool_calls), tool (tool_call_id). Checked by hand: a long conversation through nested
+    DRF serializers costs a field object per message part."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=serializers.DictField(), max_length=1000, **kwargs)
+
+    def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
+        if not isinstance(data, list):
+            self.fail("not_a_list", input_type=type(data).__name__)
+        if len(data) > 1000:
+            raise _invalid("at most 1000 messages")
+        for i, message in enumerate(data):
+            _check_message(message, i)
+        return data
+
+
+class ResponseFormatField(serializers.JSONField):
+    def to_internal_value(self, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind not in ("text", "json_object", "json_schema"):
+            raise _invalid("must be {\"type\": \"text\" | \"json_object\" | \"json_schema\", ...}")
+        if kind == "json_schema":
+            spec = data.get("json_schema")
+            if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+                    and isinstance(spec.get("schema", {}), dict)):
+                raise _invalid("json_schema needs {\"name\": ..., \"schema\": {...}}")
+        return data
+
+
+class StopField(serializers.JSONField):
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) or (isinstance(data, list) and 0 < len(data) <= 4
+                                     and all(isinstance(x, str) for x in data)):
+            return data
+        raise _invalid("must be a string or a list of at most 4 strings")
+
+
 class TaskInputSerializer(StrictSerializer):
-    prompt = StrictCharField(trim_whitespace=False)
+    prompt = StrictCharField(required=False, trim_whitespace=False)
+    messages = ChatMessagesField(required=False)
+    system = StrictCharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False, default=None)
     model = StrictCharField(required=False, allow_null=True, default=None, max_length=200)
     context = TaskContextSerializer(required=False)  # type: ignore[assignment]  # a declared field, not .context
     tools = serializers.ListField(child=StrictCharField(max_length=100), required=False,
@@ -27,14 +120,14 @@ class TaskInputSerializer(StrictSerializer):
     stream = serializers.BooleanField(required=False, default=True)
     metadata = serializers.DictField(required=False, default=dict)
     priority = serializers.IntegerField(required=False, default=0, min_value=0, max_value=9)
-
-    def validate_prompt(self, value: str) -> str:
-        if not value.strip():
-            raise serializers.ValidationError("must not be blank")
-        if len(value) > settings.MAGEAGENT["MAX_PROMPT_CHARS"]:
-            raise serializers.ValidationError(
-                f"is longer than {settings.MAGEAGENT['MAX_PROMPT_CHARS']} characters")
-        return value
+    temperature = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=1)
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1,
+                                          max_value=10_000_000)
+    stop = StopField(required=False, allow_null=True, default=None)
+    seed = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=-(2**63),
+                                    max_value=2**63 - 1)
+    response_format = ResponseFormatField(required=False, allow_null=True, default=None)
 
     def validate_tools(self, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
@@ -42,11 +135,34 @@ class TaskInputSerializer(StrictSerializer):
         return value
 
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
-        import orjson
-
         if len(orjson.dumps(value)) > 16_384:
             raise serializers.ValidationError("must serialize to at most 16 KiB of JSON")
         return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        prompt, messages = attrs.get("prompt"), attrs.pop("messages", None)
+        if prompt is not None and not prompt.strip():
+            raise serializers.ValidationError({"prompt": ["must not be blank"]})
+        if prompt is None and not messages:
+            raise serializers.ValidationError({"prompt": ["give a prompt, messages, or both"]})
+        if messages and not prompt and not any(m["role"] == "user" for m in messages):
+            raise serializers.ValidationError({"messages": ["must hold a user message"]})
+        attrs["prompt"], attrs["messages"] = conversation_from(prompt=prompt, messages=messages)
+        prompt_limit_check(prompt=attrs["prompt"], messages=attrs["messages"], system=attrs.get("system"))
+        if attrs.get("response_format") == {"type": "text"}:
+            attrs["response_format"] = None  # the default: not a parameter worth sending
+        return attrs
+
+
+def prompt_limit_check(*, prompt: str, messages: list[dict[str, Any]], system: str | None) -> None:
+    """The conversation fits the largest enabled model (routing then picks one it fits)."""
+    chars = conversation_chars(prompt=prompt, messages=messages, system=system)
+    if chars > (limit := max_prompt_chars()):
+        field = "messages" if messages else "prompt"
+        window = largest_context_window()
+        raise serializers.ValidationError({field: [
+            f"is longer than {limit} characters, what the largest enabled model's context window "
+            f"({window} tokens) holds at about {CHARS_PER_TOKEN} characters a token"]})
 
 
 class TaskListFilterSerializer(StrictSerializer):
@@ -74,11 +190,15 @@ class _TaskFields(serializers.ModelSerializer):
     steps = serializers.ListField(child=serializers.CharField())
     tools = serializers.ListField(child=serializers.CharField())
     metadata = serializers.DictField()
+    messages = serializers.ListField(child=serializers.DictField())
+    stop = serializers.JSONField()
+    response_format = serializers.JSONField()
 
     class Meta:
         model = Task
-        fields = ("id", "taskId", "company_id", "app_id", "status", "prompt", "model", "context",
-                  "tools", "stream", "metadata", "priority", "result", "error", "routing", "steps",
+        fields = ("id", "taskId", "company_id", "app_id", "status", "prompt", "messages", "system", "model",
+                  "context", "tools", "stream", "metadata", "priority", "temperature", "top_p", "max_tokens",
+                  "stop", "seed", "response_format", "result", "error", "routing", "steps",
                   "attempts", "created_at", "started_at", "completed_at", "estimated_duration_ms")
 
     def get_context(self, task: Task) -> dict[str, Any]:

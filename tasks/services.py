@@ -40,11 +40,23 @@ logger = logging.getLogger(__name__)
 TASK_EXECUTE_JOB = "mageagent.task.execute"
 
 
+# The inputs added after the first contract: part of a request (and of its hash) only when
+# set, so a prompt-only request keeps the hash it always had.
+INPUT_DEFAULTS: dict[str, Any] = {"messages": [], "system": None, "temperature": None, "top_p": None,
+                                  "max_tokens": None, "stop": None, "seed": None, "response_format": None,
+                                  "client_tools": [], "tool_choice": None}
+
+
 def _request_fields(*, prompt: str, model: str | None = None, context: dict[str, Any] | None = None,
                     tools: list[str] | None = None, stream: bool = True,
-                    metadata: dict[str, Any] | None = None, priority: int = 0) -> dict[str, Any]:
-    return {"prompt": prompt, "model": model, "context": context or {}, "tools": tools or [],
-            "stream": stream, "metadata": metadata or {}, "priority": priority}
+                    metadata: dict[str, Any] | None = None, priority: int = 0, **inputs: Any) -> dict[str, Any]:
+    unknown = set(inputs) - set(INPUT_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown task fields: {sorted(unknown)}")
+    fields = {"prompt": prompt, "model": model, "context": context or {}, "tools": tools or [],
+              "stream": stream, "metadata": metadata or {}, "priority": priority}
+    fields.update({name: value for name, value in inputs.items() if value is not None and value != []})
+    return fields
 
 
 def _request_hash(fields: dict[str, Any]) -> str:
@@ -86,11 +98,12 @@ def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
                 context: dict[str, Any] | None = None, tools: list[str] | None = None,
                 stream: bool = True, metadata: dict[str, Any] | None = None, priority: int = 0,
                 idempotency_key: str | None = None,
-                estimated_duration_ms: int | None = None) -> tuple[Task, bool]:
+                estimated_duration_ms: int | None = None, **inputs: Any) -> tuple[Task, bool]:
     """Create and enqueue a task; returns (task, created). An idempotency key seen within
-    IDEMPOTENCY_TTL_S returns the original task when the body matches, Conflict otherwise."""
+    IDEMPOTENCY_TTL_S returns the original task when the body matches, Conflict otherwise.
+    `inputs`: the conversation and sampling fields of INPUT_DEFAULTS."""
     fields = _request_fields(prompt=prompt, model=model, context=context, tools=tools, stream=stream,
-                             metadata=metadata, priority=priority)
+                             metadata=metadata, priority=priority, **inputs)
     digest = _request_hash(fields)
     if idempotency_key:
         existing = _task_for_idempotency_key(tenant=tenant, key=idempotency_key, digest=digest)
@@ -341,6 +354,15 @@ def task_cancel(*, task: Task) -> Task:
     return task_cancel(task=Task.objects.get(pk=task.pk))
 
 
+def task_delete(*, task: Task) -> None:
+    """Delete a task (DELETE /v1/responses/{id}): one still running is cancelled first, so
+    its worker stops and its budget hold goes back. Its event log expires with EVENT_TTL_S."""
+    if not task.is_terminal:
+        with suppress(Conflict):  # it finished meanwhile: nothing left to stop
+            task_cancel(task=task)
+    Task.objects.filter(pk=task.pk).delete()
+
+
 def task_retry(*, task: Task) -> Task:
     """Run a failed or cancelled task again as a NEW task with the same inputs (staff action),
     checked like any new task (model, tools, budget); the old task and its log stay as they were."""
@@ -350,7 +372,8 @@ def task_retry(*, task: Task) -> Task:
     tenant = Tenant(company_id=task.company_id, company_slug=task.company.slug,
                     app_id=task.app_id, app_slug=task.app.slug)
     new_task, _ = task_submit(tenant=tenant, prompt=task.prompt, model=task.model, context=task.context,
-                              tools=task.tools, stream=task.stream, metadata=task.metadata, priority=task.priority)
+                              tools=task.tools, stream=task.stream, metadata=task.metadata, priority=task.priority,
+                              **{name: getattr(task, name) for name in INPUT_DEFAULTS})
     return new_task
 
 

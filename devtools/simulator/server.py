@@ -39,6 +39,8 @@ first N requests carrying ``key`` fail; also applies to ``fail_after_tokens``),
 ``fail_models`` (list of model names: ``error`` / ``fail_after_tokens`` apply
 only to requests for these models; ``error_times`` still counts every request
 carrying ``key``), and
+``echo`` (true: the answer is the request body as one JSON object, minus
+``stream`` / ``stream_options``, so tests see what reached the provider),
 ``tool_calls`` (list of ``{"name", "arguments"}``; used when the request has
 ``tools`` and no ``role: tool`` message exists yet; once tool results exist the
 answer contains ``[tool:<name> <first 200 chars>]`` for each of them).
@@ -878,7 +880,12 @@ class _Plan:
             self.finish_reason = "tool_calls"
             return
         prefix_text = _tool_results_text(messages) if has_tool_results else ""
-        if "text" in d:
+        if d.get("echo"):
+            # The request as received (minus the streaming options), one JSON object: tests
+            # read from the answer which parameters and messages reached the provider.
+            echoed = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+            self.pieces_text = [orjson.dumps(echoed).decode()]
+        elif "text" in d:
             self.pieces_text = split_text(prefix_text + str(d["text"]))
         elif prefix_text:
             self.pieces_text = split_text(prefix_text) + [self.pattern.format(i=i) for i in range(n_tokens)]

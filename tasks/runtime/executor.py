@@ -14,6 +14,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from mageagent.errors import DomainError
+from providers.conversation import conversation_messages, sampling_params
 from routing.budgets import budget_context, spend_record
 from routing.deployments import registry
 from routing.pricing import cost_usd, usage_estimate
@@ -32,11 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 def _messages(task: Task, context_text: str) -> list[dict[str, Any]]:
-    messages = [{"role": "system", "content": settings.MAGEAGENT["SYSTEM_PROMPT"]}]
-    if context_text:
-        messages.append({"role": "system", "content": f"Context:\n{context_text}"})
-    messages.append({"role": "user", "content": task.prompt})
-    return messages
+    return conversation_messages(prompt=task.prompt, messages=task.messages, system=task.system,
+                                 context_text=context_text)
 
 
 def _context(task: Task) -> tuple[str, list[bytes], list[str]]:
@@ -70,7 +68,8 @@ def execute(task_id: str) -> float | None:
     context_text, step_events, steps = _context(task)
     budget = budget_context(company_id=task.company_id, app_id=task.app_id)
     decision = model_select(prompt=task.prompt, model=task.model, tools=task.tools, context_text=context_text,
-                            company_id=task.company_id, budgeted=budget.active)
+                            company_id=task.company_id, budgeted=budget.active, messages=task.messages,
+                            system=task.system, max_tokens=task.max_tokens, client_tools=task.client_tools)
     registry().ensure([d for c in decision.options + decision.larger for d in c.deployments])
     steps += [f"model_selected:{decision.provider}:{decision.model}", "llm_execution"]
     earlier = float((task.routing or {}).get("spent_usd_all_attempts") or 0.0) if task.attempts > 1 else 0.0
@@ -123,7 +122,9 @@ def _plan(task: Task, decision: RoutingDecision, context_text: str, owner: str,
         task_id=str(task.id), attempt=task.attempts, owner=owner, messages=_messages(task, context_text),
         deployment=decision.deployment or decision.options[0].deployments[0].runtime(), start_events=start,
         company_id=task.company_id,
-        tool_specs=tool_specs(task.tools), max_tool_rounds=settings.MAGEAGENT.get("MAX_TOOL_ROUNDS", 4),
+        tool_specs=tool_specs(task.tools), client_tools=list(task.client_tools or []),
+        params={**sampling_params(task), **({"tool_choice": task.tool_choice} if task.tool_choice else {})},
+        max_tokens=task.max_tokens, max_tool_rounds=settings.MAGEAGENT.get("MAX_TOOL_ROUNDS", 4),
         coalesce_s=settings.MAGEAGENT["CHUNK_COALESCE_MS"] / 1000.0,
         time_limit_s=settings.MAGEAGENT["TASK_SOFT_TIME_LIMIT_S"],
     )
@@ -138,9 +139,14 @@ def _result(plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcom
         if not outcome.usage_reported:
             usage = usage_estimate(decision.model, plan.messages, outcome.content)
         cost, model = cost_usd(decision.model, usage), plan.deployment.label
-    return {"content": outcome.content, "model": model,
-            "tokensUsed": usage["prompt_tokens"] + usage["completion_tokens"],
-            "finishReason": finish_reason, "usage": usage, "cost_usd": round(cost, 10)}
+    result = {"content": outcome.content, "model": model,
+              "tokensUsed": usage["prompt_tokens"] + usage["completion_tokens"],
+              "finishReason": finish_reason, "usage": usage, "cost_usd": round(cost, 10)}
+    if outcome.client_tool_calls:  # the client's functions to run, as the model asked
+        result["tool_calls"] = [{"id": c["id"], "type": "function",
+                                 "function": {"name": c["name"], "arguments": c["arguments"]}}
+                                for c in outcome.client_tool_calls]
+    return result
 
 
 def _close(task_id: str, owner: str, body: bytes) -> bool:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from providers.llm import Delta, Deployment, ProviderError, stream_chat
+from providers.llm import Delta, Deployment, ProviderError, stream_chat, supported_params
 from tasks import events
 from tools.registry import ToolContext, ToolResult, tool_invoke
 
@@ -34,6 +34,12 @@ class AttemptPlan:
     start_events: list[bytes]
     company_id: int | None = None
     tool_specs: list[dict[str, Any]] = field(default_factory=list)
+    # The client's own functions (OpenAI `tools`): offered with the platform's, but a call to
+    # one ends the attempt with the call in the result, for the client to run.
+    client_tools: list[dict[str, Any]] = field(default_factory=list)
+    # Sampling parameters sent with every call (temperature, stop, response_format, ...).
+    params: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int | None = None
     max_tool_rounds: int = 4
     coalesce_s: float = 0.05
     time_limit_s: float = 300.0
@@ -51,6 +57,7 @@ class AttemptOutcome:
     error: ProviderError | None = None
     tool_rounds: int = 0
     usage_reported: bool = False
+    client_tool_calls: list[dict[str, Any]] | None = None
 
 
 # A window is due this close to its end: a read paced to the end (httpstream.Stream.reads)
@@ -218,9 +225,11 @@ async def _run_tools(plan: AttemptPlan, calls: list[dict[str, Any]], messages: l
 
 async def _stream_call(deployment: Deployment, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                        emitter: ChunkEmitter, outcome: AttemptOutcome, calls: dict[int, dict[str, Any]],
-                       usage: dict[str, int], max_tokens: int | None = None) -> None:
+                       usage: dict[str, int], max_tokens: int | None = None,
+                       params: dict[str, Any] | None = None) -> None:
     delta: Delta
-    async for delta in stream_chat(deployment, messages, tools=tools, max_tokens=max_tokens, pace=emitter.pace):
+    async for delta in stream_chat(deployment, messages, tools=tools, max_tokens=max_tokens, pace=emitter.pace,
+                                   params=params):
         if delta.content and emitter.add(delta.content):
             await emitter.flush()
         if delta.tool_calls:
@@ -238,7 +247,8 @@ async def _stream_round(plan: AttemptPlan, messages: list[dict[str, Any]], tools
     calls: dict[int, dict[str, Any]] = {}
     if plan.router is None:
         usage: dict[str, int] = {}
-        await _stream_call(plan.deployment, messages, tools, emitter, outcome, calls, usage)
+        await _stream_call(plan.deployment, messages, tools, emitter, outcome, calls, usage, plan.max_tokens,
+                           plan.params)
         if usage:
             outcome.usage_reported = True
             for key in ("prompt_tokens", "completion_tokens"):
@@ -259,8 +269,15 @@ async def _routed_call(plan: AttemptPlan, messages: list[dict[str, Any]], tools:
         target = await router.begin_call(
             messages, lambda name, detail: _append(plan, events.encode("step", name=name, detail=detail)))
         mark, usage = emitter.mark(), dict[str, int]()
+        cap = min(filter(None, (target.max_tokens, plan.max_tokens)), default=None)
+        params = _supported(plan, target.runtime)
+        if len(params) < len(plan.params):
+            dropped = sorted(set(plan.params) - set(params))
+            await _append(plan, events.encode("step", name="params_dropped", detail={
+                "model": target.model, "params": dropped,
+                "reason": "the model's provider does not take these parameters"}))
         try:
-            await _stream_call(target.runtime, messages, tools, emitter, outcome, calls, usage, target.max_tokens)
+            await _stream_call(target.runtime, messages, tools, emitter, outcome, calls, usage, cap, params)
         except ProviderError as exc:
             streamed = emitter.since(mark) + "".join(c["arguments"] for c in calls.values())
             await router.end_call(target, usage=usage, streamed=streamed, error=exc)
@@ -279,6 +296,15 @@ async def _routed_call(plan: AttemptPlan, messages: list[dict[str, Any]], tools:
         return
 
 
+def _supported(plan: AttemptPlan, deployment: Deployment) -> dict[str, Any]:
+    """The task's parameters this deployment takes: all of them for an OpenAI-compatible
+    endpoint, litellm's list of the provider's OpenAI parameters for the others."""
+    if not plan.params or deployment.openai_compatible:
+        return plan.params
+    names = supported_params(deployment)
+    return plan.params if names is None else {k: v for k, v in plan.params.items() if k in names}
+
+
 async def run_attempt(plan: AttemptPlan) -> AttemptOutcome:
     this = asyncio.current_task()
     assert this is not None
@@ -291,12 +317,23 @@ async def run_attempt(plan: AttemptPlan) -> AttemptOutcome:
                 plan.router.time_limit = limit  # rate-limit waits push it back (routing/runtime.py)
             await _append(plan, *plan.start_events)
             messages = list(plan.messages)
+            client_names = frozenset(spec["function"]["name"] for spec in plan.client_tools)
             for round_no in range(plan.max_tool_rounds + 1):
-                tools = plan.tool_specs if plan.tool_specs and round_no < plan.max_tool_rounds else None
+                offered = plan.tool_specs if round_no < plan.max_tool_rounds else []
+                tools = [*offered, *plan.client_tools] or None
                 # An offset, not emitter.mark(): a fallback's rewind merges the chunks sent so far.
                 streamed_before = len(emitter.content)
                 calls = await _stream_round(plan, messages, tools, emitter, outcome)
-                if not calls or tools is None:
+                if calls and client_names and any(c["name"] in client_names for c in calls):
+                    # The client runs these (as OpenAI answers them); a platform call in the
+                    # same round is not run, the client's answer starts the next request.
+                    outcome.client_tool_calls = [c for c in calls if c["name"] in client_names]
+                    outcome.finish_reason = "tool_calls"
+                    await _append(plan, *(events.encode("tool_call", id=c["id"], name=c["name"],
+                                                        arguments=c["arguments"], client=True)
+                                          for c in outcome.client_tool_calls))
+                    break
+                if not calls or tools is None or not offered:
                     break  # an answer, or calls on the last round where no tools were offered
                 outcome.tool_rounds += 1
                 await _run_tools(plan, calls, messages, text=emitter.content[streamed_before:])

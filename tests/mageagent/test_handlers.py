@@ -15,8 +15,8 @@ from mageagent.handlers import MageAgentASGIHandler, max_request_bytes
 
 @pytest.fixture
 def small_limits(settings: Any) -> int:
-    settings.MAGEAGENT = {**settings.MAGEAGENT, "FILES_MAX_BYTES": 4096, "KNOWLEDGE_MAX_BYTES": 4096}
-    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
+    settings.MAGEAGENT = {**settings.MAGEAGENT, "FILES_MAX_BYTES": 4096, "KNOWLEDGE_MAX_BYTES": 4096,
+                          "MAX_BODY_BYTES": 4096}
     return max_request_bytes()
 
 
