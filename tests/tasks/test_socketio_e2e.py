@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import socketio
+from routing.ratelimit import _keys
 
 from mageagent.tenancy.models import App
-from routing.ratelimit import _keys
 from tasks import events
 from tests.clients import Client, answer_from_chunks, sim, tokens
 from tests.conftest import make_persona
