@@ -6,9 +6,11 @@ FROM python:3.11-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
+# requirements.txt is the lock (scripts/lock.sh): every package pinned, each download
+# checked against its hashes.
 COPY requirements.txt /tmp/requirements.txt
 RUN python -m venv /venv \
- && /venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt
+ && /venv/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes -r /tmp/requirements.txt
 
 # --- runtime ---------------------------------------------------------------------------------
 FROM python:3.11-slim

@@ -1,7 +1,9 @@
 # shellcheck shell=bash
-# Sourced by scripts/run.sh and scripts/test.sh: the project's virtualenv, created and
-# filled once. pip runs only when a requirements file changed since the last install
-# (a stamp in the venv holds the files' hash), so a second start costs nothing.
+# Sourced by scripts/run.sh, scripts/test.sh and scripts/lock.sh: the project's virtualenv,
+# created and filled once. pip runs only when a requirements file changed since the last
+# install (a stamp in the venv holds the files' hash), so a second start costs nothing.
+# requirements.txt and requirements-dev.txt are lock files (scripts/lock.sh): every
+# package pinned with its hashes, which pip checks on every download.
 #   VENV (default ./.venv)   PYTHON (default: the first python3.11+ on PATH)
 
 VENV=${VENV:-${MAGEAGENT_VENV:-$ROOT/.venv}}
@@ -52,7 +54,7 @@ install_requirements() {
     return 0
   fi
   echo "==> pip install -r $file"
-  "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$ROOT/$file"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q --require-hashes -r "$ROOT/$file"
   echo "$want" >"$(_stamp "$file")"
   shift
   local included

@@ -38,8 +38,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 ensure_venv
-# requirements-dev.txt includes requirements.txt: its stamp is written too, so a later
-# scripts/run.sh installs nothing.
+# requirements-dev.txt (the dev lock) holds every package of requirements.txt at the same
+# pins: its stamp is written too, so a later scripts/run.sh installs nothing.
 install_requirements requirements-dev.txt requirements.txt
 
 # npm packages the tests run under Node (tests/package.json, locked): again only when the
