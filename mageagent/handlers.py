@@ -88,7 +88,7 @@ def protocol_limit() -> int:
     """The body limit the HTTP protocol enforces before a body is read (mageagent/bodylimit.py),
     without I/O: the default limit, or the largest a path was given when it was last looked
     up. Each path's own limit is applied by the handler below, before Django reads a body."""
-    return max(max_request_bytes(), *(limit for _, limit in _limits_cache.values()))
+    return max([max_request_bytes(), *(limit for _, limit in _limits_cache.values())])
 
 
 def too_large_body(limit: int) -> bytes:
