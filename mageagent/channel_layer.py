@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import redis
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close, decode_hosts
 
@@ -70,6 +71,21 @@ class _LoopLayer(RedisPubSubLoopLayer):
     def __init__(self, hosts: Any = None, **kwargs: Any) -> None:
         super().__init__(hosts, **kwargs)
         self._shards = [_BatchingShard(host, self) for host in decode_hosts(hosts)]
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        # A channel's own Redis subscription carries only messages sent to it by name, and
+        # events reach followers through their task's group. With Redis down it fails, and a
+        # consumer failing here never answers its WebSocket handshake (daphne sends a 500):
+        # the channel exists in-process all the same (channels-redis registers it first), so
+        # it is returned, and its followers subscribe to their groups when Redis is back.
+        known = set(self.channels)
+        try:
+            return str(await super().new_channel(prefix))
+        except (redis.ConnectionError, redis.TimeoutError):
+            created = set(self.channels) - known
+            if len(created) != 1:
+                raise
+            return created.pop()
 
 
 class BatchingPubSubChannelLayer(RedisPubSubChannelLayer):

@@ -6,9 +6,16 @@ Services raise DomainError subclasses; DRF and plain Django views render them he
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
+import psycopg
+import redis
+from django.core.exceptions import DisallowedHost, PermissionDenied, RequestDataTooBig
+from django.db import InterfaceError as DbInterfaceError
+from django.db import OperationalError as DbOperationalError
+from django.db import connection
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
@@ -61,6 +68,71 @@ class Unavailable(DomainError):
     code, status = "unavailable", 503
 
 
+class UnsupportedMediaType(DomainError):
+    code, status = "unsupported_media_type", 415
+
+
+# A dependency that is down or restarting: PostgreSQL (a connection terminated, the pool
+# out of connections: psycopg_pool.PoolTimeout is a psycopg OperationalError) and Redis
+# (refused, reset, timed out, loading its data set). Nothing the caller did: 503.
+DATABASE_DOWN = (DbOperationalError, DbInterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+UNAVAILABLE_RETRY_AFTER_S = 2
+
+
+def dependency_down(exc: BaseException) -> str | None:
+    """"database" or "redis" when `exc` says that dependency is unreachable, else None."""
+    if isinstance(exc, DATABASE_DOWN):
+        return "database"
+    if isinstance(exc, REDIS_DOWN):
+        return "redis"
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith(("LOADING", "MASTERDOWN", "OOM")):
+        return "redis"
+    return None
+
+
+def unavailable_for(exc: BaseException) -> Unavailable | None:
+    """The 503 for an error that says a dependency is down; None for any other error."""
+    dependency = dependency_down(exc)
+    if dependency is None:
+        return None
+    if dependency == "database":
+        _recheck_connection_pool()
+    return unavailable(dependency)
+
+
+_pool_checked_at = 0.0
+_pool_checking = threading.Lock()
+
+
+def _recheck_connection_pool() -> None:
+    # A connection the server dropped (pg_terminate_backend, a restart) fails the one
+    # request that draws it; once one has, have the pool test its idle connections (one
+    # empty query each) and replace the dead ones, so that a termination of every
+    # connection costs a few 503s, not one per pooled connection. Not the pool's `check`
+    # on every getconn (CONN_HEALTH_CHECKS): that is a round trip per request, and after a
+    # failed check psycopg_pool sleeps 1, 2, 4 ... s before the next connection
+    # (psycopg/psycopg#711), which held requests for the pool's whole 30 s timeout.
+    global _pool_checked_at
+    pool = getattr(connection, "pool", None)
+    if pool is None or not _pool_checking.acquire(blocking=False):
+        return
+    try:
+        if time.monotonic() - _pool_checked_at >= 1.0:
+            _pool_checked_at = time.monotonic()
+            pool.check()
+    except Exception as exc:  # the database is down altogether: the pool reconnects by itself
+        logger.warning("could not check the database connection pool: %r", exc)
+    finally:
+        _pool_checking.release()
+
+
+def unavailable(dependency: str) -> Unavailable:
+    return Unavailable(f"the {dependency} is unavailable; retry after the Retry-After seconds",
+                       details={"dependency": dependency, "retry_after_s": UNAVAILABLE_RETRY_AFTER_S},
+                       headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
+
+
 def retry_after(wait: float) -> str:
     """A Retry-After header for a wait in seconds: whole seconds, never early."""
     return str(int(wait) + 1)
@@ -83,7 +155,7 @@ def domain_error_response(exc: DomainError) -> JsonResponse:
 _DRF_CODES = {
     drf.ValidationError: "validation_error",
     drf.ParseError: "validation_error",
-    drf.UnsupportedMediaType: "validation_error",
+    drf.UnsupportedMediaType: "unsupported_media_type",
     drf.AuthenticationFailed: "authentication_failed",
     drf.NotAuthenticated: "authentication_failed",
     drf.PermissionDenied: "not_found",
@@ -106,6 +178,10 @@ def _first_message(detail: Any) -> str:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    down = unavailable_for(exc)
+    if down is not None:
+        logger.warning("%s in %s: %r", down.message, context.get("view"), exc)
+        exc = down
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status,
                         headers=exc.headers)
@@ -140,6 +216,13 @@ def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonRespon
     """The API prefix's catch-all route. handler404 only answers when DEBUG is off; this
     keeps unknown API paths in the contract's shape in development too."""
     return error_response("not_found", f"no such endpoint: {request.method} {request.path}", 404)
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    # Django's own 400s: a Host not in ALLOWED_HOSTS, a malformed request it refused.
+    if isinstance(exception, DisallowedHost):
+        return error_response("bad_request", "the Host header names no host this server serves", 400)
+    return error_response("bad_request", "bad request", 400)
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

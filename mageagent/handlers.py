@@ -23,23 +23,27 @@ admin run on their own threads and are never refused.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import orjson
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
+from django.core.signals import got_request_exception
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 
-from .errors import error_response
+from .errors import DATABASE_DOWN, domain_error_response, error_response, unavailable_for
 
+logger = logging.getLogger(__name__)
 Scope = dict[str, Any]
 T = TypeVar("T")
 
@@ -80,7 +84,20 @@ async def _request_limit(scope: Scope) -> int:
     return hit[1]
 
 
-def _declared_length(scope: Scope) -> int | None:
+def protocol_limit() -> int:
+    """The body limit the HTTP protocol enforces before a body is read (mageagent/bodylimit.py),
+    without I/O: the default limit, or the largest a path was given when it was last looked
+    up. Each path's own limit is applied by the handler below, before Django reads a body."""
+    return max([max_request_bytes(), *(limit for _, limit in _limits_cache.values())])
+
+
+def too_large_body(limit: int) -> bytes:
+    return orjson.dumps({"error": {"code": "payload_too_large",
+                                   "message": f"the request body is larger than the {limit}-byte limit",
+                                   "details": {"max_bytes": limit}}})
+
+
+def _declared_length(scope: Mapping[str, Any]) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
@@ -91,9 +108,7 @@ def _declared_length(scope: Scope) -> int | None:
 
 
 async def _send_too_large(send: Any, limit: int) -> None:
-    body = orjson.dumps({"error": {"code": "payload_too_large",
-                                   "message": f"the request body is larger than the {limit}-byte limit",
-                                   "details": {"max_bytes": limit}}})
+    body = too_large_body(limit)
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
@@ -170,6 +185,28 @@ def _overloaded(admitted: int) -> JsonResponse:
     return response
 
 
+_UNAVAILABLE = "mageagent.unavailable"  # request.META key: the 503 of a dependency found down
+
+
+def _note_dependency_down(sender: object, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    # Django turns an exception that escapes a view or a middleware into its 500 (an HTML
+    # debug page with DEBUG on) and sends this signal while handling it: remember a
+    # dependency that was down, so that _serve answers 503 instead.
+    down = unavailable_for(sys.exc_info()[1] or Exception())
+    if down is not None and request is not None:
+        request.META[_UNAVAILABLE] = down
+
+
+got_request_exception.connect(_note_dependency_down)
+
+
+def _close_stale_connections() -> None:
+    try:
+        close_old_connections()
+    except DATABASE_DOWN:
+        pass  # a connection the database dropped: the pool replaces it; the answer stands
+
+
 class DeferredResponse(HttpResponse):
     """What a view returns when its answer must wait for something (a task to finish)
     without holding a request thread: the handler awaits `resolve()` on the event loop and
@@ -222,13 +259,37 @@ class MageAgentASGIHandler(ASGIHandler):
             self.admitted -= 1
 
     def _serve(self, request: HttpRequest) -> HttpResponseBase:
-        # Django's request_started/finished signals close stale connections in the thread
-        # they run in, which is not this one: do it here, as its WSGI handler would.
-        close_old_connections()
         try:
-            return self.get_response(request)
-        finally:
+            # Django's request_started/finished signals close stale connections in the
+            # thread they run in, which is not this one: do it here, as its WSGI handler
+            # would.
             close_old_connections()
+            response = self.get_response(request)
+        except Exception as exc:
+            down = unavailable_for(exc)
+            if down is None:
+                raise
+            logger.warning("%s serving %s: %r", down.message, request.path, exc)
+            return domain_error_response(down)
+        finally:
+            _close_stale_connections()
+        down = request.META.get(_UNAVAILABLE)
+        if response.status_code == 500 and down is not None:
+            response.close()
+            return domain_error_response(down)
+        return response
+
+    def create_request(self, scope: Mapping[str, Any],
+                       body_file: IO[bytes]) -> tuple[ASGIRequest, None] | tuple[None, HttpResponseBase]:
+        # A chunked body comes without a Content-Length, and DRF reads a request without
+        # one as having no body: a chunked POST /tasks was "prompt: This field is
+        # required". The body is read by now (within the limit): declare its length.
+        if _declared_length(scope) is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            size = body_file.seek(0, 2)
+            body_file.seek(0)
+            if size:
+                scope = {**scope, "headers": [*scope.get("headers", ()), (b"content-length", str(size).encode())]}
+        return super().create_request(scope, body_file)
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
         limit = await _request_limit(scope)

@@ -42,6 +42,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "mageagent.middleware.allowed_host_middleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -134,10 +135,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["mageagent.tenancy.auth.IsTenant"],
     "DEFAULT_THROTTLE_CLASSES": ["mageagent.tenancy.throttling.AppRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON only: a multipart POST /tasks is a 415 (its fields are not flattened into the
+    # task's). The uploads (knowledge documents, files) take multipart themselves.
+    "DEFAULT_PARSER_CLASSES": ["mageagent.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "mageagent.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -189,6 +189,9 @@ MAGEAGENT: dict[str, Any] = {
     "EVENT_TTL_S": env_int("MAGEAGENT_EVENT_TTL", 86400, minimum=60),
     "CHUNK_COALESCE_MS": env_float("MAGEAGENT_CHUNK_COALESCE_MS", 100.0, minimum=0.0),
     "SSE_PING_S": env_float("MAGEAGENT_SSE_PING_S", 15.0, minimum=0.05),
+    # How long a follower (SSE, WebSocket) waits for an unreadable event log (Redis down)
+    # before it ends the stream for its client to reconnect (tasks/follow.py).
+    "FOLLOW_OUTAGE_S": env_float("MAGEAGENT_FOLLOW_OUTAGE_S", 30.0, minimum=0.0),
     "CANCEL_WAIT_S": env_float("MAGEAGENT_CANCEL_WAIT_S", 1.0, minimum=0.0),
     "WORKER_HEARTBEAT_S": env_float("MAGEAGENT_WORKER_HEARTBEAT_S", 5.0, minimum=0.5),
     "RECONCILE_QUEUED_AFTER_S": env_int("MAGEAGENT_RECONCILE_QUEUED_AFTER", 120, minimum=5),

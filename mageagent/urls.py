@@ -52,5 +52,6 @@ urlpatterns = [
     re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}),
 ]
 
+handler400 = "mageagent.errors.handler400"
 handler404 = "mageagent.errors.handler404"
 handler500 = "mageagent.errors.handler500"

@@ -16,7 +16,12 @@ from mageagent.errors import AuthenticationFailed, error_body
 from mageagent.tenancy.access import query_params
 
 from .follow import parse_position
-from .subscriptions import TaskSubscriptions
+from .subscriptions import UNAVAILABLE_MESSAGE, TaskSubscriptions
+
+# The close code of a per-task socket whose log stayed unreadable (Redis down): 4503, like
+# the other refusals' 4400/4401/4404/4429 (daphne's autobahn sends only 1000 and 3000-4999,
+# not 1013 "Try Again Later"). The client reconnects with ?after= the last seq it saw.
+CLOSE_TRY_AGAIN = 4503
 
 
 class _TaskSocket(TaskSubscriptions, AsyncWebsocketConsumer):
@@ -92,6 +97,11 @@ class TaskSocketConsumer(_TaskSocket):
     async def finished(self, task_id: str) -> None:
         await self.unsubscribe(task_id)
         await self.close(code=1000)
+
+    async def log_unavailable(self, task_id: str) -> None:
+        await self.send_error(task_id, "unavailable", UNAVAILABLE_MESSAGE)
+        await self.unsubscribe(task_id)
+        await self.close(code=CLOSE_TRY_AGAIN)
 
 
 class MultiplexConsumer(_TaskSocket):

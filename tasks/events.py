@@ -36,6 +36,9 @@ from mageagent.redis import async_client, sync_client, sync_script
 # loop (tasks/runtime/loop.py) cancels the stream it holds for it.
 CANCEL_CHANNEL = "ma:cancel"
 ANY_OWNER = "*"
+# The largest position a reader may resume after: a signed 64-bit integer. The stream's
+# ids are "<seq>-0" with an unsigned 64-bit seq, and a read starts at position + 1.
+MAX_POSITION = 2**63 - 1
 SEALED = -1
 FENCED = -2
 

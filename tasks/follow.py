@@ -7,17 +7,27 @@ live message was missed (a slow consumer, a reconnect), so the gap is filled fro
 log. Because the log is written before the event is published (tasks/events.py), the log
 always holds whatever the group delivered. While idle, the log is re-checked now and then,
 which also covers the instant between subscribing and the first replay.
+
+A follower outlives a Redis (or database) outage: reads that fail are retried every
+second, the SSE heartbeat goes on, and the follower resumes where it was once the log
+can be read again. A log that stays unreadable for FOLLOW_OUTAGE_S raises LogUnavailable,
+and the stream ends in a way its client acts on (SSE: the response ends and EventSource
+reconnects with Last-Event-ID; WebSocket: close code 4503 after an `unavailable` error frame).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from channels.layers import get_channel_layer
+from django.conf import settings
 
+from mageagent.errors import dependency_down
 from mageagent.handlers import stream_db
 
 from . import events
@@ -25,6 +35,7 @@ from .models import Task, TaskStatus
 
 IDLE_RECHECKS = (0.25, 1.0)  # then every IDLE_RECHECK_EVERY seconds
 IDLE_RECHECK_EVERY = 5.0
+OUTAGE_RECHECK_EVERY = 1.0  # while the log cannot be read
 PING_SLACK = 0.8  # heartbeats are due at this fraction of the promised interval
 
 
@@ -33,9 +44,9 @@ def parse_position(raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"not an event sequence number: {raw!r}") from None
-    if value < 0:
-        raise ValueError("the event position must be >= 0")
+        raise ValueError(f"not an event sequence number: {raw[:40]!r}") from None
+    if not 0 <= value <= events.MAX_POSITION:
+        raise ValueError(f"the event position must be between 0 and {events.MAX_POSITION}")
     return value
 
 
@@ -80,6 +91,14 @@ def events_page(task: Task, *, after: int) -> dict[str, Any]:
     return {"events": [orjson.loads(raw) for raw in raws], "done": closed}
 
 
+logger = logging.getLogger(__name__)
+
+
+class LogUnavailable(Exception):
+    """The task's log could not be read for FOLLOW_OUTAGE_S: end the stream, the client
+    resumes from its position."""
+
+
 class Follower:
     """Exactly-once delivery state for one subscriber of one task."""
 
@@ -87,8 +106,33 @@ class Follower:
         self.task_id = task_id
         self.position = after
         self.done = False
+        self.unreadable_since: float | None = None  # monotonic time of the first failed read
+        self.subscribed = False  # to the task's group; a follower that is not polls the log
+
+    @property
+    def unreadable(self) -> bool:
+        return self.unreadable_since is not None
 
     async def replay(self) -> list[str]:
+        """The events past the position, once each; [] while the log cannot be read (see
+        LogUnavailable)."""
+        try:
+            taken = await self._replay()
+        except Exception as exc:
+            if dependency_down(exc) is None:
+                raise
+            now = time.monotonic()
+            if self.unreadable_since is None:
+                self.unreadable_since = now
+                logger.warning("cannot read the log of task %s: %r", self.task_id, exc)
+            elif now - self.unreadable_since >= settings.MAGEAGENT["FOLLOW_OUTAGE_S"]:
+                raise LogUnavailable(f"the log of task {self.task_id} has been unreadable since "
+                                     f"{now - self.unreadable_since:.0f} s") from exc
+            return []
+        self.unreadable_since = None
+        return taken
+
+    async def _replay(self) -> list[str]:
         raws = await events.aread_after(self.task_id, self.position)
         if raws is None:
             task = await stream_db(Task.objects.filter(pk=self.task_id).first)()
@@ -119,34 +163,71 @@ class Follower:
         return out
 
 
+async def subscribe(layer: Any, follower: Follower, channel: str) -> None:
+    """Join the task's group; during an outage the follower polls the log and tries again."""
+    try:
+        await layer.group_add(events.group_name(follower.task_id), channel)
+        follower.subscribed = True
+    except Exception as exc:
+        if dependency_down(exc) is None:
+            raise
+
+
+async def unsubscribe(layer: Any, follower: Follower, channel: str) -> None:
+    try:
+        await layer.group_discard(events.group_name(follower.task_id), channel)
+    except Exception as exc:
+        if dependency_down(exc) is None:
+            raise
+    follower.subscribed = False
+
+
+async def _new_channel(layer: Any) -> str | None:
+    try:
+        return str(await layer.new_channel())
+    except Exception as exc:
+        if dependency_down(exc) is None:
+            raise
+        return None  # Redis is down: follow by polling the log
+
+
 async def follow(task_id: str, after: int = 0, *, idle_s: float | None = None) -> AsyncIterator[str | None]:
     """Yield each event of the task once (raw JSON), ending after `done`. When idle_s is set,
-    yield None (the SSE heartbeat) so that no more than idle_s pass without a yield."""
+    yield None (the SSE heartbeat) so that no more than idle_s pass without a yield, also
+    while Redis is down. Raises LogUnavailable when the log stays unreadable."""
     layer = get_channel_layer()
-    channel = await layer.new_channel()
+    channel = await _new_channel(layer)
     inbox: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
-    async def pump() -> None:
+    async def pump(channel: str) -> None:
         # Never cancel layer.receive() on a timeout: the pub/sub layer drops the channel.
         while True:
             message = await layer.receive(channel)
             inbox.put_nowait(message["raw"])
 
-    await layer.group_add(events.group_name(task_id), channel)
-    pump_task = asyncio.ensure_future(pump())
     follower = Follower(task_id, after)
+    pump_task = None
+    if channel is not None:
+        await subscribe(layer, follower, channel)
+        pump_task = asyncio.ensure_future(pump(channel))
+
+    def next_recheck() -> float:
+        if follower.unreadable or not follower.subscribed:
+            return loop.time() + OUTAGE_RECHECK_EVERY
+        return loop.time() + (rechecks[0] if rechecks else IDLE_RECHECK_EVERY)
+
     # The heartbeat runs on the wall clock since the last yield (what was actually sent, not
     # what arrived: duplicates yield nothing), due early enough to absorb a Redis round trip
     # and the loop's lateness.
     ping_every = PING_SLACK * idle_s if idle_s is not None else None
     last_sent = loop.time()
+    rechecks = list(IDLE_RECHECKS)
     try:
         for raw in await follower.replay():
             yield raw
             last_sent = loop.time()
-        rechecks = list(IDLE_RECHECKS)
-        recheck_at = loop.time() + rechecks[0]
+        recheck_at = next_recheck()
         while not follower.done:
             due = recheck_at if ping_every is None else min(recheck_at, last_sent + ping_every)
             try:
@@ -158,16 +239,20 @@ async def follow(task_id: str, after: int = 0, *, idle_s: float | None = None) -
                     for missed in await follower.replay():
                         yield missed
                         last_sent = loop.time()
-                    recheck_at = loop.time() + (rechecks[0] if rechecks else IDLE_RECHECK_EVERY)
+                    if channel is not None and not follower.subscribed and not follower.unreadable:
+                        await subscribe(layer, follower, channel)
+                    recheck_at = next_recheck()
                 if ping_every is not None and not follower.done and loop.time() >= last_sent + ping_every:
                     yield None
                     last_sent = loop.time()
                 continue
             # The log is re-checked only after a quiet spell: live events fill gaps themselves.
-            recheck_at = loop.time() + (rechecks[0] if rechecks else IDLE_RECHECK_EVERY)
+            recheck_at = next_recheck()
             for fresh in await follower.live(raw):
                 yield fresh
                 last_sent = loop.time()
     finally:
-        pump_task.cancel()
-        await layer.group_discard(events.group_name(task_id), channel)
+        if pump_task is not None:
+            pump_task.cancel()
+        if channel is not None and follower.subscribed:
+            await unsubscribe(layer, follower, channel)

@@ -9,6 +9,7 @@ from mageagent.serializers import SharedFieldsMixin, StrictCharField, StrictSeri
 from providers.conversation import conversation_chars, conversation_from
 from routing.selectors import CHARS_PER_TOKEN, largest_context_window, max_prompt_chars
 
+from .events import MAX_POSITION
 from .models import Task, TaskStatus
 
 
@@ -175,7 +176,7 @@ class TaskListFilterSerializer(StrictSerializer):
 
 
 class EventsQuerySerializer(StrictSerializer):
-    after = serializers.IntegerField(required=False, default=0, min_value=0)
+    after = serializers.IntegerField(required=False, default=0, min_value=0, max_value=MAX_POSITION)
     token = serializers.CharField(required=False)
 
 

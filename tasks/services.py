@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from mageagent import broker
 from mageagent.celery import app as celery_app
-from mageagent.errors import Conflict
+from mageagent.errors import Conflict, ValidationFailed
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.models import App, Company
 from routing.budgets import budget_hold, budget_release_task
@@ -45,6 +45,7 @@ TASK_EXECUTE_JOB = "mageagent.task.execute"
 INPUT_DEFAULTS: dict[str, Any] = {"messages": [], "system": None, "temperature": None, "top_p": None,
                                   "max_tokens": None, "stop": None, "seed": None, "response_format": None,
                                   "client_tools": [], "tool_choice": None}
+IDEMPOTENCY_KEY_MAX = Task._meta.get_field("idempotency_key").max_length or 200
 
 
 def _request_fields(*, prompt: str, model: str | None = None, context: dict[str, Any] | None = None,
@@ -154,6 +155,9 @@ def _insert_sql(alias: str) -> tuple[str, list[Any]]:
 
 
 def _task_for_idempotency_key(*, tenant: Tenant, key: str, digest: str) -> Task | None:
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise ValidationFailed(f"the Idempotency-Key header is longer than {IDEMPOTENCY_KEY_MAX} characters",
+                               details={"max_length": IDEMPOTENCY_KEY_MAX})
     task = Task.objects.filter(app_id=tenant.app_ids[1], idempotency_key=key).first()
     if task is None:
         return None

@@ -9,13 +9,13 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from mageagent.errors import DomainError, domain_error_response, error_response
+from mageagent.errors import DomainError, domain_error_response, error_response, unavailable_for
 from mageagent.handlers import stream_db
 from mageagent.tenancy.access import tenant_from
 from mageagent.tenancy.throttling import rate_limited, stream_open_wait
 
 from . import events, selectors
-from .follow import follow, parse_position
+from .follow import LogUnavailable, follow, parse_position
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +35,20 @@ async def _frames(task_id: str, after: int) -> AsyncIterator[bytes]:
     # an event with empty data to httpx-sse and the openai SDK, though not to browsers.
     yield b": connected\n\n"
     retry = b"retry: 1000\n"
-    async for raw in follow(task_id, after, idle_s=settings.MAGEAGENT["SSE_PING_S"]):
-        if raw is None:
-            yield b": ping\n\n"
-        elif retry:
-            yield retry + sse_frame(raw)
-            retry = b""
-        else:
-            yield sse_frame(raw)
+    try:
+        async for raw in follow(task_id, after, idle_s=settings.MAGEAGENT["SSE_PING_S"]):
+            if raw is None:
+                yield b": ping\n\n"
+            elif retry:
+                yield retry + sse_frame(raw)
+                retry = b""
+            else:
+                yield sse_frame(raw)
+    except LogUnavailable as exc:
+        # The response ends: EventSource reconnects with Last-Event-ID and resumes exactly
+        # where it was.
+        logger.warning("ending the stream of task %s: %s", task_id, exc)
+        yield b": the event log is unavailable; reconnect with Last-Event-ID\n\n"
 
 
 def _position(request: HttpRequest) -> int:
@@ -59,7 +65,11 @@ async def task_stream_view(request: HttpRequest, task_id: str) -> HttpResponseBa
         return response
     try:
         return await _stream(request, task_id)
-    except Exception:
+    except Exception as exc:
+        down = unavailable_for(exc)
+        if down is not None:
+            logger.warning("%s opening the stream of task %s: %r", down.message, task_id, exc)
+            return domain_error_response(down)
         logger.exception("unhandled error opening the stream of task %s", task_id)
         return error_response("internal_error", "internal server error", 500)
 

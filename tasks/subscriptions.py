@@ -6,6 +6,10 @@ Each subscription is a Follower (tasks/follow.py) fed by the task's Channels gro
 socket delivers every event exactly once whenever it subscribes. A transport provides
 `channel_layer` and `channel_name` (the channel it reads: it hands each `task.event`
 message to task_event) and the send_event / send_error / finished hooks.
+
+Through a Redis outage a subscription stays and its log is read again every second; one
+whose log stays unreadable for FOLLOW_OUTAGE_S ends with an `unavailable` error for its
+task (log_unavailable), and the client subscribes again with `after` its last seq.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from mageagent.tenancy.access import tenant_from
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.throttling import rate_limited, stream_open_wait
 
-from . import events, selectors, services
-from .follow import IDLE_RECHECK_EVERY, Follower
+from . import selectors, services
+from .follow import IDLE_RECHECK_EVERY, OUTAGE_RECHECK_EVERY, Follower, LogUnavailable, subscribe, unsubscribe
+
+UNAVAILABLE_MESSAGE = "the task's event log is unavailable; subscribe again after the last seq you saw"
 
 
 class TaskSubscriptions:
@@ -92,28 +98,46 @@ class TaskSubscriptions:
             return False
         task_id = str(task.id)
         async with self.lock:
-            self.followers[task_id] = Follower(task_id, after)
-            await self.channel_layer.group_add(events.group_name(task_id), self.channel_name)
-            await self._deliver(task_id, await self.followers[task_id].replay())
+            follower = self.followers[task_id] = Follower(task_id, after)
+            await subscribe(self.channel_layer, follower, self.channel_name)  # Redis down: it polls
+            await self._deliver(task_id, await follower.replay())  # a new follower: never LogUnavailable
         return True
 
     async def unsubscribe(self, task_id: str) -> None:
-        if self.followers.pop(task_id, None) is not None:
-            await self.channel_layer.group_discard(events.group_name(task_id), self.channel_name)
+        follower = self.followers.pop(task_id, None)
+        if follower is not None and follower.subscribed:
+            await unsubscribe(self.channel_layer, follower, self.channel_name)
 
     async def task_event(self, message: dict[str, Any]) -> None:
         async with self.lock:
             follower = self.followers.get(message["task"])
             if follower is not None:
-                await self._deliver(follower.task_id, await follower.live(message["raw"]))
+                try:
+                    await self._deliver(follower.task_id, await follower.live(message["raw"]))
+                except LogUnavailable:
+                    await self.log_unavailable(follower.task_id)
 
     async def _recheck_forever(self) -> None:
         delays = [0.25, 1.0]
         while True:
-            await asyncio.sleep(delays.pop(0) if delays else IDLE_RECHECK_EVERY)
+            outage = any(f.unreadable or not f.subscribed for f in self.followers.values())
+            await asyncio.sleep(OUTAGE_RECHECK_EVERY if outage else delays.pop(0) if delays else IDLE_RECHECK_EVERY)
             async with self.lock:
                 for follower in list(self.followers.values()):
-                    await self._deliver(follower.task_id, await follower.replay())
+                    try:
+                        await self._deliver(follower.task_id, await follower.replay())
+                    except LogUnavailable:
+                        await self.log_unavailable(follower.task_id)
+                        continue
+                    if not follower.subscribed and not follower.unreadable and not follower.done:
+                        await subscribe(self.channel_layer, follower, self.channel_name)
+
+    async def log_unavailable(self, task_id: str) -> None:
+        """The task's log stayed unreadable (Redis down): its subscription ends with an
+        `unavailable` error; the client subscribes again with `after`. A transport may close
+        the socket instead."""
+        await self.send_error(task_id, "unavailable", UNAVAILABLE_MESSAGE)
+        await self.unsubscribe(task_id)
 
     async def _deliver(self, task_id: str, raws: list[str]) -> None:
         for raw in raws:

@@ -4,12 +4,14 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mageagent.errors import PayloadTooLarge, ValidationFailed
 from mageagent.pagination import NewestFirstPagination
+from mageagent.parsers import JSONParser
 from mageagent.serializers import StrictCharField, StrictSerializer
 
 from . import selectors, services
@@ -51,6 +53,8 @@ class ToolListApi(APIView):
 
 
 class DocumentListCreateApi(APIView):
+    parser_classes = [JSONParser, MultiPartParser]  # the API's default is JSON only
+
     @extend_schema_serializer(component_name="KnowledgeDocumentText")
     class TextInputSerializer(StrictSerializer):
         title = StrictCharField(max_length=300, required=False, allow_blank=True, default="")
@@ -138,6 +142,8 @@ class KnowledgeSearchApi(APIView):
 
 
 class FileCreateApi(APIView):
+    parser_classes = [JSONParser, MultiPartParser]
+
     @extend_schema_serializer(component_name="FileUpload")
     class InputSerializer(StrictSerializer):
         file = serializers.FileField()
