@@ -51,8 +51,12 @@ class PrivateRedis:
             self.proc.wait(10)
         self.proc = None
 
-    def restart(self, down_s: float = 0.0) -> None:
+    def restart(self, down_s: float = 0.0, *, empty: bool = False) -> None:
+        """Kill it, wait `down_s`, start it again: with its AOF data unless `empty`."""
         self.kill()
+        if empty:
+            for path in self.dir.iterdir():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         time.sleep(down_s)
         self.start()
 
