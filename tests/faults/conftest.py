@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from devtools.faults import PrivateRedis
 from tests.faults.checks import RECOVERY_S
-from tests.faults.infra import PrivateRedis
 from tests.stack import Stack, database_url
 
 # A provider that stalls is given up after this (MAGEAGENT_LLM_TIMEOUT_S): short, so that

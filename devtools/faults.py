@@ -1,4 +1,5 @@
-"""Dependencies a fault test may break: a Redis and a PostgreSQL of its own.
+"""Dependencies a fault test or the chaos soak (bench) may break: a Redis and a PostgreSQL
+of their own.
 
 The machine's shared Redis and PostgreSQL are never stopped, flushed or reconfigured; a
 test that needs an outage starts its own server on a free port and stops, kills and
@@ -15,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mageagent.devinfra import free_port, postgres_answers, redis_answers, redis_server_binary
+from .infra import free_port, postgres_answers, redis_answers, redis_server_binary
 
 
 class PrivateRedis:
