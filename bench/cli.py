@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import report, soak
 from .profiling import py_spy, summarize
 from .stack import CONFIGS, ROOT, BenchStack, base_env, db_fresh, infra_setup, template_prepare
 
@@ -171,6 +171,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--json", help="also write the raw results here (default: bench/results/<stamp>.json)")
     run.add_argument("--redis-db", type=int, help="Redis database number (default 12; 11 with --smoke)")
     run.add_argument("--db-name", help="PostgreSQL database name (default mageagent_bench)")
+    soak.add_parser(sub)
     return ap.parse_args(argv)
 
 
@@ -194,6 +195,8 @@ def preset_with(preset: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "soak":
+        return soak.main(args)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     preset = preset_with(copy.deepcopy(PRESETS[mode]), args.overrides)
     runs = args.runs if args.runs is not None else preset["runs"]

@@ -22,8 +22,10 @@ from tasks.socketio_app import socketio_app  # noqa: E402
 from tasks.ws_urls import websocket_urlpatterns  # noqa: E402
 
 from .logging import redact_daphne_access_log  # noqa: E402
+from .redis_check import warn_if_redis_evicts  # noqa: E402
 
 redact_daphne_access_log()
+warn_if_redis_evicts()
 
 channels_app = ProtocolTypeRouter({
     "http": django_asgi_app,

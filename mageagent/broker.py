@@ -12,6 +12,20 @@ A publish can also be captured instead of sent (`captured`): Celery and kombu bu
 message as for any publish, and the caller pushes it itself. `POST /tasks` does that to
 log a task's `queued` event and hand it to the broker in one Lua script, one round trip
 (tasks/events.py), where the event log and the broker share a Redis.
+
+A channel whose transport kombu has detached raises a connection error, not an
+AttributeError: when Redis goes away, Celery's consumer first `collect()`s its connection
+(closing the default channel fails on its pending BRPOP read, so the channel stays half
+open, and the transport's `client` is then set to None) and then `close()`s it, which
+closes that channel again; its `restore_unacked` builds a Redis pool from the detached
+transport and dies in `_connparams` with `'NoneType' object has no attribute 'hostname'`.
+That is not one of the connection errors Celery ignores there, so the worker exited
+(`Unrecoverable error`) on a Redis restart, with kombu's stock transport as with this one;
+acks of tasks that finish after the reconnect take the same path. kombu's tracker has the
+same `_connparams` failure after a connection was released (celery/kombu#970, and the
+older celery/kombu#582); kombu 5.7.0, the latest, still has it. As a connection error it is
+what it means: the broker connection is gone; Celery reconnects, and an unacknowledged
+message is delivered again (the Task row decides whether it still has to run).
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from typing import Any
 from django.conf import settings
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 TRANSPORT = "mageagent.broker:Transport"
 _capture = threading.local()
@@ -51,6 +66,12 @@ def captured(publish: Callable[[], Any]) -> tuple[str, bytes]:
 
 class Channel(kombu_redis.Channel):
     _shared_client: Any = None
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:  # detached by Connection.collect(): see the module's docstring
+            raise RedisConnectionError("the broker connection was closed")
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
+        return params
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         messages = getattr(_capture, "messages", None)

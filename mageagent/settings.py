@@ -194,7 +194,14 @@ MAGEAGENT: dict[str, Any] = {
     "FOLLOW_OUTAGE_S": env_float("MAGEAGENT_FOLLOW_OUTAGE_S", 30.0, minimum=0.0),
     "CANCEL_WAIT_S": env_float("MAGEAGENT_CANCEL_WAIT_S", 1.0, minimum=0.0),
     "WORKER_HEARTBEAT_S": env_float("MAGEAGENT_WORKER_HEARTBEAT_S", 5.0, minimum=0.5),
-    "RECONCILE_QUEUED_AFTER_S": env_int("MAGEAGENT_RECONCILE_QUEUED_AFTER", 120, minimum=5),
+    "RECONCILE_QUEUED_AFTER_S": env_int("MAGEAGENT_RECONCILE_QUEUED_AFTER", 30, minimum=5),
+    # Workers take turns at reconciling under a Redis lease (tasks/runtime/lease.py), so
+    # web + worker alone recover what a dead worker or a restarted Redis lost; beat may run too.
+    "RECONCILE_IN_WORKERS": env_bool("MAGEAGENT_RECONCILE_IN_WORKERS", True),
+    "RECONCILE_EVERY_S": env_float("MAGEAGENT_RECONCILE_EVERY_S", 10.0, minimum=1.0),
+    # How long a worker thread waits for the database or Redis to come back before it gives
+    # a task up to the reconciler (an attempt that finished keeps its answer meanwhile).
+    "DEPENDENCY_WAIT_S": env_float("MAGEAGENT_DEPENDENCY_WAIT_S", 60.0, minimum=0.0),
     "RETENTION_COMPLETED_DAYS": env_float("MAGEAGENT_RETENTION_COMPLETED_DAYS", 1.0, minimum=0.0),
     "RETENTION_COMPLETED_MAX": env_int("MAGEAGENT_RETENTION_COMPLETED_MAX", 1000, minimum=0),
     "RETENTION_FAILED_DAYS": env_float("MAGEAGENT_RETENTION_FAILED_DAYS", 1.0, minimum=0.0),
@@ -239,7 +246,7 @@ LOGGING: dict[str, Any] = {
 
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "mageagent.housekeeping.reconcile",
-                  "schedule": env_float("MAGEAGENT_RECONCILE_EVERY_S", 30.0, minimum=1.0)},
+                  "schedule": MAGEAGENT["RECONCILE_EVERY_S"]},
     "prune": {"task": "mageagent.housekeeping.prune",
               "schedule": env_float("MAGEAGENT_PRUNE_EVERY_S", 3600.0, minimum=10.0)},
 }

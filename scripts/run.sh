@@ -13,6 +13,8 @@
 #     real providers; with none of them the simulator is started (fake answers).
 #   DJANGO_SUPERUSER_PASSWORD (password of the admin user created on first start)
 #   MAGEAGENT_STOP_TIMEOUT (20 s: how long children get to stop before they are killed)
+#   MAGEAGENT_MAX_RESTARTS (5: a child that exits is started again, up to this many times a
+#     minute; past that everything stops with the end of its log)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +27,7 @@ PORT=${MAGEAGENT_PORT:-8080}
 FLOWER_PORT=${MAGEAGENT_FLOWER_PORT:-5555}
 SIM_PORT=${MAGEAGENT_SIM_PORT:-0}
 STOP_TIMEOUT=${MAGEAGENT_STOP_TIMEOUT:-20}
+MAX_RESTARTS=${MAGEAGENT_MAX_RESTARTS:-5}
 export MAGEAGENT_VAR_DIR=${MAGEAGENT_VAR_DIR:-$ROOT/var}
 LOG_DIR=$MAGEAGENT_VAR_DIR/log
 RUN_DIR=$MAGEAGENT_VAR_DIR/run
@@ -36,6 +39,8 @@ say() { printf '==> %s\n' "$*"; }
 # --- children: started in the background, stopped together -----------------------------------
 NAMES=()
 PIDS=()
+CMDS=()      # each child's command, quoted, to start it again
+RESTARTS=()  # each child's restart times (SECONDS), space-separated, within the last minute
 STOPPING=0
 
 start() {  # start NAME COMMAND...: output to var/log/NAME.log
@@ -44,8 +49,27 @@ start() {  # start NAME COMMAND...: output to var/log/NAME.log
   "$@" >"$LOG_DIR/$name.log" 2>&1 &
   NAMES+=("$name")
   PIDS+=("$!")
+  CMDS+=("$(printf '%q ' "$@")")
+  RESTARTS+=("")
   echo "$!" >"$RUN_DIR/$name.pid"
   say "started $name (pid $!), log $LOG_DIR/$name.log"
+}
+
+restart_child() {  # restart_child INDEX: start a child that exited again, unless it keeps dying
+  local i=$1 t recent=()
+  for t in ${RESTARTS[$i]}; do
+    [ $((SECONDS - t)) -lt 60 ] && recent+=("$t")
+  done
+  if [ "${#recent[@]}" -ge "$MAX_RESTARTS" ]; then
+    echo "error: ${NAMES[$i]} exited ${#recent[@]} times within a minute; the end of $LOG_DIR/${NAMES[$i]}.log:" >&2
+    tail -n 30 "$LOG_DIR/${NAMES[$i]}.log" >&2 || true
+    stop_all 1
+  fi
+  RESTARTS[i]="${recent[*]} $SECONDS"
+  say "${NAMES[$i]} exited: starting it again (see $LOG_DIR/${NAMES[$i]}.log)"
+  eval "${CMDS[$i]}" '>>"$LOG_DIR/${NAMES[$i]}.log" 2>&1 &'
+  PIDS[i]=$!
+  echo "$!" >"$RUN_DIR/${NAMES[$i]}.pid"
 }
 
 terminate() {  # terminate INDEX...: SIGTERM them, wait, SIGKILL what outlives STOP_TIMEOUT
@@ -91,13 +115,12 @@ trap 'stop_all 130' INT
 trap 'stop_all 143' TERM
 trap 'stop_all 1' ERR
 
-check_children() {
+check_children() {  # supervise: a child that exited (crashed, OOM-killed) is started again
   local i
   for i in "${!PIDS[@]}"; do
     if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
-      echo "error: ${NAMES[$i]} exited; the end of $LOG_DIR/${NAMES[$i]}.log:" >&2
-      tail -n 30 "$LOG_DIR/${NAMES[$i]}.log" >&2 || true
-      stop_all 1
+      wait "${PIDS[$i]}" 2>/dev/null || true
+      restart_child "$i"
     fi
   done
 }
@@ -165,10 +188,10 @@ else
   REDIS_PORT=${MAGEAGENT_REDIS_PORT:-0}
   [ "$REDIS_PORT" = 0 ] && REDIS_PORT=$(free_port)
   mkdir -p "$MAGEAGENT_VAR_DIR/redis"
-  # No persistence: the database is the ledger of tasks and the reconciler re-enqueues
-  # what a restarted Redis lost.
-  start redis "$REDIS_BIN" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$MAGEAGENT_VAR_DIR/redis"
+  # As production runs it (README, Reliability): append-only persistence and no eviction;
+  # the database stays the ledger of tasks either way.
+  start redis "$REDIS_BIN" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly yes \
+    --appendfsync everysec --maxmemory-policy noeviction --dir "$MAGEAGENT_VAR_DIR/redis"
   export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
   REDIS_NOTE="started by run.sh: $REDIS_BIN"
   wait_for "Redis" 20 redis_answers "$REDIS_URL"

@@ -16,18 +16,32 @@ from mageagent.redis import sync_client
 
 from . import events, services
 from .models import Task, TaskStatus
-from .runtime.heartbeat import is_alive
+from .runtime.heartbeat import held_by
 
 logger = logging.getLogger(__name__)
 
 
-def _broker_backlog() -> int:
+# A key the reconciler keeps in the broker's Redis. Its absence means that Redis lost its
+# data (restarted without persistence, or flushed): every queued task's message went with
+# it, so they are dispatched again at once rather than after RECONCILE_QUEUED_AFTER_S.
+BROKER_MARK_KEY = "ma:broker-mark"
+
+
+def _broker_state() -> tuple[int, bool]:
+    """(messages waiting in the task queue at any priority, True when the broker's Redis
+    lost its data since the last run)."""
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     sep = settings.CELERY_BROKER_TRANSPORT_OPTIONS["sep"]
     names = [queue] + [f"{queue}{sep}{p}" for p in settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"][1:]]
     with app.connection_for_write() as conn:
         client = conn.default_channel.client
-        return sum(int(client.llen(name)) for name in names)
+        backlog = sum(int(client.llen(name)) for name in names)
+        lost = bool(client.set(BROKER_MARK_KEY, "1", nx=True))
+        return backlog, lost
+
+
+def _broker_backlog() -> int:
+    return _broker_state()[0]
 
 
 def _requeue_lost(task: Task) -> str:
@@ -65,16 +79,23 @@ def tasks_reconcile() -> dict[str, Any]:
     now = timezone.now()
     counts = {"requeued": 0, "failed": 0, "redispatched": 0, "closed": 0}
     grace = timedelta(seconds=settings.MAGEAGENT["WORKER_HEARTBEAT_S"] * 3)
-    for task in Task.objects.filter(status=TaskStatus.PROCESSING, updated_at__lt=now - grace):
-        if not is_alive(task.worker):
+    processing = list(Task.objects.filter(status=TaskStatus.PROCESSING, updated_at__lt=now - grace)
+                      .only("id", "status", "worker", "attempts", "steps", "routing", "priority"))
+    held = held_by({task.worker for task in processing})
+    for task in processing:
+        # A dead worker, or a live one that dropped the task (its Redis or database calls
+        # failed and it could not hand the task back): either way nobody runs it.
+        if str(task.id) not in (held[task.worker] or ()):
             outcome = _requeue_lost(task)
             counts[outcome] = counts.get(outcome, 0) + 1
+    backlog, broker_lost = _broker_state()
     stale = now - timedelta(seconds=settings.MAGEAGENT["RECONCILE_QUEUED_AFTER_S"])
-    queued = Task.objects.filter(status=TaskStatus.QUEUED, updated_at__lt=stale)
-    # Only when the broker holds nothing: then an old queued row was lost (a Redis restart
-    # without persistence), not merely waiting behind others.
-    if queued.exists() and _broker_backlog() == 0:
-        for task in queued.only("id", "priority")[:5000]:
+    queued = Task.objects.filter(status=TaskStatus.QUEUED, updated_at__lt=now if broker_lost else stale)
+    # When the broker lost its data, every queued row's message is gone; otherwise only when
+    # the broker holds nothing is an old queued row lost (its dispatch failed), not merely
+    # waiting behind others. A message sent twice is harmless: the start is guarded.
+    if (broker_lost or backlog == 0) and queued.exists():
+        for task in queued.order_by("created_at").only("id", "priority")[:5000]:
             services.task_dispatch(task_id=str(task.id), priority=task.priority)
             counts["redispatched"] += 1
     recent = Task.objects.filter(status__in=(TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED),

@@ -8,8 +8,11 @@ from celery import Task as CeleryTask
 from celery import shared_task
 from celery.signals import worker_process_init, worker_ready
 
+from mageagent.redis_check import warn_if_redis_evicts
+
 from . import housekeeping
 from .runtime import executor
+from .runtime.lease import reconciler
 from .runtime.loop import runtime
 from .services import TASK_EXECUTE_JOB
 
@@ -39,3 +42,5 @@ def _start_runtime(**_: Any) -> None:
     import litellm  # noqa: F401  (a slow import: pay it at start, not in the first task)
 
     runtime.ensure_started()
+    reconciler.ensure_started()
+    warn_if_redis_evicts()

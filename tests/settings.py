@@ -19,5 +19,7 @@ else:
     os.environ.setdefault("MAGEAGENT_TEST_DB_NAME", f"/tmp/mageagent-test-{_run}.sqlite3")
 os.environ.setdefault("MAGEAGENT_RETRY_BACKOFF_S", "0.05")
 os.environ.setdefault("MAGEAGENT_WORKER_HEARTBEAT_S", "1")
+# The workers of e2e stacks reconcile under their lease this often (tasks/runtime/lease.py).
+os.environ.setdefault("MAGEAGENT_RECONCILE_EVERY_S", "2")
 
 from mageagent.settings import *  # noqa: E402, F403

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from mageagent.errors import DomainError
 from providers.conversation import conversation_messages, sampling_params
@@ -25,11 +27,15 @@ from tasks.models import Task, TaskStatus
 from tools.knowledge import knowledge_retrieve
 from tools.registry import tool_specs
 
-from .heartbeat import WORKER_ID
+from .heartbeat import WORKER_ID, held
 from .loop import runtime
 from .pipeline import AttemptOutcome, AttemptPlan, run_attempt
 
 logger = logging.getLogger(__name__)
+
+# The database or Redis failing (not a bug): a task meeting one is handed back, not lost.
+DEPENDENCY_ERRORS = (OperationalError, InterfaceError, RedisError)
+BEFORE_START_RETRY_S = 2.0
 
 
 def _messages(task: Task, context_text: str) -> list[dict[str, Any]]:
@@ -59,39 +65,60 @@ def _context(task: Task) -> tuple[str, list[bytes], list[str]]:
 
 
 def execute(task_id: str) -> float | None:
-    """Run the task's next attempt. Returns a countdown when it should be retried later."""
+    """Run the task's next attempt. Returns a countdown when it should be retried later.
+    The process's heartbeat lists the task meanwhile (heartbeat.held): once this returns or
+    raises, a task still `processing` under this worker is the reconciler's to run again."""
+    held.add(task_id)
+    try:
+        return _execute(task_id)
+    finally:
+        held.discard(task_id)
+        connection.close()  # hundreds of threads share a pool of a few connections
+
+
+def _execute(task_id: str) -> float | None:
     picked_up = timezone.now()  # started_at: when a worker took it; routing is part of the run
     close_old_connections()
-    task = selectors.task_fetch(task_id)
-    if task is None or task.status != TaskStatus.QUEUED:
-        return None  # cancelled, finished, or running elsewhere: a duplicate delivery
-    context_text, step_events, steps = _context(task)
-    budget = budget_context(company_id=task.company_id, app_id=task.app_id)
-    decision = model_select(prompt=task.prompt, model=task.model, tools=task.tools, context_text=context_text,
-                            company_id=task.company_id, budgeted=budget.active, messages=task.messages,
-                            system=task.system, max_tokens=task.max_tokens, client_tools=task.client_tools)
-    registry().ensure([d for c in decision.options + decision.larger for d in c.deployments])
-    steps += [f"model_selected:{decision.provider}:{decision.model}", "llm_execution"]
-    earlier = float((task.routing or {}).get("spent_usd_all_attempts") or 0.0) if task.attempts > 1 else 0.0
-    routing = {**decision.as_dict(), "attempt": task.attempts, "spent_usd_all_attempts": earlier}
-    started = services.task_start(task=task, worker=WORKER_ID, routing=routing, steps=steps, started_at=picked_up)
+    try:
+        task = selectors.task_fetch(task_id)
+        if task is None or task.status != TaskStatus.QUEUED:
+            return None  # cancelled, finished, or running elsewhere: a duplicate delivery
+        context_text, step_events, steps = _context(task)
+        budget = budget_context(company_id=task.company_id, app_id=task.app_id)
+        decision = model_select(prompt=task.prompt, model=task.model, tools=task.tools, context_text=context_text,
+                                company_id=task.company_id, budgeted=budget.active, messages=task.messages,
+                                system=task.system, max_tokens=task.max_tokens, client_tools=task.client_tools)
+        registry().ensure([d for c in decision.options + decision.larger for d in c.deployments])
+        steps += [f"model_selected:{decision.provider}:{decision.model}", "llm_execution"]
+        earlier = float((task.routing or {}).get("spent_usd_all_attempts") or 0.0) if task.attempts > 1 else 0.0
+        routing = {**decision.as_dict(), "attempt": task.attempts, "spent_usd_all_attempts": earlier}
+        started = services.task_start(task=task, worker=WORKER_ID, routing=routing, steps=steps,
+                                      started_at=picked_up)
+    except DEPENDENCY_ERRORS:
+        # Nothing started: the message runs again later (when the broker is down too, the
+        # row stays queued and the reconciler dispatches it).
+        logger.warning("task %s: a dependency failed before its start; retrying", task_id, exc_info=True)
+        connection.close()
+        return BEFORE_START_RETRY_S
     if started is None:
         return None
     attempt = started.attempts
     owner = f"{attempt}-{WORKER_ID}"
-    events.claim(task_id, owner)
-    plan = _plan(started, decision, context_text, owner, step_events)
-    plan.router = AttemptRouter(task_id=task_id, decision=decision, budget=budget, base_messages=len(plan.messages),
-                                tools=plan.tool_specs)
+    try:
+        events.claim(task_id, owner)
+        plan = _plan(started, decision, context_text, owner, step_events)
+        plan.router = AttemptRouter(task_id=task_id, decision=decision, budget=budget,
+                                    base_messages=len(plan.messages), tools=plan.tool_specs)
+    except RedisError:
+        logger.warning("task %s: Redis failed at its start; handing it back", task_id, exc_info=True)
+        _hand_back(started, attempt, list(started.steps), started.routing)
+        return None
     connection.close()  # back to the pool while the answer streams
     try:
         outcome = _run_attempt(plan)
     except TimeoutError:
         outcome = AttemptOutcome(status="timeout")
-    try:
-        return _finish(started, plan, decision, outcome)
-    finally:
-        connection.close()  # hundreds of threads share a pool of a few connections
+    return _finish(started, plan, decision, outcome)
 
 
 def _run_attempt(plan: AttemptPlan) -> AttemptOutcome:
@@ -150,17 +177,82 @@ def _result(plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcom
 
 
 def _close(task_id: str, owner: str, body: bytes) -> bool:
-    return events.append(task_id, body, owner=owner, close=True) > 0
+    """Close the log after the row's transition; when Redis fails here, the reconciler
+    closes an open log from the row later (or readers replay the row when the log is gone)."""
+    try:
+        return events.append(task_id, body, owner=owner, close=True) > 0
+    except RedisError:
+        logger.warning("task %s: its log could not be closed now", task_id, exc_info=True)
+        return False
+
+
+def _quietly(append: Callable[..., int], *args: Any, **kwargs: Any) -> None:
+    try:
+        append(*args, **kwargs)
+    except RedisError:
+        logger.warning("an event could not be logged (Redis failed)", exc_info=True)
+
+
+def _db(transition: Callable[..., bool], **kwargs: Any) -> bool:
+    """A guarded transition, tried again while the database is unreachable (connections
+    terminated, a restart): the attempt's answer is kept rather than run again. Each try is
+    one guarded UPDATE, so a retry after a lost reply cannot apply it twice."""
+    deadline = time.monotonic() + settings.MAGEAGENT["DEPENDENCY_WAIT_S"]
+    pause = 0.2
+    while True:
+        try:
+            return transition(**kwargs)
+        except (OperationalError, InterfaceError):
+            connection.close()
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("the database failed a task transition; trying again in %.1f s", pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, Any] | None) -> None:
+    """An attempt whose log was lost or unwritable: run the task again (a new attempt, as
+    for a dead worker), or fail it when it is out of attempts. Nothing happens when another
+    actor (a cancel, the reconciler) already moved the task on."""
+    task_id = str(task.id)
+    error = {"code": "worker_lost", "message": "the attempt lost its event log (Redis failed)"}
+    if attempt >= settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
+        if _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing):
+            _close(task_id, "*", services.done_event(status=TaskStatus.FAILED, error=error))
+        return
+    if not _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing):
+        return
+    logger.warning("task %s: attempt %d lost its event log; queued again", task_id, attempt)
+    _quietly(events.append, task_id, events.encode("status", status=TaskStatus.QUEUED, attempt=attempt + 1,
+                                                   error=error))
+    # Redis is likely still coming back: keep trying for a while, then leave the queued row
+    # to the reconciler.
+    deadline = time.monotonic() + settings.MAGEAGENT["DEPENDENCY_WAIT_S"]
+    while True:
+        try:
+            services.task_dispatch(task_id=task_id, priority=task.priority)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                logger.warning("task %s is queued but the broker did not take it; the reconciler will", task_id)
+                return
+            time.sleep(0.5)
 
 
 def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcome) -> float | None:
     task_id, owner, attempt = plan.task_id, plan.owner, plan.attempt
     steps, routing = _record(task, plan)
-    if outcome.status == "fenced":
+    if outcome.status in ("fenced", "lost"):
+        # Fenced: another actor owns the log; if the row is still this attempt's, nobody
+        # does (Redis restarted empty and the log's owner went with it). Lost: Redis failed.
+        # Either way the task goes back to the queue unless another actor already moved it.
+        _hand_back(task, attempt, steps, routing)
         return None
     if outcome.status == "completed":
         result = _result(plan, decision, outcome, outcome.finish_reason or "stop")
-        if services.task_complete(task_id=task_id, attempt=attempt, result=result, steps=steps, routing=routing):
+        if _db(services.task_complete, task_id=task_id, attempt=attempt, result=result, steps=steps,
+               routing=routing):
             _close(task_id, owner, services.done_event(status=TaskStatus.COMPLETED, result=result))
             return None
     elif outcome.status != "cancelled":
@@ -168,12 +260,12 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
                  else outcome.error.as_error() if outcome.error else {"code": "internal_error", "message": "unknown"})
         err = outcome.error
         if err is not None and err.retryable and attempt < settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
-            if services.task_requeue(task_id=task_id, attempt=attempt, steps=steps, routing=routing):
-                events.append(task_id, events.encode("status", status=TaskStatus.QUEUED, attempt=attempt + 1,
-                                                     error=error), owner=owner)
+            if _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing):
+                _quietly(events.append, task_id, events.encode("status", status=TaskStatus.QUEUED,
+                                                               attempt=attempt + 1, error=error), owner=owner)
                 backoff = settings.MAGEAGENT["RETRY_BACKOFF_S"] * (2 ** (attempt - 1))
                 return max(backoff, err.retry_after or 0.0)
-        elif services.task_fail(task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing):
+        elif _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing):
             _close(task_id, owner, services.done_event(status=TaskStatus.FAILED, error=error))
             return None
     # Cancelled, or its transition refused because the API cancelled it meanwhile.

@@ -25,7 +25,7 @@ from django.conf import settings
 from mageagent.redis import async_client
 from tasks.events import CANCEL_CHANNEL
 
-from .heartbeat import WORKER_ID, WORKER_KEY, heartbeat_ttl
+from .heartbeat import WORKER_ID, WORKER_KEY, heartbeat_ttl, held
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,7 +100,8 @@ class Runtime:
         client = async_client()
         while True:
             try:
-                await client.set(WORKER_KEY + WORKER_ID, str(len(self.running)), ex=heartbeat_ttl())
+                # The tasks it holds, so that one it dropped is not vouched for (heartbeat.holds).
+                await client.set(WORKER_KEY + WORKER_ID, held.snapshot(), ex=heartbeat_ttl())
             except Exception:
                 logger.exception("worker heartbeat failed")
             await asyncio.sleep(settings.MAGEAGENT["WORKER_HEARTBEAT_S"])

@@ -8,9 +8,12 @@ touches Redis and the provider, so nothing here blocks the loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from providers.llm import Delta, Deployment, ProviderError, stream_chat, supported_params
 from tasks import events
@@ -18,6 +21,8 @@ from tools.registry import ToolContext, ToolResult, tool_invoke
 
 from .completion import routed_complete
 from .loop import runtime
+
+logger = logging.getLogger(__name__)
 
 
 class Fenced(Exception):
@@ -50,7 +55,7 @@ class AttemptPlan:
 
 @dataclass
 class AttemptOutcome:
-    status: str  # completed | cancelled | failed | fenced | timeout
+    status: str  # completed | cancelled | failed | fenced | timeout | lost (its log could not be written)
     content: str = ""
     finish_reason: str | None = None
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
@@ -104,7 +109,7 @@ class ChunkEmitter:
     def _after_background_flush(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and self.owner_task is not None:
             self.failure = task.exception()
-            runtime.cancel_reasons[self.task_id] = "fenced"
+            runtime.cancel_reasons[self.task_id] = "fenced" if isinstance(self.failure, Fenced) else "lost"
             self.owner_task.cancel()
 
     async def flush(self) -> None:
@@ -341,7 +346,7 @@ async def run_attempt(plan: AttemptPlan) -> AttemptOutcome:
         reason = runtime.cancel_reasons.pop(plan.task_id, None)
         if reason is None:
             raise  # the loop itself is shutting down
-        outcome.status = "fenced" if reason == "fenced" else "cancelled"
+        outcome.status = reason if reason in ("fenced", "lost") else "cancelled"
         if outcome.status == "cancelled":
             await _flush_quietly(emitter)
     except TimeoutError:
@@ -349,6 +354,12 @@ async def run_attempt(plan: AttemptPlan) -> AttemptOutcome:
         await _flush_quietly(emitter)
     except Fenced:
         outcome.status = "fenced"
+    except RedisError:
+        # Redis failed under the attempt (restarted, unreachable): the log cannot follow the
+        # answer, so the attempt stops here and the executor hands the task back.
+        logger.warning("task %s: its event log could not be written; the attempt stops", plan.task_id,
+                       exc_info=True)
+        outcome.status = "lost"
     except ProviderError as exc:
         outcome.status, outcome.error = "failed", exc
         await _flush_quietly(emitter)

@@ -15,6 +15,13 @@ from tasks.tasks import task_execute_job
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _broker_kept_its_data() -> None:
+    # The broker's Redis has not lost its data since a reconciler last looked (the shared
+    # test Redis keeps the mark); the tests of a lost broker delete it.
+    events.sync_client().set(housekeeping.BROKER_MARK_KEY, "1")
+
+
 def make_task(persona, prompt: str = "Explain quantum computing") -> Task:
     # Inside the test transaction on_commit never fires: nothing reaches the broker.
     task, _ = services.task_create(tenant=persona.tenant, prompt=prompt)
@@ -140,9 +147,9 @@ def test_a_processing_task_out_of_attempts_fails_with_worker_lost(alice, knobs, 
 
 def test_a_processing_task_of_a_live_worker_is_left_running(alice, dispatched, private_queue):
     worker = f"alive-{uuid.uuid4().hex[:6]}"
-    events.sync_client().set(WORKER_KEY + worker, "1", ex=60)
+    task = start(make_task(alice), worker=worker)
+    events.sync_client().set(WORKER_KEY + worker, f"{uuid.uuid4()},{task.id}", ex=60)
     try:
-        task = start(make_task(alice), worker=worker)
         age_processing(task, timedelta(minutes=5))
         housekeeping.tasks_reconcile()
     finally:
@@ -150,6 +157,23 @@ def test_a_processing_task_of_a_live_worker_is_left_running(alice, dispatched, p
     task.refresh_from_db()
     assert (task.status, task.attempts) == (TaskStatus.PROCESSING, 1)
     assert dispatched == []
+
+
+def test_a_processing_task_its_live_worker_no_longer_holds_is_requeued(alice, dispatched, private_queue):
+    # The worker's heartbeat says it is alive, but not that it runs this task (its attempt
+    # met a failing database or Redis and could not hand the task back).
+    worker = f"alive-{uuid.uuid4().hex[:6]}"
+    task = start(make_task(alice), worker=worker)
+    events.sync_client().set(WORKER_KEY + worker, str(uuid.uuid4()), ex=60)
+    try:
+        age_processing(task, timedelta(minutes=5))
+        counts = housekeeping.tasks_reconcile()
+    finally:
+        events.sync_client().delete(WORKER_KEY + worker)
+    task.refresh_from_db()
+    assert counts["requeued"] == 1
+    assert (task.status, task.attempts) == (TaskStatus.QUEUED, 2)
+    assert dispatched == [str(task.id)]
 
 
 # --- reconcile: queued tasks the broker lost ------------------------------------------------------
@@ -173,6 +197,23 @@ def test_a_stale_queued_task_is_not_redispatched_while_the_broker_has_a_backlog(
 
     assert housekeeping.tasks_reconcile()["redispatched"] == 0
     assert dispatched == []
+
+
+def test_every_queued_task_is_redispatched_at_once_when_the_broker_lost_its_data(alice, dispatched,
+                                                                                private_queue):
+    name, client = private_queue
+    client.lpush(name, b"{}")  # messages sent since the restart do not hide what was lost
+    older = make_task(alice, "queued before the restart")
+    age_processing(older, timedelta(seconds=2))
+    newer = make_task(alice, "queued just now")
+    events.sync_client().delete(housekeeping.BROKER_MARK_KEY)  # what a restart without persistence does
+
+    first = housekeeping.tasks_reconcile()
+    second = housekeeping.tasks_reconcile()
+
+    assert first["redispatched"] == 2
+    assert dispatched == [str(older.id), str(newer.id)]
+    assert second["redispatched"] == 0  # once: the mark is back
 
 
 def test_the_broker_backlog_counts_messages_at_every_priority(private_queue):
