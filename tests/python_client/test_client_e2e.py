@@ -181,6 +181,7 @@ def test_the_cli_prints_the_answer_as_it_streams_with_progress_on_stderr(stack, 
     lines = err.splitlines()
     assert lines[0].startswith("mageagent: task ") and lines[0].endswith(" queued")
     assert any(line.startswith("mageagent: processing") for line in lines)
+    assert any(line.startswith("mageagent: model ") for line in lines)
     assert lines[-1].startswith("mageagent: completed · ")
 
 

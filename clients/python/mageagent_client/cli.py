@@ -77,9 +77,13 @@ class Progress:
         elif kind == "status":
             progress = event.get("progress") or {}
             tokens = f" · {progress['tokens']}/{progress.get('expected_tokens') or '?'} tokens" if progress else ""
-            self.say(f"{event['status']} (attempt {event.get('attempt', 1)}){tokens}")
+            attempt = event.get("attempt") or 1
+            self.say(event["status"] + (f" (attempt {attempt})" if attempt > 1 else "") + tokens)
         elif kind == "step" and event.get("name") == "model_selected":
-            self.say(f"model {event.get('detail') or ''}".rstrip())
+            detail = event.get("detail")
+            if isinstance(detail, dict):
+                model = "/".join(str(detail[k]) for k in ("provider", "model") if detail.get(k))
+                self.say(f"model {model}" + (f": {detail['reason']}" if detail.get("reason") else ""))
         elif kind == "reset":
             self.say(f"the provider failed; attempt {event.get('attempt')} starts the answer again")
         elif kind == "done":
