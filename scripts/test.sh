@@ -41,6 +41,13 @@ ensure_venv
 # requirements-dev.txt (the dev lock) holds every package of requirements.txt at the same
 # pins: its stamp is written too, so a later scripts/run.sh installs nothing.
 install_requirements requirements-dev.txt requirements.txt
+# The Python client and CLI (clients/python), editable: its end-to-end tests run the installed
+# `mageagent` command. Its dependencies are in the lock; an editable install cannot carry hashes,
+# so it is its own step.
+if ! "$VENV/bin/python" -c "import mageagent_client" 2>/dev/null; then
+  echo "==> pip install -e clients/python"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps -e "$ROOT/clients/python"
+fi
 
 # npm packages the tests run under Node (tests/package.json, locked): again only when the
 # lock changed since the last install.

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import socketio
-from routing.ratelimit import _keys
 
+from mageagent.ratelimit import _keys
 from mageagent.tenancy.models import App
 from tasks import events
 from tests.clients import Client, answer_from_chunks, sim, tokens
