@@ -258,6 +258,9 @@ MAGEAGENT_TOOLS: list[str] = env_list("MAGEAGENT_TOOLS", [
 MAGEAGENT.update({
     "MAX_TOOL_ROUNDS": env_int("MAGEAGENT_MAX_TOOL_ROUNDS", 4, minimum=1),
     "TOOL_OUTPUT_MAX_CHARS": env_int("MAGEAGENT_TOOL_OUTPUT_MAX_CHARS", 20_000, minimum=100),
+    # A tool whose backend is missing (bubblewrap) is checked again after this long, so
+    # installing it takes effect without a restart.
+    "TOOLS_RECHECK_S": env_float("MAGEAGENT_TOOLS_RECHECK_S", 30.0, minimum=0.0),
     # code_execution: bubblewrap sandbox limits (per run)
     "SANDBOX_BWRAP": env_str("MAGEAGENT_SANDBOX_BWRAP", "bwrap"),
     "SANDBOX_CPU_S": env_int("MAGEAGENT_SANDBOX_CPU_S", 10, minimum=1),
