@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -13,8 +14,11 @@ class WebhookAdmin(admin.ModelAdmin):
     list_display = ("url", "app", "is_active", "disabled_reason", "failing_since", "created_at")
     list_filter = ("is_active", "company")
     search_fields = ("url",)
-    readonly_fields = ("id", "company", "app", "secret", "previous_secret", "previous_secret_expires_at",
-                       "disabled_at", "disabled_reason", "failing_since", "created_at")
+    # The secrets sign deliveries; the app saw them once, staff need not see them at all.
+    exclude = ("secret", "previous_secret")
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    readonly_fields = ("id", "company", "app", "previous_secret_expires_at", "disabled_at", "disabled_reason",
+                       "failing_since", "created_at")
     actions = ["enable"]
 
     @admin.action(description="Enable the selected webhooks again")
