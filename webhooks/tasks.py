@@ -52,8 +52,8 @@ def _sweep_forever() -> None:
         interval = knob("WEBHOOK_SWEEP_S")
         time.sleep(interval)
         try:
-            # One sweep per interval across all workers (and beat, if it runs one too).
-            if cache.add("webhooks:sweep", "1", timeout=max(1, int(interval))):
+            # One sweep per interval across the workers of this deployment (its queue).
+            if cache.add(f"webhooks:sweep:{settings.CELERY_TASK_DEFAULT_QUEUE}", "1", timeout=max(1, int(interval))):
                 close_old_connections()
                 webhooks_sweep_job()
         except Exception:
