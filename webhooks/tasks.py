@@ -12,7 +12,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 from django.core.cache import cache
-from django.db import close_old_connections
+from django.db import connection
 
 from . import services
 from .conf import knob
@@ -54,10 +54,11 @@ def _sweep_forever() -> None:
         try:
             # One sweep per interval across the workers of this deployment (its queue).
             if cache.add(f"webhooks:sweep:{settings.CELERY_TASK_DEFAULT_QUEUE}", "1", timeout=max(1, int(interval))):
-                close_old_connections()
                 webhooks_sweep_job()
         except Exception:
             logger.exception("the webhook sweep failed; trying again in %s s", interval)
+        finally:
+            connection.close()  # back to the pool between sweeps
 
 
 @worker_ready.connect
