@@ -32,7 +32,10 @@ def delivery_send_later(delivery_id: str, countdown: float | None = None) -> Non
 
 @shared_task(name="mageagent.webhooks.deliver", ignore_result=True, acks_late=True)
 def webhook_deliver_job(delivery_id: str) -> None:
-    result = services.delivery_attempt(delivery_id=delivery_id)
+    try:
+        result = services.delivery_attempt(delivery_id=delivery_id)
+    finally:
+        connection.close()  # the worker's threads share a small pool
     # Longer waits are the sweep's: a countdown message held past the broker's visibility
     # timeout would be delivered twice.
     if result.retry_in_s is not None and result.retry_in_s <= knob("WEBHOOK_COUNTDOWN_MAX_S"):
