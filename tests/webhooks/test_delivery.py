@@ -150,3 +150,19 @@ def test_a_lost_delivery_message_is_found_by_the_sweep(api, alice, local_hooks, 
     assert services.deliveries_due(grace_s=0.0) == [str(delivery.id)]
     services.delivery_attempt(delivery_id=str(delivery.id))
     assert services.deliveries_due(grace_s=0.0) == []
+
+
+def test_every_delivery_passes_the_ssrf_guard_again(api, alice, receiver, local_hooks, settings,
+                                                    django_capture_on_commit_callbacks):
+    created = hook(api, alice, receiver.url("/no-longer-allowed"))
+    settings.MAGEAGENT = {**settings.MAGEAGENT, "FETCH_ALLOWED_HOSTS": []}  # the operator took 127.0.0.1 back
+    fail_a_task(alice, django_capture_on_commit_callbacks)
+    [delivery] = deliveries(created["id"])
+
+    result = services.delivery_attempt(delivery_id=str(delivery.id))
+
+    assert result.attempted and result.retry_in_s is not None
+    assert receiver.at("/no-longer-allowed") == []
+    delivery.refresh_from_db()
+    assert delivery.status == "pending" and delivery.attempts == 1 and delivery.last_status_code is None
+    assert "loopback" in delivery.last_error
