@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "routing",
     "tools",
     "openai_api",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -249,6 +250,9 @@ CELERY_BEAT_SCHEDULE = {
                   "schedule": MAGEAGENT["RECONCILE_EVERY_S"]},
     "prune": {"task": "mageagent.housekeeping.prune",
               "schedule": env_float("MAGEAGENT_PRUNE_EVERY_S", 3600.0, minimum=10.0)},
+    # Workers run this sweep themselves (webhooks/tasks.py); beat's run is a spare.
+    "webhooks-sweep": {"task": "mageagent.webhooks.sweep",
+                       "schedule": env_float("MAGEAGENT_WEBHOOK_SWEEP_S", 30.0, minimum=0.2)},
 }
 
 # --- Tools ------------------------------------------------------------------------------
@@ -264,6 +268,9 @@ MAGEAGENT_TOOLS: list[str] = env_list("MAGEAGENT_TOOLS", [
 MAGEAGENT.update({
     "MAX_TOOL_ROUNDS": env_int("MAGEAGENT_MAX_TOOL_ROUNDS", 4, minimum=1),
     "TOOL_OUTPUT_MAX_CHARS": env_int("MAGEAGENT_TOOL_OUTPUT_MAX_CHARS", 20_000, minimum=100),
+    # A tool whose backend is missing (bubblewrap) is checked again after this long, so
+    # installing it takes effect without a restart.
+    "TOOLS_RECHECK_S": env_float("MAGEAGENT_TOOLS_RECHECK_S", 30.0, minimum=0.0),
     # code_execution: bubblewrap sandbox limits (per run)
     "SANDBOX_BWRAP": env_str("MAGEAGENT_SANDBOX_BWRAP", "bwrap"),
     "SANDBOX_CPU_S": env_int("MAGEAGENT_SANDBOX_CPU_S", 10, minimum=1),
@@ -305,6 +312,36 @@ MAGEAGENT.update({
     "SUMMARIZE_MODEL": env_str("MAGEAGENT_SUMMARIZE_MODEL", ""),
 })
 # --- end Tools ----------------------------------------------------------------------------
+
+# --- Webhooks -----------------------------------------------------------------------------
+def _seconds_list(name: str, default: list[float]) -> list[float]:
+    from .env import ConfigError
+
+    try:
+        values = [float(v) for v in env_list(name, [str(d) for d in default])]
+    except ValueError:
+        raise ConfigError(f"{name} must be a comma-separated list of seconds") from None
+    if not values or any(v < 0 for v in values):
+        raise ConfigError(f"{name} must list at least one delay, none negative")
+    return values
+
+
+MAGEAGENT.update({
+    # Waits before each retry of a failed delivery (the Standard Webhooks suggestion: 5 s,
+    # 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: eight attempts over about 28 h).
+    "WEBHOOK_RETRY_SCHEDULE_S": _seconds_list("MAGEAGENT_WEBHOOK_RETRY_SCHEDULE",
+                                              [5, 300, 1800, 7200, 18000, 36000, 36000]),
+    "WEBHOOK_TIMEOUT_S": env_float("MAGEAGENT_WEBHOOK_TIMEOUT_S", 15.0, minimum=0.1),
+    # An endpoint whose every attempt failed for this long is disabled, with a note.
+    "WEBHOOK_DISABLE_AFTER_S": env_float("MAGEAGENT_WEBHOOK_DISABLE_AFTER_S", 5 * 86400.0, minimum=0.0),
+    "WEBHOOK_SWEEP_S": env_float("MAGEAGENT_WEBHOOK_SWEEP_S", 30.0, minimum=0.2),
+    # Retries due sooner than this wait in a Celery countdown; later ones are the sweep's
+    # (well under the broker's visibility timeout, which would deliver a held message twice).
+    "WEBHOOK_COUNTDOWN_MAX_S": env_float("MAGEAGENT_WEBHOOK_COUNTDOWN_MAX_S", 900.0, minimum=0.0),
+    "WEBHOOK_ROTATION_GRACE_S": env_int("MAGEAGENT_WEBHOOK_ROTATION_GRACE_S", 86400, minimum=0),
+    "WEBHOOK_MAX_PER_APP": env_int("MAGEAGENT_WEBHOOK_MAX_PER_APP", 20, minimum=1),
+})
+# --- end Webhooks -------------------------------------------------------------------------
 
 # --- Routing ------------------------------------------------------------------------------
 # Model catalog, routing policy, deployments, rate limits and budgets (routing/).

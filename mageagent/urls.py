@@ -31,6 +31,7 @@ api: list[URLPattern | URLResolver] = [
     path("route", TaskRouteApi.as_view()),
     path("tools", ToolListApi.as_view()),
     path("", include("tools.urls")),
+    path("", include("webhooks.urls")),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[],
                                                 permission_classes=[]), name="docs"),

@@ -159,8 +159,36 @@ for pair in "MAGEAGENT_PORT:$PORT" "MAGEAGENT_FLOWER_PORT:$FLOWER_PORT"; do
   fi
 done
 
+# --- tools' system packages -------------------------------------------------------------------------
+# bubblewrap (the code_execution sandbox) and tesseract (OCR in file_processing), installed
+# as scripts/test.sh does: only when missing, and only as root with apt-get. Otherwise the
+# tools that need them are off, and the list below says so and why.
+SYSTEM_PACKAGES=${MAGEAGENT_SYSTEM_PACKAGES-"bwrap:bubblewrap tesseract:tesseract-ocr"}
+missing=()
+for pair in $SYSTEM_PACKAGES; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${missing[*]} for the tools (apt-get)"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+           DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+           >"$LOG_DIR/apt.log" 2>&1; then
+      say "could not install ${missing[*]} (see $LOG_DIR/apt.log)"
+    fi
+  else
+    say "not installing ${missing[*]} (needs root and apt-get; install them yourself to turn the tools on)"
+  fi
+fi
+
 say "migrating the database"
 "$PY" manage.py migrate --noinput >"$LOG_DIR/migrate.log" 2>&1 || { cat "$LOG_DIR/migrate.log" >&2; exit 1; }
+TOOLS_NOTE=$("$PY" manage.py shell -c '
+from tools.registry import tools_list
+off = ["%s (%s)" % (t["name"], t["unavailable_reason"]) for t in tools_list() if not t["available"]]
+print("OFF: " + "; ".join(off) if off else "all available")
+' 2>>"$LOG_DIR/admin.log" | tail -n 1) || TOOLS_NOTE="(could not be listed: see $LOG_DIR/admin.log)"
+say "tools: $TOOLS_NOTE"
 
 # --- Redis ------------------------------------------------------------------------------------------
 redis_answers() {
@@ -267,6 +295,7 @@ MageAgent is running. Ctrl-C stops everything.
   LLM        $LLM_NOTE
   Redis      $REDIS_URL ($REDIS_NOTE)
   Database   $DB_NOTE
+  Tools      $TOOLS_NOTE  (GET $API/tools)
   Logs       $LOG_DIR/
   API key    $API_KEY
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from mageagent.serializers import SharedFieldsMixin, StrictCharField, StrictSerializer
@@ -11,6 +12,7 @@ from routing.selectors import CHARS_PER_TOKEN, largest_context_window, max_promp
 
 from .events import MAX_POSITION
 from .models import Task, TaskStatus
+from .progress import task_progress
 
 
 class TaskContextSerializer(StrictSerializer):
@@ -180,6 +182,12 @@ class EventsQuerySerializer(StrictSerializer):
     token = serializers.CharField(required=False)
 
 
+class TaskProgressSerializer(serializers.Serializer):
+    tokens = serializers.IntegerField(help_text="answer tokens streamed so far (the final count once finished)")
+    expected_tokens = serializers.IntegerField(allow_null=True, help_text="what the answer is expected to take; "
+                                               "null until the task is routed")
+
+
 class _TaskFields(serializers.ModelSerializer):
     taskId = serializers.UUIDField(source="id")
     company_id = serializers.CharField(source="company.slug")
@@ -194,13 +202,31 @@ class _TaskFields(serializers.ModelSerializer):
     messages = serializers.ListField(child=serializers.DictField())
     stop = serializers.JSONField()
     response_format = serializers.JSONField()
+    progress = serializers.SerializerMethodField()
+    estimated_duration_ms = serializers.SerializerMethodField()
 
     class Meta:
         model = Task
         fields = ("id", "taskId", "company_id", "app_id", "status", "prompt", "messages", "system", "model",
                   "context", "tools", "stream", "metadata", "priority", "temperature", "top_p", "max_tokens",
                   "stop", "seed", "response_format", "result", "error", "routing", "steps",
-                  "attempts", "created_at", "started_at", "completed_at", "estimated_duration_ms")
+                  "attempts", "created_at", "started_at", "completed_at", "estimated_duration_ms", "progress")
+
+    def to_representation(self, instance: Task) -> dict[str, Any]:
+        data = dict(super().to_representation(instance))
+        # One computation (Redis reads only while the task runs) fills both fields.
+        data["progress"], data["estimated_duration_ms"] = task_progress(instance)
+        return data
+
+    @extend_schema_field(TaskProgressSerializer)
+    def get_progress(self, task: Task) -> None:
+        return None  # filled by to_representation
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True, help_text=(
+        "creation to completion: an estimate from the routed model's measured speed, revised as the task "
+        "runs; what it took once finished")))
+    def get_estimated_duration_ms(self, task: Task) -> None:
+        return None  # filled by to_representation
 
     def get_context(self, task: Task) -> dict[str, Any]:
         return {"useGraphRAG": False, "graphragQuery": None, "additionalContext": None,

@@ -32,6 +32,7 @@ from tools.registry import tools_validate_requested
 from . import events, selectors
 from .events import CANCEL_CHANNEL
 from .models import TERMINAL, Task, TaskStatus
+from .signals import task_finished
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +263,12 @@ def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] |
     params += [f.get_db_prep_value(where[f.name], connection) for f in where_fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount == 1
+        changed = cursor.rowcount == 1
+    if changed and values.get("status") in TERMINAL:
+        status = values["status"]
+        transaction.on_commit(lambda: task_finished.send_robust(sender=Task, task_id=task_id, status=str(status)),
+                              using=connection.alias)
+    return changed
 
 
 def _column(field: Any) -> str:

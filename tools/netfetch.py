@@ -189,3 +189,26 @@ async def _follow(session: aiohttp.ClientSession, resolver: _PinnedResolver, url
                     raise FetchRefused(f"{url} is larger than the {max_bytes}-byte limit")
             return Fetched(url=str(url), content_type=resp.headers.get("Content-Type", ""), data=bytes(data))
     raise FetchRefused(f"more than {max_redirects} redirects")
+
+
+async def post(url: str, *, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
+    """POST `body` to a vetted, pinned address of `url` and return the HTTP status; redirects
+    are not followed (a 3xx is the answer). FetchRefused when the URL may not be reached or
+    the request failed."""
+    try:
+        target = URL(url)
+    except (ValueError, TypeError) as exc:
+        raise FetchRefused(f"invalid URL: {exc}") from None
+    resolver = _PinnedResolver()
+    connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, force_close=True, limit=1)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                     cookie_jar=aiohttp.DummyCookieJar(), trust_env=False) as session:
+        try:
+            async with asyncio.timeout(timeout_s):
+                resolver.pins = {str(target.raw_host): await vet(target)}
+                async with session.post(target, data=body, headers=headers, allow_redirects=False) as resp:
+                    return resp.status
+        except TimeoutError:
+            raise FetchRefused(f"{url} did not answer within {timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise FetchRefused(f"posting to {url} failed: {type(exc).__name__}: {exc}") from None

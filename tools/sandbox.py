@@ -32,10 +32,10 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from .cgroups import CgroupError, RunCgroup, cgroup_layout
@@ -194,15 +194,40 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-@cache
-def sandbox_unavailable_reason() -> str | None:
-    """Why no sandbox can run on this host, or None. Tried once per process."""
-    try:
-        return _probe()
-    except SandboxBusy:
-        return None  # every slot is running a sandbox: it works
-    except SandboxUnavailable as exc:
-        return str(exc)
+class _Availability:
+    """Why no sandbox can run on this host, or None. A working sandbox is probed once per
+    process; a missing one again once TOOLS_RECHECK_S has passed since the last probe, so
+    bubblewrap installed while the service runs is found without a restart."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.probed: tuple[float, str | None] | None = None  # (monotonic time, reason)
+
+    def __call__(self) -> str | None:
+        probed = self.probed
+        if probed is not None and (probed[1] is None or time.monotonic() - probed[0] < knob("TOOLS_RECHECK_S")):
+            return probed[1]
+        with self.lock:  # one probe at a time; the others read its answer
+            if self.probed is not probed and self.probed is not None:
+                return self.probed[1]
+            reason = self._probe()
+            self.probed = (time.monotonic(), reason)
+            return reason
+
+    @staticmethod
+    def _probe() -> str | None:
+        try:
+            return _probe()
+        except SandboxBusy:
+            return None  # every slot is running a sandbox: it works
+        except SandboxUnavailable as exc:
+            return str(exc)
+
+    def cache_clear(self) -> None:
+        self.probed = None
+
+
+sandbox_unavailable_reason = _Availability()
 
 
 def _probe() -> str | None:

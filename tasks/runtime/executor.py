@@ -22,7 +22,7 @@ from routing.deployments import registry
 from routing.pricing import cost_usd, usage_estimate
 from routing.runtime import AttemptRouter
 from routing.services import RoutingDecision, model_select
-from tasks import events, selectors, services
+from tasks import events, progress, selectors, services
 from tasks.models import Task, TaskStatus
 from tools.knowledge import knowledge_retrieve
 from tools.registry import tool_specs
@@ -138,7 +138,11 @@ def _run_attempt(plan: AttemptPlan) -> AttemptOutcome:
 
 def _plan(task: Task, decision: RoutingDecision, context_text: str, owner: str,
           step_events: list[bytes]) -> AttemptPlan:
-    start = [events.encode("status", status=TaskStatus.PROCESSING, attempt=task.attempts)]
+    routed = decision.as_dict()
+    expected = progress.expected_tokens(routed)
+    estimate = progress.duration_estimate_ms(model=decision.model, expected=expected)
+    start = [events.encode("status", status=TaskStatus.PROCESSING, attempt=task.attempts,
+                           progress={"tokens": 0, "expected_tokens": expected}, estimated_duration_ms=estimate)]
     if task.attempts > 1:
         start.append(events.encode("reset", attempt=task.attempts))
     start += step_events
@@ -254,6 +258,7 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
         if _db(services.task_complete, task_id=task_id, attempt=attempt, result=result, steps=steps,
                routing=routing):
             _close(task_id, owner, services.done_event(status=TaskStatus.COMPLETED, result=result))
+            _measure(routing, outcome)
             return None
     elif outcome.status != "cancelled":
         error = ({"code": "timeout", "message": "the task exceeded its time limit"} if outcome.status == "timeout"
@@ -271,6 +276,18 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
     # Cancelled, or its transition refused because the API cancelled it meanwhile.
     _finish_cancelled(plan, decision, outcome)
     return None
+
+
+def _measure(routing: dict[str, Any], outcome: AttemptOutcome) -> None:
+    """Fold this answer's pace into its model's speed (what later estimates use)."""
+    model = progress.routed_model(routing)
+    if model is None or outcome.first_token_s is None or outcome.tokens < 2 or outcome.streaming_s <= 0:
+        return
+    try:
+        progress.speed_record(model=model, ttft_ms=outcome.first_token_s * 1000,
+                              tokens_per_s=(outcome.tokens - 1) / outcome.streaming_s)
+    except Exception:
+        logger.exception("could not record the speed of %s", model)
 
 
 def _record(task: Task, plan: AttemptPlan) -> tuple[list[str], dict[str, Any]]:

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from providers.llm import Delta, Deployment, ProviderError, stream_chat, supported_params
 from tasks import events
+from tasks.progress import tokens_set_later
 from tools.registry import ToolContext, ToolResult, tool_invoke
 
 from .completion import routed_complete
@@ -63,12 +64,19 @@ class AttemptOutcome:
     tool_rounds: int = 0
     usage_reported: bool = False
     client_tool_calls: list[dict[str, Any]] | None = None
+    # The answer's pace (tasks/progress.py measures models with it): tokens streamed, the
+    # seconds from the attempt's start to the first, and from the first to the last.
+    tokens: int = 0
+    first_token_s: float | None = None
+    streaming_s: float = 0.0
 
 
 # A window is due this close to its end: a read paced to the end (httpstream.Stream.reads)
 # can come a timer tick (1 ms in uvloop) early or late. The window's timer fires this much
 # after the end, so that such a read, not the timer, sends the chunk: inline, with no task.
 DUE_S = 0.002
+# How often a stream's token count is written for the Task's `progress`.
+PROGRESS_EVERY_S = 1.0
 
 
 class ChunkEmitter:
@@ -89,11 +97,15 @@ class ChunkEmitter:
         self.lock = asyncio.Lock()
         self.failure: BaseException | None = None
         self.owner_task = asyncio.current_task()
+        self.tokens = 0
+        self.first_at: float | None = None
+        self.progress_at = 0.0
 
     def add(self, text: str) -> bool:
         """Buffer a token; True when its window has passed and the caller should flush now
         (the first token, or one after a pause), so that it waits for no loop turn."""
         self.buffer.append(text)
+        self.tokens += 1  # a delta is a token, near enough (providers stream one per delta)
         wait = self.last_flush + self.window - time.monotonic()
         if wait <= DUE_S:
             return True
@@ -137,6 +149,11 @@ class ChunkEmitter:
             if seq < 0:
                 raise Fenced()
             self.sent.append(text)
+            if self.first_at is None:
+                self.first_at = self.last_flush
+            if self.last_flush - self.progress_at >= PROGRESS_EVERY_S:  # coarse: not per chunk
+                self.progress_at = self.last_flush
+                tokens_set_later(self.task_id, self.tokens)
 
     def pace(self) -> float:
         """Seconds until this window ends: the provider's socket need not be read before,
@@ -316,6 +333,7 @@ async def run_attempt(plan: AttemptPlan) -> AttemptOutcome:
     runtime.register(plan.task_id, this)
     outcome = AttemptOutcome(status="completed")
     emitter = ChunkEmitter(plan)
+    began = time.monotonic()
     try:
         async with asyncio.timeout(plan.time_limit_s) as limit:
             if plan.router is not None:
@@ -370,6 +388,10 @@ async def run_attempt(plan: AttemptPlan) -> AttemptOutcome:
         if plan.router is not None:
             await plan.router.close()
     outcome.content = emitter.content
+    outcome.tokens = emitter.tokens
+    if emitter.first_at is not None:
+        outcome.first_token_s = emitter.first_at - began
+        outcome.streaming_s = emitter.last_flush - emitter.first_at
     return outcome
 
 

@@ -1,0 +1,11 @@
+"""Signals other apps connect to, so that the tasks app never imports them."""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+# Sent once per task, after the transaction that made it completed, failed or cancelled
+# committed; kwargs: task_id (str), status (str). Receivers run in the process that made
+# the transition (a worker, or the web for a cancel): keep them short and hand slow work
+# to Celery.
+task_finished = Signal()

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+
+from mageagent.errors import NotFound
+from mageagent.tenancy.auth import Tenant
+
+from .models import Delivery, Webhook
+
+
+def webhook_list(*, tenant: Tenant) -> QuerySet[Webhook]:
+    return Webhook.objects.filter(app_id=tenant.app_ids[1])
+
+
+def webhook_get(*, tenant: Tenant, webhook_id: str) -> Webhook:
+    """The caller's app's webhook, or NotFound (another app's does not exist for them)."""
+    try:
+        webhook = webhook_list(tenant=tenant).filter(pk=webhook_id).first()
+    except (ValueError, ValidationError):  # a malformed id
+        webhook = None
+    if webhook is None:
+        raise NotFound("webhook not found")
+    return webhook
+
+
+def delivery_list(*, webhook: Webhook) -> QuerySet[Delivery]:
+    return Delivery.objects.filter(webhook=webhook)
