@@ -56,6 +56,10 @@ class PayloadTooLarge(DomainError):
     code, status = "payload_too_large", 413
 
 
+class StorageQuotaExceeded(DomainError):
+    code, status = "storage_quota_exceeded", 413
+
+
 class RateLimited(DomainError):
     code, status = "rate_limited", 429
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import environ
 
-from .env import env_bool, env_float, env_int, env_list, env_str
+from .env import ConfigError, env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MAGEAGENT_VAR_DIR", str(BASE_DIR / "var")))
@@ -129,6 +129,38 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+
+
+def _files_storage() -> dict[str, Any]:
+    """Where uploads for file_processing live (django.core.files.storage.storages["files"]):
+    the file system for one machine (or a volume every process mounts), an S3-compatible
+    object store (S3, MinIO, R2, GCS's S3 API) for several machines."""
+    backend = env_str("MAGEAGENT_FILES_STORAGE", "filesystem")
+    if backend == "filesystem":
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                "OPTIONS": {"location": env_str("MAGEAGENT_FILES_DIR", str(VAR_DIR / "files"))}}
+    if backend == "s3":
+        bucket = env_str("MAGEAGENT_FILES_S3_BUCKET", "")
+        if not bucket:
+            raise ConfigError("MAGEAGENT_FILES_STORAGE=s3 needs MAGEAGENT_FILES_S3_BUCKET")
+        return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+            "bucket_name": bucket,
+            "endpoint_url": env_str("MAGEAGENT_FILES_S3_ENDPOINT_URL", "") or None,
+            "region_name": env_str("MAGEAGENT_FILES_S3_REGION", "") or None,
+            "location": env_str("MAGEAGENT_FILES_S3_PREFIX", ""),
+            # Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the machine's role (boto3).
+            "file_overwrite": False,
+            "default_acl": None,
+            "querystring_auth": True,
+        }}
+    raise ConfigError(f"MAGEAGENT_FILES_STORAGE must be filesystem or s3, got {backend!r}")
+
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "files": _files_storage(),
+}
 
 # --- DRF -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -301,8 +333,11 @@ MAGEAGENT.update({
     "TAVILY_URL": env_str("MAGEAGENT_TAVILY_URL", "https://api.tavily.com/search"),
     "WEB_SEARCH_TIMEOUT_S": env_float("MAGEAGENT_WEB_SEARCH_TIMEOUT_S", 15.0, minimum=0.1),
     # file_processing: uploads and SSRF-safe URL fetching
-    "FILES_DIR": env_str("MAGEAGENT_FILES_DIR", str(VAR_DIR / "files")),
     "FILES_MAX_BYTES": env_int("MAGEAGENT_FILES_MAX_BYTES", 20 * 1024 * 1024, minimum=1024),
+    # Bytes of uploads one company may keep (0 = no quota); uploads are pruned like tasks.
+    "FILES_QUOTA_BYTES": env_int("MAGEAGENT_FILES_QUOTA_BYTES", 1024 * 1024 * 1024, minimum=0),
+    "FILES_RETENTION_DAYS": env_float("MAGEAGENT_FILES_RETENTION_DAYS", 30.0, minimum=0.0),
+    "FILES_RETENTION_MAX": env_int("MAGEAGENT_FILES_RETENTION_MAX", 1000, minimum=0),
     "FETCH_MAX_BYTES": env_int("MAGEAGENT_FETCH_MAX_BYTES", 20 * 1024 * 1024, minimum=1024),
     "FETCH_TIMEOUT_S": env_float("MAGEAGENT_FETCH_TIMEOUT_S", 20.0, minimum=0.1),
     "FETCH_MAX_REDIRECTS": env_int("MAGEAGENT_FETCH_MAX_REDIRECTS", 5, minimum=0),

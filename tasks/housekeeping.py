@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from mageagent.celery import app
 from mageagent.redis import sync_client
+from tools.services import files_prune
 
 from . import events, services
 from .models import Task, TaskStatus
@@ -128,4 +129,5 @@ def tasks_prune() -> dict[str, Any]:
         "completed": _prune((TaskStatus.COMPLETED, TaskStatus.CANCELLED), cfg["RETENTION_COMPLETED_DAYS"],
                             cfg["RETENTION_COMPLETED_MAX"]),
         "failed": _prune((TaskStatus.FAILED,), cfg["RETENTION_FAILED_DAYS"], cfg["RETENTION_FAILED_MAX"]),
+        "files": files_prune(),
     }

@@ -141,7 +141,7 @@ class KnowledgeSearchApi(APIView):
         return Response({"results": knowledge_retrieve(company_id=_company_id(request), **data.validated_data)})
 
 
-class FileCreateApi(APIView):
+class FileListCreateApi(APIView):
     parser_classes = [JSONParser, MultiPartParser]
 
     @extend_schema_serializer(component_name="FileUpload")
@@ -166,3 +166,22 @@ class FileCreateApi(APIView):
         data.is_valid(raise_exception=True)
         stored = services.file_store(company_id=company_id, upload=data.validated_data["file"])
         return Response(self.OutputSerializer(stored).data, status=201)
+
+    @extend_schema(responses=OutputSerializer(many=True), summary="The company's uploaded files, newest first")
+    def get(self, request: Request) -> Response:
+        files = selectors.file_list(company_id=_company_id(request))
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(files, request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+
+class FileDetailApi(APIView):
+    @extend_schema(responses=FileListCreateApi.OutputSerializer, summary="One uploaded file")
+    def get(self, request: Request, file_id: str) -> Response:
+        stored = selectors.file_get(company_id=_company_id(request), file_id=file_id)
+        return Response(FileListCreateApi.OutputSerializer(stored).data)
+
+    @extend_schema(responses={204: None}, summary="Delete an uploaded file (its row and its bytes)")
+    def delete(self, request: Request, file_id: str) -> Response:
+        services.file_delete(company_id=_company_id(request), file_id=file_id)
+        return Response(status=204)

@@ -46,7 +46,7 @@ class Chunk(models.Model):
 
 
 class StoredFile(models.Model):
-    """An upload for file_processing; the bytes are on disk under MAGEAGENT["FILES_DIR"]."""
+    """An upload for file_processing; its bytes are in the "files" storage (settings.STORAGES)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="files")
@@ -54,7 +54,7 @@ class StoredFile(models.Model):
     size = models.PositiveBigIntegerField()
     content_type = models.CharField(max_length=120, blank=True)
     sha256 = models.CharField(max_length=64)
-    path = models.CharField(max_length=300)  # relative to FILES_DIR
+    path = models.CharField(max_length=300)  # the storage's key: <company>/<uuid>
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

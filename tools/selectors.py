@@ -38,6 +38,10 @@ def document_get(*, company_id: int, document_id: str) -> Document:
     return document
 
 
+def file_list(*, company_id: int) -> QuerySet[StoredFile]:
+    return StoredFile.objects.filter(company_id=company_id)
+
+
 def file_get(*, company_id: int, file_id: str) -> StoredFile:
     stored = StoredFile.objects.filter(company_id=company_id, pk=_uuid(file_id)).first()
     if stored is None:

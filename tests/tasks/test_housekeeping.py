@@ -92,7 +92,7 @@ def test_prune_removes_finished_tasks_older_than_their_retention(alice, knobs):
     waiting = make_task(alice)
     backdate(waiting, timedelta(days=30))
 
-    assert housekeeping.tasks_prune() == {"completed": 2, "failed": 1}
+    assert housekeeping.tasks_prune() == {"completed": 2, "failed": 1, "files": 0}
     left = set(Task.objects.values_list("id", flat=True))
     assert left == {fresh_completed.id, recent_failure.id, waiting.id}
     assert not {old_completed.id, old_cancelled.id, old_failure.id} & left
@@ -105,7 +105,7 @@ def test_prune_keeps_only_the_newest_finished_tasks_past_the_count_limit(alice, 
     failed = [finish(make_task(alice), TaskStatus.FAILED, ago=timedelta(hours=h)) for h in (5, 1)]
     processing = start(make_task(alice))
 
-    assert housekeeping.tasks_prune() == {"completed": 2, "failed": 1}
+    assert housekeeping.tasks_prune() == {"completed": 2, "failed": 1, "files": 0}
     left = set(Task.objects.values_list("id", flat=True))
     assert left == {completed[2].id, completed[3].id, failed[1].id, processing.id}
 

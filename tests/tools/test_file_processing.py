@@ -16,6 +16,7 @@ from django.db import connections
 from providers.llm import close_sessions
 from tasks.runtime.completion import routed_complete
 from tests.clients import sim
+from tests.tools.conftest import filesystem_storage
 from tests.tools.documents import make_docx, make_pdf, make_text_image
 from tools import netfetch
 from tools.extract import ocr_unavailable_reason
@@ -26,8 +27,8 @@ needs_tesseract = pytest.mark.skipif(ocr_unavailable_reason() is not None, reaso
 
 
 @pytest.fixture(autouse=True)
-def files_dir(knobs, tmp_path):
-    knobs(FILES_DIR=str(tmp_path / "files"))
+def files_dir(files_storage, tmp_path):
+    files_storage(filesystem_storage(str(tmp_path / "files")))
     return tmp_path / "files"
 
 
