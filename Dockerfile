@@ -35,7 +35,8 @@ COPY --chown=mageagent . /app
 # Static files (the admin's) are served by the app from the installed apps' static
 # directories (mageagent/urls.py), so no collectstatic step is needed; put a CDN or a
 # reverse proxy in front if you want them cached.
-RUN mkdir -p /app/var && chown mageagent /app/var
+# /app/var/files exists owned by the app user, so the compose "files" volume starts writable.
+RUN mkdir -p /app/var/files && chown -R mageagent /app/var
 USER mageagent
 EXPOSE 8080 5555
 CMD ["daphne", "-b", "0.0.0.0", "-p", "8080", "mageagent.asgi:application"]
