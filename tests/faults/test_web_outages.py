@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from mageagent.devinfra import free_port, redis_answers, redis_server_binary
+from devtools.infra import free_port, redis_answers, redis_server_binary
 from websockets.sync.client import connect
 
 from tests.clients import API, Client, parse_sse, sim, wait_for
