@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from devtools.infra import free_port, redis_answers, redis_server_binary
 from websockets.sync.client import connect
 
+from devtools.infra import free_port, redis_answers, redis_server_binary
 from tests.clients import API, Client, parse_sse, sim, wait_for
 from tests.stack import Stack, database_url
 
