@@ -250,8 +250,9 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         with soak.lock:
             unfinished = [i for i in soak.accepted if i not in soak.finished]
         with psycopg.connect(_pg(db_url)) as conn:
-            rows = dict(conn.execute("SELECT id::text, status FROM tasks_task WHERE id = ANY(%s::uuid[])",
-                                     [unfinished]).fetchall())
+            details = conn.execute("SELECT id::text, status, attempts, worker, now() - updated_at FROM tasks_task "
+                                   "WHERE id = ANY(%s::uuid[])", [unfinished]).fetchall()
+        rows = {d[0]: d[1] for d in details}
         answered_twice = sum(1 for i in soak.finished if _log_dones(soak.base_url, soak.key, i) > 1)
         return {
             "minutes": args.minutes, "rate": args.rate, "chaos": args.chaos,
@@ -265,6 +266,8 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
             "responses_503": soak.status_counts.get(503, 0),
             "transport_errors": soak.transport_errors,
             "faults": soak.faults,
+            "stuck_tasks": [{"id": d[0], "status": d[1], "attempts": d[2], "worker": d[3], "idle_s": d[4].seconds}
+                            for d in details[:20]],
         }
     finally:
         for proc in [*workers.values(), *procs]:

@@ -69,6 +69,10 @@ return seq
 
 _CLAIM = """
 if redis.call('HGET', KEYS[1], 'closed') then return 0 end
+if ARGV[3] then
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner and owner ~= ARGV[3] then return -1 end
+end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
@@ -141,9 +145,14 @@ def append(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = F
     return int(sync_script(_APPEND)(keys=keys, args=args))
 
 
-def claim(task_id: str, owner: str) -> bool:
-    args = [owner, settings.MAGEAGENT["EVENT_TTL_S"]]
-    return bool(sync_script(_CLAIM)(keys=[meta_key(str(task_id))], args=args))
+def claim(task_id: str, owner: str, *, unless_owned_by_other_than: str | None = None) -> int:
+    """Make `owner` the log's writer: 1, or 0 when the log is closed. With
+    `unless_owned_by_other_than`, -1 (and nothing changes) when another writer than that
+    one holds the log: a newer attempt, which a stale decision must not fence off."""
+    args: list[Any] = [owner, settings.MAGEAGENT["EVENT_TTL_S"]]
+    if unless_owned_by_other_than is not None:
+        args.append(unless_owned_by_other_than)
+    return int(sync_script(_CLAIM)(keys=[meta_key(str(task_id))], args=args))
 
 
 def is_closed(task_id: str) -> bool:

@@ -47,7 +47,10 @@ def _broker_backlog() -> int:
 
 def _requeue_lost(task: Task) -> str:
     """A processing task whose worker is gone: run it again, or fail it when out of attempts."""
-    events.claim(str(task.id), "reconciler")  # fence the old attempt if it is only partitioned
+    # Fence the old attempt if it is only partitioned, unless a newer attempt already holds
+    # the log (this row was read before that attempt started: the decision is stale).
+    if events.claim(str(task.id), "reconciler", unless_owned_by_other_than=f"{task.attempts}-{task.worker}") < 0:
+        return "skipped"
     error = {"code": "worker_lost", "message": "the worker running this task stopped"}
     if task.attempts >= settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
         if services.task_fail(task_id=str(task.id), attempt=task.attempts, error=error):

@@ -128,6 +128,16 @@ def test_a_processing_task_of_a_dead_worker_is_requeued_and_the_old_attempt_fenc
     assert events.append(str(task.id), events.encode("chunk", content="zombie"), owner=old_owner) == events.FENCED
 
 
+def test_a_stale_decision_never_fences_off_a_newer_attempt(alice, dispatched, private_queue):
+    task = start(make_task(alice))  # read as attempt 1 of a worker that looks dead
+    # Meanwhile the task was handed back and attempt 2 started elsewhere, holding the log.
+    events.claim(str(task.id), "2-another-worker")
+
+    assert housekeeping._requeue_lost(task) == "skipped"
+    assert events.append(str(task.id), events.encode("chunk", content="still mine"), owner="2-another-worker") > 0
+    assert dispatched == []
+
+
 def test_a_processing_task_out_of_attempts_fails_with_worker_lost(alice, knobs, dispatched, private_queue):
     knobs(TASK_MAX_ATTEMPTS=2)
     task = start(make_task(alice))
