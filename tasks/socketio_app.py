@@ -106,9 +106,22 @@ class TaskNamespace(socketio.AsyncNamespace):
         return None
 
 
+class _OrjsonCodec:
+    """orjson in the shape python-socketio's `json=` option asks for (the stdlib's dumps and
+    loads): every event is one packet to encode, per subscriber."""
+
+    @staticmethod
+    def dumps(obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(text: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(text)
+
+
 def socketio_server() -> socketio.AsyncServer:
     # Any origin: the key authenticates, never a cookie (no staff sessions here).
-    server = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
+    server = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*", json=_OrjsonCodec)
     server.register_namespace(TaskNamespace())
     return server
 

@@ -197,7 +197,8 @@ def test_the_cli_exits_non_zero_on_failure_on_cancel_and_on_a_bad_key(stack, ali
         cancel = cli(stack, alice.key, "cancel", task_id)
         cancel.communicate(timeout=60)
         long_out, long_err = long.communicate(timeout=90)
-        partial = client.get(task_id)["result"]["content"]
+        # The row is cancelled at once; its partial result is written just after the log closed.
+        partial = wait_for(lambda: client.get(task_id)["result"], "the partial result")["content"]
 
     stranger = cli(stack, "not-a-key", "list")
     _, stranger_err = stranger.communicate(timeout=60)
