@@ -23,7 +23,7 @@ import orjson
 import socketio
 from channels.layers import get_channel_layer
 
-from mageagent.errors import error_body
+from mageagent.errors import error_body, unavailable_for
 from mageagent.tenancy.access import query_params
 
 from .subscriptions import TaskSubscriptions
@@ -79,11 +79,18 @@ class TaskNamespace(socketio.AsyncNamespace):
         if not isinstance(token, str):
             token = query_params(environ.get("QUERY_STRING", "")).get("token")
         session = SocketIOSession(self.server, sid)
-        refused = await session.open_for(headers, token)
+        try:
+            refused = await session.open_for(headers, token)
+            if refused is None:
+                await session.listen()
+        except Exception as exc:
+            refused = unavailable_for(exc)  # the key's lookup or the channel: a dependency down
+            if refused is None:
+                raise
+            await session.close()
         if refused is not None:
             # The client's connect_error: `message`, and the contract's error body as `data`.
             raise socketio.exceptions.ConnectionRefusedError(refused.message, error_body(refused.code, refused.message))
-        await session.listen()
         self.sessions[sid] = session
 
     async def on_disconnect(self, sid: str, reason: object = None) -> None:
