@@ -23,7 +23,7 @@ import orjson
 import socketio
 from channels.layers import get_channel_layer
 
-from mageagent.errors import error_body
+from mageagent.errors import error_body, unavailable_for
 from mageagent.tenancy.access import query_params
 
 from .subscriptions import TaskSubscriptions
@@ -79,11 +79,18 @@ class TaskNamespace(socketio.AsyncNamespace):
         if not isinstance(token, str):
             token = query_params(environ.get("QUERY_STRING", "")).get("token")
         session = SocketIOSession(self.server, sid)
-        refused = await session.open_for(headers, token)
+        try:
+            refused = await session.open_for(headers, token)
+            if refused is None:
+                await session.listen()
+        except Exception as exc:
+            refused = unavailable_for(exc)  # the key's lookup or the channel: a dependency down
+            if refused is None:
+                raise
+            await session.close()
         if refused is not None:
             # The client's connect_error: `message`, and the contract's error body as `data`.
             raise socketio.exceptions.ConnectionRefusedError(refused.message, error_body(refused.code, refused.message))
-        await session.listen()
         self.sessions[sid] = session
 
     async def on_disconnect(self, sid: str, reason: object = None) -> None:
@@ -106,9 +113,22 @@ class TaskNamespace(socketio.AsyncNamespace):
         return None
 
 
+class _OrjsonCodec:
+    """orjson in the shape python-socketio's `json=` option asks for (the stdlib's dumps and
+    loads): every event is one packet to encode, per subscriber."""
+
+    @staticmethod
+    def dumps(obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(text: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(text)
+
+
 def socketio_server() -> socketio.AsyncServer:
     # Any origin: the key authenticates, never a cookie (no staff sessions here).
-    server = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
+    server = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*", json=_OrjsonCodec)
     server.register_namespace(TaskNamespace())
     return server
 

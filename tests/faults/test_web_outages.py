@@ -306,3 +306,37 @@ def test_database_connections_terminated_are_never_a_500(outage_stack, alice):
     for task_id in created:
         wait_for(lambda task_id=task_id: client.get(task_id)["status"] in ("completed", "failed", "cancelled"),
                  f"task {task_id} to end", timeout=60)
+
+
+
+def test_socketio_connects_through_a_redis_outage_and_its_subscription_resumes_after_it(outage_stack, redis, alice):
+    import asyncio
+
+    import socketio
+
+    client = Client(outage_stack.web_url, alice.key)
+    task = client.create(f"before the outage {sim(tokens=5)}")
+    client.wait_terminal(task["id"])
+    log = client.events(task["id"])["events"]
+
+    async def follow_through_the_outage() -> list[dict[str, Any]]:
+        updates: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        sio = socketio.AsyncClient(reconnection=False)
+        sio.on("task-update", updates.put_nowait)
+        redis.stop()
+        try:
+            await sio.connect(outage_stack.web_url, auth={"token": alice.key}, transports=["websocket"],
+                              wait_timeout=30)
+            await sio.emit("subscribe-task", {"taskId": task["id"]})
+            await asyncio.sleep(OUTAGE_S / 2)  # the log is unreadable meanwhile: the follower polls it
+        finally:
+            redis.start()
+        seen = [await asyncio.wait_for(updates.get(), 60)]
+        while seen[-1]["type"] != "done":
+            seen.append(await asyncio.wait_for(updates.get(), 60))
+        await sio.disconnect()
+        return seen
+
+    seen = asyncio.run(follow_through_the_outage())
+
+    assert seen == [{**event, "taskId": task["id"]} for event in log]

@@ -133,13 +133,15 @@ def test_wait_returns_the_finished_task_and_run_submits_and_waits(agent):
 def test_cancel_stops_a_running_task(agent):
     task = agent.submit(f"long {sim(tokens=400, interval_ms=50)}")
     events = agent.events(task["id"])
-    next(e for e in events if e["type"] == "chunk")
+    first = next(e for e in events if e["type"] == "chunk")
 
     agent.cancel(task["id"])
     rest = list(events)
+    finished = agent.wait(task["id"])
 
     assert rest[-1]["status"] == "cancelled"
-    assert agent.get(task["id"])["status"] == "cancelled"
+    assert finished["status"] == "cancelled"
+    assert finished["result"]["content"] == answer_from_chunks([first, *rest])
 
 
 def test_list_pages_through_the_callers_tasks_newest_first_with_filters(agent, charlie, stack):
@@ -197,7 +199,8 @@ def test_the_cli_exits_non_zero_on_failure_on_cancel_and_on_a_bad_key(stack, ali
         cancel = cli(stack, alice.key, "cancel", task_id)
         cancel.communicate(timeout=60)
         long_out, long_err = long.communicate(timeout=90)
-        partial = client.get(task_id)["result"]["content"]
+        # The row is cancelled at once; its partial result is written just after the log closed.
+        partial = wait_for(lambda: client.get(task_id)["result"], "the partial result")["content"]
 
     stranger = cli(stack, "not-a-key", "list")
     _, stranger_err = stranger.communicate(timeout=60)

@@ -17,7 +17,7 @@ import socketio
 from mageagent.ratelimit import _keys
 from mageagent.tenancy.models import App
 from tasks import events
-from tests.clients import Client, answer_from_chunks, sim, tokens
+from tests.clients import Client, answer_from_chunks, sim, tokens, wait_for
 from tests.conftest import make_persona
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -165,9 +165,10 @@ def test_cancel_task_stops_the_task_and_the_subscriber_gets_its_done(stack, clie
     seen = run(main())
 
     assert seen[-1]["done"] is True and seen[-1]["status"] == "cancelled"
-    finished = client.get(task["id"])
-    assert finished["status"] == "cancelled"
-    assert answer_from_chunks(seen) == finished["result"]["content"]
+    assert answer_from_chunks(seen) == seen[-1]["result"]["content"]
+    # The row is cancelled at once; its partial result is written just after the log closed.
+    finished = wait_for(lambda: (t := client.get(task["id"]))["result"] and t, "the partial result")
+    assert finished["status"] == "cancelled" and finished["result"]["content"] == answer_from_chunks(seen)
 
 
 def test_a_wrong_key_is_refused_at_the_handshake(stack):

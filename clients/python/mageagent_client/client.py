@@ -184,10 +184,17 @@ class MageAgent:
         task = self.get(task_id)
         if task["status"] in TERMINAL:
             return task
-        for _ in self._events(task_id, after=0, reconnect_for=None, deadline=deadline):
-            if deadline is not None and time.monotonic() >= deadline:
+        done: dict[str, Any] = {}
+        for event in self._events(task_id, after=0, reconnect_for=None, deadline=deadline):
+            if event["type"] == "done":
+                done = event
+            elif deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {task_id} did not finish in {timeout} s")
-        return self.get(task_id)
+        task = self.get(task_id)
+        if task["result"] is None and done.get("result") is not None:
+            # A cancelled task's partial result reaches its row just after `done`: the same one.
+            task["result"] = done["result"]
+        return task
 
     def run(self, prompt: str, **fields: Any) -> dict[str, Any]:
         """Submit, then wait: the finished Task."""
