@@ -150,6 +150,25 @@ def is_closed(task_id: str) -> bool:
     return bool(sync_client().hget(meta_key(str(task_id)), "closed"))
 
 
+def wait_closed(task_id: str, timeout: float) -> bool:
+    """Block until the log is closed or `timeout` seconds pass; True when it is closed. Each
+    round reads the last entry and the closed flag together, then blocks in XREAD for an
+    entry after it: a `done` appended at any moment wakes it, and nothing polls."""
+    client = sync_client()
+    deadline = time.monotonic() + timeout
+    while True:
+        pipe = client.pipeline(transaction=True)
+        pipe.xrevrange(stream_key(str(task_id)), count=1)
+        pipe.hget(meta_key(str(task_id)), "closed")
+        last, closed = pipe.execute()
+        if closed:
+            return True
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            return False
+        client.xread({stream_key(str(task_id)): last[0][0] if last else "0-0"}, block=left_ms)
+
+
 def read_after(task_id: str, after: int) -> list[str] | None:
     """Events with seq > after, or None when the log does not exist (expired or never written)."""
     entries: list[tuple[bytes, dict[bytes, bytes]]] = sync_client().xrange(  # type: ignore[assignment]

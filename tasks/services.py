@@ -8,7 +8,6 @@ import hashlib
 import logging
 import os
 import threading
-import time
 from contextlib import nullcontext, suppress
 from datetime import datetime, timedelta
 from functools import cache
@@ -306,14 +305,22 @@ def task_start(*, task: Task, worker: str, routing: dict[str, Any] | None, steps
 
 
 def task_complete(*, task_id: str, attempt: int, result: dict[str, Any], steps: list[str],
-                  routing: dict[str, Any] | None) -> bool:
-    return _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
+                  routing: dict[str, Any] | None, owner: str = events.ANY_OWNER) -> bool:
+    """processing → completed for `attempt`, and its log closed by `done` (written only while
+    `owner` holds the log). False when another actor got there first: nothing is written."""
+    if not _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
                        status=TaskStatus.COMPLETED, result=result, steps=steps, routing=routing,
-                       completed_at=timezone.now())
+                       completed_at=timezone.now()):
+        return False
+    events.append(task_id, done_event(status=TaskStatus.COMPLETED, result=result), owner=owner, close=True)
+    return True
 
 
 def task_fail(*, task_id: str, attempt: int | None, error: dict[str, Any], steps: list[str] | None = None,
-              routing: dict[str, Any] | None = None, result: dict[str, Any] | None = None) -> bool:
+              routing: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
+              owner: str = events.ANY_OWNER) -> bool:
+    """queued or processing → failed, and its log closed by `done` with the error (written
+    only while `owner` holds the log). False when another actor got there first."""
     extra = {"attempts": attempt} if attempt is not None else None
     values: dict[str, Any] = {"status": TaskStatus.FAILED, "error": error, "completed_at": timezone.now()}
     if steps is not None:
@@ -322,14 +329,25 @@ def task_fail(*, task_id: str, attempt: int | None, error: dict[str, Any], steps
         values["routing"] = routing
     if result is not None:
         values["result"] = result
-    return _transition(task_id, from_=(TaskStatus.PROCESSING, TaskStatus.QUEUED), extra=extra, **values)
+    if not _transition(task_id, from_=(TaskStatus.PROCESSING, TaskStatus.QUEUED), extra=extra, **values):
+        return False
+    events.append(task_id, done_event(status=TaskStatus.FAILED, error=error), owner=owner, close=True)
+    return True
 
 
-def task_requeue(*, task_id: str, attempt: int, steps: list[str],
-                 routing: dict[str, Any] | None = None) -> bool:
-    """processing → queued after a transient failure, `attempts` raised to the next attempt."""
-    return _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
-                       status=TaskStatus.QUEUED, attempts=attempt + 1, steps=steps, routing=routing, worker="")
+def task_requeue(*, task_id: str, attempt: int, steps: list[str], routing: dict[str, Any] | None = None,
+                 error: dict[str, Any] | None = None, owner: str = events.ANY_OWNER) -> bool:
+    """processing → queued after a transient failure, `attempts` raised to the next attempt,
+    and a `status` event saying so (with the error that ended this attempt). The caller
+    hands it to the broker again (a Celery retry, or task_dispatch)."""
+    if not _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
+                       status=TaskStatus.QUEUED, attempts=attempt + 1, steps=steps, routing=routing, worker=""):
+        return False
+    fields: dict[str, Any] = {"status": TaskStatus.QUEUED, "attempt": attempt + 1}
+    if error is not None:
+        fields["error"] = error
+    events.append(task_id, events.encode("status", **fields), owner=owner)
+    return True
 
 
 def task_record_cancelled_result(*, task_id: str, result: dict[str, Any]) -> bool:
@@ -355,8 +373,7 @@ def task_cancel(*, task: Task) -> Task:
         return Task.objects.get(pk=task.pk)
     if _transition(str(task.id), from_=(TaskStatus.PROCESSING,), status=TaskStatus.CANCELLED, completed_at=now):
         events.sync_client().publish(CANCEL_CHANNEL, str(task.id))
-        _await_log_closed(str(task.id), settings.MAGEAGENT["CANCEL_WAIT_S"])
-        if not events.is_closed(str(task.id)):
+        if not events.wait_closed(str(task.id), settings.MAGEAGENT["CANCEL_WAIT_S"]):
             # The worker did not answer in time (dead or partitioned): close it from here.
             task_close_cancelled_log(task_id=str(task.id))
         return Task.objects.get(pk=task.pk)
@@ -387,14 +404,6 @@ def task_retry(*, task: Task) -> Task:
     return new_task
 
 
-def _await_log_closed(task_id: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if events.is_closed(task_id):
-            return
-        time.sleep(0.01)
-
-
 def done_event(*, status: str, result: dict[str, Any] | None = None,
                error: dict[str, Any] | None = None) -> bytes:
     payload: dict[str, Any] = {"done": True, "status": status}
@@ -417,6 +426,16 @@ def partial_content(raw_events: list[str]) -> str:
     return "".join(parts)
 
 
+def task_close_cancelled(*, task_id: str, result: dict[str, Any], owner: str = events.ANY_OWNER) -> bool:
+    """Close a cancelled task's log with its partial answer and keep that answer on the row;
+    the attempt that holds the log (`owner`) does it, or whoever fenced it. False when the
+    log was already closed or is held by another attempt."""
+    if events.append(task_id, done_event(status=TaskStatus.CANCELLED, result=result), owner=owner, close=True) <= 0:
+        return False
+    task_record_cancelled_result(task_id=task_id, result=result)
+    return True
+
+
 def task_close_cancelled_log(*, task_id: str) -> None:
     """Seal a cancelled task's log from outside the worker, keeping the partial content."""
     events.claim(task_id, "closing")  # fences the (possibly alive) old attempt
@@ -424,6 +443,15 @@ def task_close_cancelled_log(*, task_id: str) -> None:
     task = Task.objects.get(pk=task_id)
     result = {"content": content, "model": (task.routing or {}).get("model"), "tokensUsed": None,
               "finishReason": "cancelled", "usage": None, "cost_usd": None}
-    if events.append(task_id, done_event(status=TaskStatus.CANCELLED, result=result),
-                     owner="closing", close=True) > 0:
-        task_record_cancelled_result(task_id=task_id, result=result)
+    task_close_cancelled(task_id=task_id, result=result, owner="closing")
+
+
+def task_close_log(*, task: Task) -> None:
+    """Close the log of a task that finished while its log was left open (a worker that died
+    between its transition and its `done`): `done` from what the row holds."""
+    if task.status == TaskStatus.CANCELLED:
+        task_close_cancelled_log(task_id=str(task.id))
+    elif task.status == TaskStatus.FAILED:
+        events.append(str(task.id), done_event(status=task.status, error=task.error), close=True)
+    elif task.status == TaskStatus.COMPLETED:
+        events.append(str(task.id), done_event(status=task.status, result=task.result), close=True)
