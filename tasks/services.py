@@ -24,8 +24,8 @@ from mageagent.celery import app as celery_app
 from mageagent.errors import Conflict, ValidationFailed
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.models import App, Company
-from routing.budgets import budget_hold, budget_release_task
-from routing.services import model_validate
+from routing.budgets import budget_context, budget_hold, budget_release_task
+from routing.services import RoutingDecision, model_select, model_validate
 from tools.registry import tools_validate_requested
 
 from . import events, selectors
@@ -93,6 +93,21 @@ def task_submit(*, tenant: Tenant, idempotency_key: str | None = None, **fields:
             estimated_duration_ms=selectors.estimated_duration_ms(company_id=tenant.app_ids[0]), **fields)
         hold.bind(task_id=task.id, created=created)
     return task, created
+
+
+def task_route_preview(*, tenant: Tenant, prompt: str = "", model: str | None = None, tools: list[str] | None = None,
+                       context: dict[str, Any] | None = None, messages: list[dict[str, Any]] | None = None,
+                       system: str | None = None, max_tokens: int | None = None, **_: Any) -> RoutingDecision:
+    """The decision a task with these inputs would get now (POST /route, a dry run): the
+    model checked as task_submit checks it, the budget's output cap applied when one is
+    active. The other task fields (stream, metadata, priority ...) do not change it."""
+    model_validate(tenant=tenant, model=model)
+    company_id = tenant.company_id
+    budgeted = company_id is not None and budget_context(company_id=company_id, app_id=tenant.app_id).active
+    return model_select(prompt=prompt, model=model, tools=tools or [],
+                        context_text=(context or {}).get("additionalContext") or "",
+                        company_id=company_id, budgeted=budgeted, messages=messages, system=system,
+                        max_tokens=max_tokens)
 
 
 def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
