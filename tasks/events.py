@@ -8,9 +8,6 @@ One Lua script assigns the next seq, appends, and publishes the event into the t
 Channels group (the pub/sub layer's wire format, JSON serializer), all atomically. So
 every event a subscriber sees live is already in the log, in seq order, and a subscriber
 that joins the group first and then replays the log misses nothing (tasks/follow.py).
-The same script can push a broker message too (`append(..., push=...)`): a new task's
-`queued` event and its Celery message go in one round trip, and no worker can take the
-task before its log begins.
 
 Writers are fenced: an attempt "claims" the log with a token and its appends fail once
 another attempt claims it or the log is closed by a `done` event. A zombie worker
@@ -43,18 +40,13 @@ SEALED = -1
 FENCED = -2
 
 _APPEND = """
-local first = 6
-if KEYS[3] then
-  redis.call('LPUSH', KEYS[3], ARGV[6])
-  first = 7
-end
 local m = redis.call('HMGET', KEYS[2], 'closed', 'owner')
 if m[1] then return -1 end
 if ARGV[1] ~= '*' and (m[2] or '') ~= ARGV[1] then return -2 end
 local ttl = tonumber(ARGV[2])
 local close = ARGV[3] == '1'
 local seq = 0
-for i = first, #ARGV do
+for i = 6, #ARGV do
   seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
   local ev = '{"seq":' .. seq .. ',' .. ARGV[i]
   redis.call('XADD', KEYS[1], seq .. '-0', 'e', ev)
@@ -121,23 +113,17 @@ def peek(raw: str | bytes) -> tuple[int, str]:
     return seq, text[start : text.index('"', start)]
 
 
-def _args(task_id: str, owner: str, bodies: list[bytes], close: bool,
-          push: tuple[str, bytes] | None = None) -> tuple[list[str], list[Any]]:
+def _args(task_id: str, owner: str, bodies: list[bytes], close: bool) -> tuple[list[str], list[Any]]:
     keys = [stream_key(task_id), meta_key(task_id)]
     args: list[Any] = [owner, settings.MAGEAGENT["EVENT_TTL_S"], "1" if close else "0",
                        _group_channel(task_id), task_id]
-    if push is not None:  # the script's KEYS[3] and ARGV[6]: the events follow it
-        keys.append(push[0])
-        args.append(push[1])
     return keys, [*args, *bodies]
 
 
 # --- sync side (web views, services, the Celery thread) ------------------------------------
-def append(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False,
-           push: tuple[str, bytes] | None = None) -> int:
-    """Append events; returns the last seq, SEALED or FENCED. `push` is (list, message):
-    LPUSHed in the same script, whatever the log's state (mageagent/broker.py builds it)."""
-    keys, args = _args(str(task_id), owner, list(bodies), close, push)
+def append(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False) -> int:
+    """Append events; returns the last seq, SEALED or FENCED."""
+    keys, args = _args(str(task_id), owner, list(bodies), close)
     return int(sync_script(_APPEND)(keys=keys, args=args))
 
 

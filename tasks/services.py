@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import threading
 from contextlib import nullcontext, suppress
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
 import orjson
-from celery.utils import uuid as uuid_str
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
-from mageagent import broker
 from mageagent.celery import app as celery_app
 from mageagent.errors import Conflict, ValidationFailed
 from mageagent.tenancy.auth import Tenant
@@ -135,7 +131,7 @@ def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
         # One INSERT needs no transaction of its own; inside a caller's transaction a
         # savepoint keeps a duplicate idempotency key from breaking it.
         with transaction.atomic() if transaction.get_connection().in_atomic_block else nullcontext():
-            _insert(task)
+            task.save(force_insert=True)
         transaction.on_commit(lambda: _enqueue(task))
     except IntegrityError:
         # Two identical requests raced on the same idempotency key: the other one won.
@@ -144,29 +140,6 @@ def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
             raise
         return existing, False
     return task, True
-
-
-def _insert(task: Task) -> None:
-    """INSERT the new row: the statement and values Model.save(force_insert=True) sends
-    (each field's pre_save and get_db_prep_save), the statement written once: the ORM
-    compiled it again on every POST (~14% of the request's view time). Task has no
-    save signals to send."""
-    connection = connections[router.db_for_write(Task)]
-    sql, fields = _insert_sql(connection.alias)
-    params = [f.get_db_prep_save(f.pre_save(task, True), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-    task._state.adding = False
-    task._state.db = connection.alias
-
-
-@cache
-def _insert_sql(alias: str) -> tuple[str, list[Any]]:
-    q = connections[alias].ops.quote_name
-    fields = [f for f in Task._meta.local_concrete_fields if not f.generated]
-    sql = (f"INSERT INTO {q(Task._meta.db_table)} ({', '.join(q(_column(f)) for f in fields)}) "
-           f"VALUES ({', '.join(['%s'] * len(fields))})")
-    return sql, fields
 
 
 def _task_for_idempotency_key(*, tenant: Tenant, key: str, digest: str) -> Task | None:
@@ -191,25 +164,13 @@ def _enqueue(task: Task) -> None:
     # Runs after the row is committed: the task is accepted whatever happens here. Raising
     # would answer 500 for a task that exists, and the client's retry would create a second
     # one. The row is the ledger: the reconciler (tasks/housekeeping.py) dispatches queued
-    # rows the broker does not hold once Redis answers again.
+    # rows the broker does not hold once Redis answers again. The log begins before the
+    # message is sent, so no worker takes the task before its `queued` event.
     task_id = str(task.id)
-    queued = events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts)
-    message = None
-    if broker.shares_events_redis():
-        # Celery's message, built but not sent: the event's script pushes it (one round
-        # trip instead of two; ~0.15 ms of the web's CPU per POST, bench/probe.py post).
-        try:
-            message = broker.captured(lambda: task_dispatch(task_id=task_id, priority=task.priority))
-        except Exception:
-            logger.exception("task %s: its broker message could not be built for the event's script", task_id)
     try:
-        events.append(task_id, queued, push=message)
-        if message is not None:
-            return
+        events.append(task_id, events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts))
     except Exception:
         logger.exception("task %s: its queued event could not be logged", task_id)
-    # Not pushed by the script (another Redis, or the script failed: a reply lost after it
-    # ran means a second message, which the worker's guarded start makes harmless).
     try:
         task_dispatch(task_id=task_id, priority=task.priority)
     except Exception:
@@ -218,46 +179,11 @@ def _enqueue(task: Task) -> None:
 
 
 def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = None) -> None:
-    """Hand a task to the broker: Celery's own message (create_task_message) sent by
-    Celery's own sender (send_task_message, with the configured publish retries), through
-    one producer this process holds. apply_async acquired and released a pooled producer
-    and built an AsyncResult on every call: ~half of the dispatch's CPU, ~10% of a
-    POST /tasks, for a result this service never reads."""
-    app = celery_app
-    message = app.amqp.create_task_message(uuid_str(), TASK_EXECUTE_JOB, (task_id,), {}, countdown=countdown,
-                                           ignore_result=True)
+    """Hand a task to the broker by its Celery name (tasks/tasks.py registers it)."""
     # The Redis transport serves priority 0 first; the API's scale is "higher first". The
     # queue is read per call (not once by Celery's config) so that it follows the settings.
-    _publisher.send(app, TASK_EXECUTE_JOB, message, queue=settings.CELERY_TASK_DEFAULT_QUEUE,
-                    priority=9 - priority)
-
-
-class _HeldProducer:
-    """One kombu producer per process, used under a lock: a publish is one LPUSH through
-    the transport's thread-safe Redis client (mageagent/broker.py), so threads share it
-    rather than each holding a broker connection (the worker runs 2,000 threads). Built
-    again in a forked child and after a failed publish."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.pid = 0
-        self.producer: Any = None
-
-    def send(self, app: Any, name: str, message: Any, **options: Any) -> None:
-        with self.lock:
-            if self.producer is None or self.pid != os.getpid():
-                self.producer = app.amqp.Producer(app.connection_for_write(), auto_declare=False)
-                self.pid = os.getpid()
-            try:
-                app.amqp.send_task_message(self.producer, name, message, **options)
-            except Exception:
-                producer, self.producer = self.producer, None
-                with suppress(Exception):
-                    producer.connection.release()
-                raise
-
-
-_publisher = _HeldProducer()
+    celery_app.send_task(TASK_EXECUTE_JOB, args=(task_id,), queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+                         priority=9 - priority, countdown=countdown, ignore_result=True)
 
 
 # --- transitions ----------------------------------------------------------------------------
