@@ -189,10 +189,12 @@ def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = 
 # --- transitions ----------------------------------------------------------------------------
 def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] | None = None,
                 **values: Any) -> bool:
-    """UPDATE task SET <values> WHERE id = task_id AND status IN from_ [AND <extra> =]: True
-    when it changed the row. The statement is what QuerySet.update() would send, values
-    prepared by the fields as the ORM prepares them, but written once per shape: the ORM
-    compiled it again on every call (~0.4 ms of CPU, twice per task in the worker)."""
+    """Override of the ORM's UPDATE (Django ==5.2.20; tests/tasks/test_transition_sql.py fails if it changes).
+
+    UPDATE task SET <values> WHERE id = task_id AND status IN from_ [AND <extra> =]: True
+    when it changed the row. The statement is what QuerySet.update() sends, values prepared
+    by the fields as the ORM prepares them, written once per shape: the ORM compiles it again
+    on every call, twice per task in the worker (BENCHMARKS.md, issue 17's A/B)."""
     values["updated_at"] = timezone.now()
     where = extra or {}
     connection = connections[router.db_for_write(Task)]
