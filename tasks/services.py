@@ -15,6 +15,7 @@ import orjson
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from mageagent.celery import app as celery_app
 from mageagent.errors import Conflict, ValidationFailed
@@ -247,6 +248,15 @@ def task_start(*, task: Task, worker: str, routing: dict[str, Any] | None, steps
     return task
 
 
+def _log_transition(task_id: str, *bodies: bytes, owner: str, close: bool = False) -> None:
+    """The events of a transition that already won: the row is the truth, so Redis failing
+    here does not undo it (the reconciler closes a log left open, from the row)."""
+    try:
+        events.append(task_id, *bodies, owner=owner, close=close)
+    except RedisError:
+        logger.warning("task %s: the events of its transition could not be logged now", task_id, exc_info=True)
+
+
 def task_complete(*, task_id: str, attempt: int, result: dict[str, Any], steps: list[str],
                   routing: dict[str, Any] | None, owner: str = events.ANY_OWNER) -> bool:
     """processing → completed for `attempt`, and its log closed by `done` (written only while
@@ -255,7 +265,7 @@ def task_complete(*, task_id: str, attempt: int, result: dict[str, Any], steps: 
                        status=TaskStatus.COMPLETED, result=result, steps=steps, routing=routing,
                        completed_at=timezone.now()):
         return False
-    events.append(task_id, done_event(status=TaskStatus.COMPLETED, result=result), owner=owner, close=True)
+    _log_transition(task_id, done_event(status=TaskStatus.COMPLETED, result=result), owner=owner, close=True)
     return True
 
 
@@ -274,7 +284,7 @@ def task_fail(*, task_id: str, attempt: int | None, error: dict[str, Any], steps
         values["result"] = result
     if not _transition(task_id, from_=(TaskStatus.PROCESSING, TaskStatus.QUEUED), extra=extra, **values):
         return False
-    events.append(task_id, done_event(status=TaskStatus.FAILED, error=error), owner=owner, close=True)
+    _log_transition(task_id, done_event(status=TaskStatus.FAILED, error=error), owner=owner, close=True)
     return True
 
 
@@ -289,7 +299,7 @@ def task_requeue(*, task_id: str, attempt: int, steps: list[str], routing: dict[
     fields: dict[str, Any] = {"status": TaskStatus.QUEUED, "attempt": attempt + 1}
     if error is not None:
         fields["error"] = error
-    events.append(task_id, events.encode("status", **fields), owner=owner)
+    _log_transition(task_id, events.encode("status", **fields), owner=owner)
     return True
 
 

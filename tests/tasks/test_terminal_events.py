@@ -6,6 +6,7 @@ import threading
 
 import orjson
 import pytest
+import redis
 
 from tasks import events, services
 from tasks.models import Task, TaskStatus
@@ -110,3 +111,16 @@ def test_waiting_for_a_closed_log_returns_at_once(alice):
     services.task_fail(task_id=str(task.id), attempt=1, error={"code": "timeout"}, owner=OWNER)
 
     assert events.wait_closed(str(task.id), 30)
+
+
+def test_a_won_transition_stands_when_its_events_cannot_be_logged(alice, monkeypatch):
+    task = running(alice)
+
+    def redis_down(*args, **kwargs):
+        raise redis.exceptions.ConnectionError("redis went away")
+
+    monkeypatch.setattr(events, "append", redis_down)
+
+    assert services.task_complete(task_id=str(task.id), attempt=1, result={"content": "hi"}, steps=[], routing=None,
+                                  owner=OWNER)
+    assert Task.objects.get(pk=task.pk).status == TaskStatus.COMPLETED
