@@ -15,10 +15,15 @@ pytestmark = pytest.mark.django_db
 
 
 def test_a_preview_is_refused_a_disabled_model_as_a_submit_is(alice):
-    Model.objects.filter(id="gpt-4o-mini").update(enabled=False)
-
-    with pytest.raises(ValidationFailed, match="disabled"):
-        route_preview(tenant=alice.tenant, prompt="What is 2 + 2?", model="gpt-4o-mini")
+    entry = Model.objects.get(id="gpt-4o-mini")
+    entry.enabled = False
+    entry.save()  # through save(): the catalog's cache hears of it
+    try:
+        with pytest.raises(ValidationFailed, match="disabled"):
+            route_preview(tenant=alice.tenant, prompt="What is 2 + 2?", model="gpt-4o-mini")
+    finally:
+        entry.enabled = True
+        entry.save()  # the process's cached catalog must not outlive this test's rollback
 
 
 def test_a_budgeted_company_sees_the_output_cap_its_tasks_get(alice, charlie):
