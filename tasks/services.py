@@ -382,8 +382,15 @@ def partial_content(raw_events: list[str]) -> str:
 def task_close_cancelled(*, task_id: str, result: dict[str, Any], owner: str = events.ANY_OWNER) -> bool:
     """Close a cancelled task's log with its partial answer and keep that answer on the row;
     the attempt that holds the log (`owner`) does it, or whoever fenced it. False when the
-    log was already closed or is held by another attempt."""
-    if events.append(task_id, done_event(status=TaskStatus.CANCELLED, result=result), owner=owner, close=True) <= 0:
+    log was already closed or is held by another attempt, or Redis failed (then the
+    reconciler closes it from the row)."""
+    try:
+        closed = events.append(task_id, done_event(status=TaskStatus.CANCELLED, result=result), owner=owner,
+                               close=True) > 0
+    except RedisError:
+        logger.warning("task %s: its cancelled log could not be closed now", task_id, exc_info=True)
+        return False
+    if not closed:
         return False
     task_record_cancelled_result(task_id=task_id, result=result)
     return True
