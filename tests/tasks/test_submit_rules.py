@@ -120,9 +120,12 @@ def test_admin_retry_is_refused_a_model_the_catalog_no_longer_serves(api, admin_
     entry = Model.objects.get(id=model)
     entry.enabled = False
     entry.save()
-
-    with pytest.raises(ValidationFailed, match="disabled"):
-        services.task_retry(task=Task.objects.get(pk=created["id"]))
+    try:
+        with pytest.raises(ValidationFailed, match="disabled"):
+            services.task_retry(task=Task.objects.get(pk=created["id"]))
+    finally:
+        entry.enabled = True
+        entry.save()  # the process's cached catalog must not outlive this test's rollback
 
     assert Task.objects.filter(company_id=alice.tenant.company_id).count() == 1
 
