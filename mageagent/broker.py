@@ -1,4 +1,6 @@
-"""Celery's Redis transport with one redis-py client per channel.
+"""Overrides kombu's Channel.conn_or_acquire and _connparams (kombu ==5.7.0; tests/mageagent/test_broker.py).
+
+Celery's Redis transport with one redis-py client per channel.
 
 kombu's Redis channel builds a new `redis.Redis` client for every command it sends
 outside its polling loop: each publish, ack, unacked-index update and event flush. A
@@ -7,11 +9,6 @@ client), several times per task in the worker (4% of its CPU at 40 tasks/s) and 
 `POST /tasks` in the web process. redis-py's clients are thread-safe (each command takes
 a connection from the pool and returns it), so one client per channel and connection
 pool serves every caller. Selected in settings for `redis://` broker URLs.
-
-A publish can also be captured instead of sent (`captured`): Celery and kombu build the
-message as for any publish, and the caller pushes it itself. `POST /tasks` does that to
-log a task's `queued` event and hand it to the broker in one Lua script, one round trip
-(tasks/events.py), where the event log and the broker share a Redis.
 
 A channel whose transport kombu has detached raises a connection error, not an
 AttributeError: when Redis goes away, Celery's consumer first `collect()`s its connection
@@ -30,38 +27,12 @@ message is delivered again (the Task row decides whether it still has to run).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.conf import settings
 from kombu.transport import redis as kombu_redis
-from kombu.utils.json import dumps
 from redis.exceptions import ConnectionError as RedisConnectionError
-
-TRANSPORT = "mageagent.broker:Transport"
-_capture = threading.local()
-
-
-def shares_events_redis() -> bool:
-    """True when the broker is this transport on the event log's Redis (the default)."""
-    return (getattr(settings, "CELERY_BROKER_TRANSPORT", None) == TRANSPORT
-            and settings.CELERY_BROKER_URL == settings.REDIS_URL)
-
-
-def captured(publish: Callable[[], Any]) -> tuple[str, bytes]:
-    """Run `publish` (a Celery publish through this transport) with its message captured,
-    not sent: (the Redis list it would be pushed to, the message as kombu would push it)."""
-    messages: list[tuple[str, bytes]] = []
-    _capture.messages = messages
-    try:
-        publish()
-    finally:
-        del _capture.messages
-    if len(messages) != 1:
-        raise RuntimeError(f"expected one message from the publish, got {len(messages)}")
-    return messages[0]
 
 
 class Channel(kombu_redis.Channel):
@@ -72,16 +43,6 @@ class Channel(kombu_redis.Channel):
             raise RedisConnectionError("the broker connection was closed")
         params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
         return params
-
-    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        messages = getattr(_capture, "messages", None)
-        if messages is None:
-            super()._put(queue, message, **kwargs)
-            return
-        if self._expires and queue in self._expires:  # kombu would also PEXPIRE: not one push
-            raise RuntimeError(f"a publish to {queue!r}, a queue with an expiry, cannot be captured")
-        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
-        messages.append((key, dumps(message).encode()))
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

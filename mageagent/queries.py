@@ -1,10 +1,12 @@
-"""Model SELECTs that Django compiles once and runs many times.
+"""Override of Django's query compiler (Django ==5.2.20; tests/tasks/test_task_fetch.py fails if it changes).
 
-A QuerySet compiles its SQL again on every evaluation: for a Task fetched by primary key
-that is ~0.5 ms of CPU, five times the cost of running the statement (bench/probe.py).
-The worker fetches every task it runs and every follower fetches the task it follows, so
-these paths compile the QuerySet once per database and then do per row what Django's
-ModelIterable does: the row's converters, Model.from_db, select_related's populators.
+Model SELECTs that Django compiles once and runs many times.
+
+A QuerySet compiles its SQL again on every evaluation, which costs several times running
+the statement (BENCHMARKS.md, issue 17's A/B). The worker fetches every task it runs and
+every follower fetches the task it follows, so these paths compile the QuerySet once per
+database and then do per row what Django's ModelIterable does: the row's converters,
+Model.from_db, select_related's populators.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from django.db import connections
 from django.db.models import Model, QuerySet
-from django.db.models.query import get_related_populators  # type: ignore[attr-defined]  # private
+from django.db.models.query import get_related_populators  # type: ignore[attr-defined,unused-ignore]
 
 M = TypeVar("M", bound=Model)
 
@@ -41,8 +43,7 @@ class CompiledSelect(Generic[M]):
         fields = klass_info["select_fields"]
         self.start, self.end = fields[0], fields[-1] + 1
         self.init_list = [col.target.attname for col, _, _ in select[self.start:self.end]]
-        # django-stubs describe Django 6, whose populators also take a fetch mode.
-        self.populators = get_related_populators(klass_info, select, self.db)  # type: ignore[call-arg]
+        self.populators = get_related_populators(klass_info, select, self.db)
         self.converters = compiler.get_converters([col for col, _, _ in select[:compiler.col_count]])
         self.compiler = compiler
 

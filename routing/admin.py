@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from .budgets import budget_context, budget_usage
-from .catalog import catalog_refresh
+from .catalog import catalog_refresh, models_set_enabled
 from .models import Budget, CompanyRoutingPolicy, Model, Spend
 from .selectors import spend_total
 
@@ -67,15 +67,11 @@ class ModelAdmin(admin.ModelAdmin):
 
     @admin.action(description="Enable the selected models")
     def enable(self, request: HttpRequest, queryset: QuerySet[Model]) -> None:
-        for model in queryset:  # save() so every process's catalog cache hears of it
-            model.enabled = True
-            model.save(update_fields=["enabled"])
+        models_set_enabled(models=queryset, enabled=True)
 
     @admin.action(description="Disable the selected models")
     def disable(self, request: HttpRequest, queryset: QuerySet[Model]) -> None:
-        for model in queryset:
-            model.enabled = False
-            model.save(update_fields=["enabled"])
+        models_set_enabled(models=queryset, enabled=False)
 
     @admin.action(description="Refresh the whole catalog from litellm (keeps overrides)")
     def refresh_catalog(self, request: HttpRequest, queryset: QuerySet[Model]) -> None:

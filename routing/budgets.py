@@ -291,10 +291,12 @@ def _budgets_version_bump() -> None:
 # --- the ledger ----------------------------------------------------------------------------
 def spend_record(*, company_id: int, app_id: int, cost_usd: float, prompt_tokens: int, completion_tokens: int,
                  calls: int, tasks: int = 1, day: date | None = None) -> None:
-    """Add one attempt's use to the app's row of the day: one INSERT ... ON CONFLICT DO
-    UPDATE (PostgreSQL and SQLite), atomic under concurrent workers. Every attempt of every
-    task books here, and the ORM's UPDATE-or-INSERT with F() expressions took two round
-    trips and several times this statement's CPU (BENCHMARKS.md)."""
+    """Override of the ORM's upsert (Django ==5.2.20; tests/routing/test_budgets.py's spend tests fail if it changes).
+
+    Add one attempt's use to the app's row of the day: one INSERT ... ON CONFLICT DO UPDATE
+    (PostgreSQL and SQLite), atomic under concurrent workers. Every attempt of every task
+    books here; the ORM's UPDATE-or-INSERT with F() expressions compiles two statements on
+    every call (BENCHMARKS.md, issue 17's A/B)."""
     values = {"company_id": company_id, "app_id": app_id, "day": day or datetime.now(UTC).date(),
               "cost_usd": Decimal(str(round(cost_usd, 9))), "prompt_tokens": prompt_tokens,
               "completion_tokens": completion_tokens, "calls": calls, "tasks": tasks,

@@ -157,6 +157,18 @@ def catalog_refresh(*, providers: list[str] | None = None, model_cls: Any = None
             "dropped_by_source": sum(1 for i in existing if i not in source)}
 
 
+def models_set_enabled(*, models: Any, enabled: bool) -> int:
+    """Enable or disable catalog models (staff). Each row goes through save(), whose signal
+    makes every process's catalog cache forget it; returns how many changed."""
+    changed = 0
+    for model in models:
+        if model.enabled != enabled:
+            model.enabled = enabled
+            model.save(update_fields=["enabled"])
+            changed += 1
+    return changed
+
+
 def catalog_ensure() -> None:
     """Seed an empty catalog on first use (a database flushed by tests, or migrated
     before this app's data migration existed)."""

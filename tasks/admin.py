@@ -18,7 +18,7 @@ from mageagent.errors import DomainError
 
 from . import events, services
 from .admin_views import queue_view
-from .models import RoutedTask, Task, TaskStatus
+from .models import RoutedTask, Task
 
 # The change page shows at most this many events; a long answer has thousands of chunks.
 EVENT_LOG_LIMIT = 500
@@ -147,10 +147,11 @@ class TaskAdmin(admin.ModelAdmin):
     @admin.action(description="Retry selected failed/cancelled tasks (as new tasks)", permissions=["operate"])
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         for task in queryset.select_related("company", "app"):
-            if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
-                self.message_user(request, f"Not retried {task.id}: it is {task.status}", messages.WARNING)
+            try:
+                new_task = services.task_retry(task=task)
+            except DomainError as exc:  # what POST /tasks would refuse (status, model, tools, budget)
+                self.message_user(request, f"Not retried {task.id}: {exc}", messages.WARNING)
                 continue
-            new_task = services.task_retry(task=task)
             url = reverse("admin:tasks_task_change", args=(new_task.pk,))
             self.message_user(request, format_html('Retried {} as <a href="{}">{}</a>.', task.id, url, new_task.id),
                               messages.SUCCESS)

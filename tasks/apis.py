@@ -8,8 +8,6 @@ from rest_framework.views import APIView
 
 from mageagent.pagination import NewestFirstPagination
 from mageagent.tenancy.auth import request_tenant
-from routing.budgets import budget_context
-from routing.services import model_select, model_validate
 
 from . import selectors, services
 from .follow import events_page
@@ -110,13 +108,5 @@ class TaskRouteApi(APIView):
     def post(self, request: Request) -> Response:
         data = TaskInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        fields = data.validated_data
-        tenant = request_tenant(request)
-        model_validate(tenant=tenant, model=fields["model"])
-        budgeted = tenant.company_id is not None and budget_context(
-            company_id=tenant.company_id, app_id=tenant.app_id).active
-        decision = model_select(prompt=fields["prompt"], model=fields["model"], tools=fields["tools"],
-                                context_text=(fields.get("context") or {}).get("additionalContext") or "",
-                                company_id=tenant.company_id, budgeted=budgeted, messages=fields.get("messages"),
-                                system=fields.get("system"), max_tokens=fields.get("max_tokens"))
+        decision = services.task_route_preview(tenant=request_tenant(request), **data.validated_data)
         return Response(decision.as_dict())

@@ -8,9 +8,6 @@ One Lua script assigns the next seq, appends, and publishes the event into the t
 Channels group (the pub/sub layer's wire format, JSON serializer), all atomically. So
 every event a subscriber sees live is already in the log, in seq order, and a subscriber
 that joins the group first and then replays the log misses nothing (tasks/follow.py).
-The same script can push a broker message too (`append(..., push=...)`): a new task's
-`queued` event and its Celery message go in one round trip, and no worker can take the
-task before its log begins.
 
 Writers are fenced: an attempt "claims" the log with a token and its appends fail once
 another attempt claims it or the log is closed by a `done` event. A zombie worker
@@ -43,18 +40,13 @@ SEALED = -1
 FENCED = -2
 
 _APPEND = """
-local first = 6
-if KEYS[3] then
-  redis.call('LPUSH', KEYS[3], ARGV[6])
-  first = 7
-end
 local m = redis.call('HMGET', KEYS[2], 'closed', 'owner')
 if m[1] then return -1 end
 if ARGV[1] ~= '*' and (m[2] or '') ~= ARGV[1] then return -2 end
 local ttl = tonumber(ARGV[2])
 local close = ARGV[3] == '1'
 local seq = 0
-for i = first, #ARGV do
+for i = 6, #ARGV do
   seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
   local ev = '{"seq":' .. seq .. ',' .. ARGV[i]
   redis.call('XADD', KEYS[1], seq .. '-0', 'e', ev)
@@ -125,23 +117,17 @@ def peek(raw: str | bytes) -> tuple[int, str]:
     return seq, text[start : text.index('"', start)]
 
 
-def _args(task_id: str, owner: str, bodies: list[bytes], close: bool,
-          push: tuple[str, bytes] | None = None) -> tuple[list[str], list[Any]]:
+def _args(task_id: str, owner: str, bodies: list[bytes], close: bool) -> tuple[list[str], list[Any]]:
     keys = [stream_key(task_id), meta_key(task_id)]
     args: list[Any] = [owner, settings.MAGEAGENT["EVENT_TTL_S"], "1" if close else "0",
                        _group_channel(task_id), task_id]
-    if push is not None:  # the script's KEYS[3] and ARGV[6]: the events follow it
-        keys.append(push[0])
-        args.append(push[1])
     return keys, [*args, *bodies]
 
 
 # --- sync side (web views, services, the Celery thread) ------------------------------------
-def append(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False,
-           push: tuple[str, bytes] | None = None) -> int:
-    """Append events; returns the last seq, SEALED or FENCED. `push` is (list, message):
-    LPUSHed in the same script, whatever the log's state (mageagent/broker.py builds it)."""
-    keys, args = _args(str(task_id), owner, list(bodies), close, push)
+def append(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False) -> int:
+    """Append events; returns the last seq, SEALED or FENCED."""
+    keys, args = _args(str(task_id), owner, list(bodies), close)
     return int(sync_script(_APPEND)(keys=keys, args=args))
 
 
@@ -157,6 +143,25 @@ def claim(task_id: str, owner: str, *, unless_owned_by_other_than: str | None = 
 
 def is_closed(task_id: str) -> bool:
     return bool(sync_client().hget(meta_key(str(task_id)), "closed"))
+
+
+def wait_closed(task_id: str, timeout: float) -> bool:
+    """Block until the log is closed or `timeout` seconds pass; True when it is closed. Each
+    round reads the last entry and the closed flag together, then blocks in XREAD for an
+    entry after it: a `done` appended at any moment wakes it, and nothing polls."""
+    client = sync_client()
+    deadline = time.monotonic() + timeout
+    while True:
+        pipe = client.pipeline(transaction=True)
+        pipe.xrevrange(stream_key(str(task_id)), count=1)
+        pipe.hget(meta_key(str(task_id)), "closed")
+        last, closed = pipe.execute()
+        if closed:
+            return True
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            return False
+        client.xread({stream_key(str(task_id)): last[0][0] if last else "0-0"}, block=left_ms)
 
 
 def read_after(task_id: str, after: int) -> list[str] | None:

@@ -53,26 +53,14 @@ def _requeue_lost(task: Task) -> str:
         return "skipped"
     error = {"code": "worker_lost", "message": "the worker running this task stopped"}
     if task.attempts >= settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
-        if services.task_fail(task_id=str(task.id), attempt=task.attempts, error=error):
-            events.append(str(task.id), services.done_event(status=TaskStatus.FAILED, error=error),
-                          owner="reconciler", close=True)
+        if services.task_fail(task_id=str(task.id), attempt=task.attempts, error=error, owner="reconciler"):
             return "failed"
         return "skipped"
-    if services.task_requeue(task_id=str(task.id), attempt=task.attempts, steps=task.steps, routing=task.routing):
-        events.append(str(task.id), events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts + 1,
-                                                  error=error), owner="reconciler")
+    if services.task_requeue(task_id=str(task.id), attempt=task.attempts, steps=task.steps, routing=task.routing,
+                             error=error, owner="reconciler"):
         services.task_dispatch(task_id=str(task.id), priority=task.priority)
         return "requeued"
     return "skipped"
-
-
-def _close_log(task: Task) -> None:
-    if task.status == TaskStatus.CANCELLED:
-        services.task_close_cancelled_log(task_id=str(task.id))
-    elif task.status == TaskStatus.FAILED:
-        events.append(str(task.id), services.done_event(status=task.status, error=task.error), close=True)
-    else:
-        events.append(str(task.id), services.done_event(status=task.status, result=task.result), close=True)
 
 
 def _log_exists(task_id: str) -> bool:
@@ -108,7 +96,7 @@ def tasks_reconcile() -> dict[str, Any]:
         # A log that no longer exists (expired, or never written) is left alone: readers then
         # replay the stored content; a fresh log holding only `done` would hide it.
         if _log_exists(str(task.id)) and not events.is_closed(str(task.id)):
-            _close_log(task)
+            services.task_close_log(task=task)
             counts["closed"] += 1
     if any(counts.values()):
         logger.info("reconciled: %s", counts)

@@ -6,27 +6,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import threading
-import time
 from contextlib import nullcontext, suppress
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
 import orjson
-from celery.utils import uuid as uuid_str
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
 
-from mageagent import broker
 from mageagent.celery import app as celery_app
 from mageagent.errors import Conflict, ValidationFailed
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.models import App, Company
-from routing.budgets import budget_hold, budget_release_task
-from routing.services import model_validate
+from routing.budgets import budget_context, budget_hold, budget_release_task
+from routing.services import RoutingDecision, model_select, model_validate
 from tools.registry import tools_validate_requested
 
 from . import events, selectors
@@ -96,6 +92,21 @@ def task_submit(*, tenant: Tenant, idempotency_key: str | None = None, **fields:
     return task, created
 
 
+def task_route_preview(*, tenant: Tenant, prompt: str = "", model: str | None = None, tools: list[str] | None = None,
+                       context: dict[str, Any] | None = None, messages: list[dict[str, Any]] | None = None,
+                       system: str | None = None, max_tokens: int | None = None, **_: Any) -> RoutingDecision:
+    """The decision a task with these inputs would get now (POST /route, a dry run): the
+    model checked as task_submit checks it, the budget's output cap applied when one is
+    active. The other task fields (stream, metadata, priority ...) do not change it."""
+    model_validate(tenant=tenant, model=model)
+    company_id = tenant.company_id
+    budgeted = company_id is not None and budget_context(company_id=company_id, app_id=tenant.app_id).active
+    return model_select(prompt=prompt, model=model, tools=tools or [],
+                        context_text=(context or {}).get("additionalContext") or "",
+                        company_id=company_id, budgeted=budgeted, messages=messages, system=system,
+                        max_tokens=max_tokens)
+
+
 def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
                 context: dict[str, Any] | None = None, tools: list[str] | None = None,
                 stream: bool = True, metadata: dict[str, Any] | None = None, priority: int = 0,
@@ -121,7 +132,7 @@ def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
         # One INSERT needs no transaction of its own; inside a caller's transaction a
         # savepoint keeps a duplicate idempotency key from breaking it.
         with transaction.atomic() if transaction.get_connection().in_atomic_block else nullcontext():
-            _insert(task)
+            task.save(force_insert=True)
         transaction.on_commit(lambda: _enqueue(task))
     except IntegrityError:
         # Two identical requests raced on the same idempotency key: the other one won.
@@ -130,29 +141,6 @@ def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
             raise
         return existing, False
     return task, True
-
-
-def _insert(task: Task) -> None:
-    """INSERT the new row: the statement and values Model.save(force_insert=True) sends
-    (each field's pre_save and get_db_prep_save), the statement written once: the ORM
-    compiled it again on every POST (~14% of the request's view time). Task has no
-    save signals to send."""
-    connection = connections[router.db_for_write(Task)]
-    sql, fields = _insert_sql(connection.alias)
-    params = [f.get_db_prep_save(f.pre_save(task, True), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-    task._state.adding = False
-    task._state.db = connection.alias
-
-
-@cache
-def _insert_sql(alias: str) -> tuple[str, list[Any]]:
-    q = connections[alias].ops.quote_name
-    fields = [f for f in Task._meta.local_concrete_fields if not f.generated]
-    sql = (f"INSERT INTO {q(Task._meta.db_table)} ({', '.join(q(_column(f)) for f in fields)}) "
-           f"VALUES ({', '.join(['%s'] * len(fields))})")
-    return sql, fields
 
 
 def _task_for_idempotency_key(*, tenant: Tenant, key: str, digest: str) -> Task | None:
@@ -177,25 +165,13 @@ def _enqueue(task: Task) -> None:
     # Runs after the row is committed: the task is accepted whatever happens here. Raising
     # would answer 500 for a task that exists, and the client's retry would create a second
     # one. The row is the ledger: the reconciler (tasks/housekeeping.py) dispatches queued
-    # rows the broker does not hold once Redis answers again.
+    # rows the broker does not hold once Redis answers again. The log begins before the
+    # message is sent, so no worker takes the task before its `queued` event.
     task_id = str(task.id)
-    queued = events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts)
-    message = None
-    if broker.shares_events_redis():
-        # Celery's message, built but not sent: the event's script pushes it (one round
-        # trip instead of two; ~0.15 ms of the web's CPU per POST, bench/probe.py post).
-        try:
-            message = broker.captured(lambda: task_dispatch(task_id=task_id, priority=task.priority))
-        except Exception:
-            logger.exception("task %s: its broker message could not be built for the event's script", task_id)
     try:
-        events.append(task_id, queued, push=message)
-        if message is not None:
-            return
+        events.append(task_id, events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts))
     except Exception:
         logger.exception("task %s: its queued event could not be logged", task_id)
-    # Not pushed by the script (another Redis, or the script failed: a reply lost after it
-    # ran means a second message, which the worker's guarded start makes harmless).
     try:
         task_dispatch(task_id=task_id, priority=task.priority)
     except Exception:
@@ -204,55 +180,22 @@ def _enqueue(task: Task) -> None:
 
 
 def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = None) -> None:
-    """Hand a task to the broker: Celery's own message (create_task_message) sent by
-    Celery's own sender (send_task_message, with the configured publish retries), through
-    one producer this process holds. apply_async acquired and released a pooled producer
-    and built an AsyncResult on every call: ~half of the dispatch's CPU, ~10% of a
-    POST /tasks, for a result this service never reads."""
-    app = celery_app
-    message = app.amqp.create_task_message(uuid_str(), TASK_EXECUTE_JOB, (task_id,), {}, countdown=countdown,
-                                           ignore_result=True)
+    """Hand a task to the broker by its Celery name (tasks/tasks.py registers it)."""
     # The Redis transport serves priority 0 first; the API's scale is "higher first". The
     # queue is read per call (not once by Celery's config) so that it follows the settings.
-    _publisher.send(app, TASK_EXECUTE_JOB, message, queue=settings.CELERY_TASK_DEFAULT_QUEUE,
-                    priority=9 - priority)
-
-
-class _HeldProducer:
-    """One kombu producer per process, used under a lock: a publish is one LPUSH through
-    the transport's thread-safe Redis client (mageagent/broker.py), so threads share it
-    rather than each holding a broker connection (the worker runs 2,000 threads). Built
-    again in a forked child and after a failed publish."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.pid = 0
-        self.producer: Any = None
-
-    def send(self, app: Any, name: str, message: Any, **options: Any) -> None:
-        with self.lock:
-            if self.producer is None or self.pid != os.getpid():
-                self.producer = app.amqp.Producer(app.connection_for_write(), auto_declare=False)
-                self.pid = os.getpid()
-            try:
-                app.amqp.send_task_message(self.producer, name, message, **options)
-            except Exception:
-                producer, self.producer = self.producer, None
-                with suppress(Exception):
-                    producer.connection.release()
-                raise
-
-
-_publisher = _HeldProducer()
+    celery_app.send_task(TASK_EXECUTE_JOB, args=(task_id,), queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+                         priority=9 - priority, countdown=countdown, ignore_result=True)
 
 
 # --- transitions ----------------------------------------------------------------------------
 def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] | None = None,
                 **values: Any) -> bool:
-    """UPDATE task SET <values> WHERE id = task_id AND status IN from_ [AND <extra> =]: True
-    when it changed the row. The statement is what QuerySet.update() would send, values
-    prepared by the fields as the ORM prepares them, but written once per shape: the ORM
-    compiled it again on every call (~0.4 ms of CPU, twice per task in the worker)."""
+    """Override of the ORM's UPDATE (Django ==5.2.20; tests/tasks/test_transition_sql.py fails if it changes).
+
+    UPDATE task SET <values> WHERE id = task_id AND status IN from_ [AND <extra> =]: True
+    when it changed the row. The statement is what QuerySet.update() sends, values prepared
+    by the fields as the ORM prepares them, written once per shape: the ORM compiles it again
+    on every call, twice per task in the worker (BENCHMARKS.md, issue 17's A/B)."""
     values["updated_at"] = timezone.now()
     where = extra or {}
     connection = connections[router.db_for_write(Task)]
@@ -305,15 +248,32 @@ def task_start(*, task: Task, worker: str, routing: dict[str, Any] | None, steps
     return task
 
 
+def _log_transition(task_id: str, *bodies: bytes, owner: str, close: bool = False) -> None:
+    """The events of a transition that already won: the row is the truth, so Redis failing
+    here does not undo it (the reconciler closes a log left open, from the row)."""
+    try:
+        events.append(task_id, *bodies, owner=owner, close=close)
+    except RedisError:
+        logger.warning("task %s: the events of its transition could not be logged now", task_id, exc_info=True)
+
+
 def task_complete(*, task_id: str, attempt: int, result: dict[str, Any], steps: list[str],
-                  routing: dict[str, Any] | None) -> bool:
-    return _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
+                  routing: dict[str, Any] | None, owner: str = events.ANY_OWNER) -> bool:
+    """processing → completed for `attempt`, and its log closed by `done` (written only while
+    `owner` holds the log). False when another actor got there first: nothing is written."""
+    if not _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
                        status=TaskStatus.COMPLETED, result=result, steps=steps, routing=routing,
-                       completed_at=timezone.now())
+                       completed_at=timezone.now()):
+        return False
+    _log_transition(task_id, done_event(status=TaskStatus.COMPLETED, result=result), owner=owner, close=True)
+    return True
 
 
 def task_fail(*, task_id: str, attempt: int | None, error: dict[str, Any], steps: list[str] | None = None,
-              routing: dict[str, Any] | None = None, result: dict[str, Any] | None = None) -> bool:
+              routing: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
+              owner: str = events.ANY_OWNER) -> bool:
+    """queued or processing → failed, and its log closed by `done` with the error (written
+    only while `owner` holds the log). False when another actor got there first."""
     extra = {"attempts": attempt} if attempt is not None else None
     values: dict[str, Any] = {"status": TaskStatus.FAILED, "error": error, "completed_at": timezone.now()}
     if steps is not None:
@@ -322,14 +282,25 @@ def task_fail(*, task_id: str, attempt: int | None, error: dict[str, Any], steps
         values["routing"] = routing
     if result is not None:
         values["result"] = result
-    return _transition(task_id, from_=(TaskStatus.PROCESSING, TaskStatus.QUEUED), extra=extra, **values)
+    if not _transition(task_id, from_=(TaskStatus.PROCESSING, TaskStatus.QUEUED), extra=extra, **values):
+        return False
+    _log_transition(task_id, done_event(status=TaskStatus.FAILED, error=error), owner=owner, close=True)
+    return True
 
 
-def task_requeue(*, task_id: str, attempt: int, steps: list[str],
-                 routing: dict[str, Any] | None = None) -> bool:
-    """processing → queued after a transient failure, `attempts` raised to the next attempt."""
-    return _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
-                       status=TaskStatus.QUEUED, attempts=attempt + 1, steps=steps, routing=routing, worker="")
+def task_requeue(*, task_id: str, attempt: int, steps: list[str], routing: dict[str, Any] | None = None,
+                 error: dict[str, Any] | None = None, owner: str = events.ANY_OWNER) -> bool:
+    """processing → queued after a transient failure, `attempts` raised to the next attempt,
+    and a `status` event saying so (with the error that ended this attempt). The caller
+    hands it to the broker again (a Celery retry, or task_dispatch)."""
+    if not _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
+                       status=TaskStatus.QUEUED, attempts=attempt + 1, steps=steps, routing=routing, worker=""):
+        return False
+    fields: dict[str, Any] = {"status": TaskStatus.QUEUED, "attempt": attempt + 1}
+    if error is not None:
+        fields["error"] = error
+    _log_transition(task_id, events.encode("status", **fields), owner=owner)
+    return True
 
 
 def task_record_cancelled_result(*, task_id: str, result: dict[str, Any]) -> bool:
@@ -355,8 +326,7 @@ def task_cancel(*, task: Task) -> Task:
         return Task.objects.get(pk=task.pk)
     if _transition(str(task.id), from_=(TaskStatus.PROCESSING,), status=TaskStatus.CANCELLED, completed_at=now):
         events.sync_client().publish(CANCEL_CHANNEL, str(task.id))
-        _await_log_closed(str(task.id), settings.MAGEAGENT["CANCEL_WAIT_S"])
-        if not events.is_closed(str(task.id)):
+        if not events.wait_closed(str(task.id), settings.MAGEAGENT["CANCEL_WAIT_S"]):
             # The worker did not answer in time (dead or partitioned): close it from here.
             task_close_cancelled_log(task_id=str(task.id))
         return Task.objects.get(pk=task.pk)
@@ -387,14 +357,6 @@ def task_retry(*, task: Task) -> Task:
     return new_task
 
 
-def _await_log_closed(task_id: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if events.is_closed(task_id):
-            return
-        time.sleep(0.01)
-
-
 def done_event(*, status: str, result: dict[str, Any] | None = None,
                error: dict[str, Any] | None = None) -> bytes:
     payload: dict[str, Any] = {"done": True, "status": status}
@@ -417,6 +379,23 @@ def partial_content(raw_events: list[str]) -> str:
     return "".join(parts)
 
 
+def task_close_cancelled(*, task_id: str, result: dict[str, Any], owner: str = events.ANY_OWNER) -> bool:
+    """Close a cancelled task's log with its partial answer and keep that answer on the row;
+    the attempt that holds the log (`owner`) does it, or whoever fenced it. False when the
+    log was already closed or is held by another attempt, or Redis failed (then the
+    reconciler closes it from the row)."""
+    try:
+        closed = events.append(task_id, done_event(status=TaskStatus.CANCELLED, result=result), owner=owner,
+                               close=True) > 0
+    except RedisError:
+        logger.warning("task %s: its cancelled log could not be closed now", task_id, exc_info=True)
+        return False
+    if not closed:
+        return False
+    task_record_cancelled_result(task_id=task_id, result=result)
+    return True
+
+
 def task_close_cancelled_log(*, task_id: str) -> None:
     """Seal a cancelled task's log from outside the worker, keeping the partial content."""
     events.claim(task_id, "closing")  # fences the (possibly alive) old attempt
@@ -424,6 +403,15 @@ def task_close_cancelled_log(*, task_id: str) -> None:
     task = Task.objects.get(pk=task_id)
     result = {"content": content, "model": (task.routing or {}).get("model"), "tokensUsed": None,
               "finishReason": "cancelled", "usage": None, "cost_usd": None}
-    if events.append(task_id, done_event(status=TaskStatus.CANCELLED, result=result),
-                     owner="closing", close=True) > 0:
-        task_record_cancelled_result(task_id=task_id, result=result)
+    task_close_cancelled(task_id=task_id, result=result, owner="closing")
+
+
+def task_close_log(*, task: Task) -> None:
+    """Close the log of a task that finished while its log was left open (a worker that died
+    between its transition and its `done`): `done` from what the row holds."""
+    if task.status == TaskStatus.CANCELLED:
+        task_close_cancelled_log(task_id=str(task.id))
+    elif task.status == TaskStatus.FAILED:
+        events.append(str(task.id), done_event(status=task.status, error=task.error), close=True)
+    elif task.status == TaskStatus.COMPLETED:
+        events.append(str(task.id), done_event(status=task.status, result=task.result), close=True)

@@ -98,10 +98,7 @@ class DocumentListCreateApi(APIView):
         else:
             text = self.TextInputSerializer(data=request.data)
             text.is_valid(raise_exception=True)
-            if len(text.validated_data["content"].encode()) > limit:
-                raise PayloadTooLarge(f"the content is larger than the {limit}-byte limit",
-                                      details={"max_bytes": limit})
-            document = services.document_create(company_id=company_id, **text.validated_data)
+            document = services.document_create_from_text(company_id=company_id, **text.validated_data)
         return Response(self.OutputSerializer(document).data, status=201)
 
     @extend_schema(responses=OutputSerializer(many=True), summary="The company's knowledge-base documents")

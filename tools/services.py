@@ -56,6 +56,15 @@ def document_create(*, company_id: int, title: str, content: str, metadata: dict
     return document
 
 
+def document_create_from_text(*, company_id: int, title: str, content: str,
+                              metadata: dict[str, Any] | None = None) -> Document:
+    """A document sent as text (POST /documents in JSON): at most KNOWLEDGE_MAX_BYTES of UTF-8."""
+    limit = knob("KNOWLEDGE_MAX_BYTES")
+    if len(content.encode()) > limit:
+        raise PayloadTooLarge(f"the content is larger than the {limit}-byte limit", details={"max_bytes": limit})
+    return document_create(company_id=company_id, title=title, content=content, metadata=metadata)
+
+
 def document_create_from_file(*, company_id: int, upload: UploadedFile, title: str = "",
                               metadata: dict[str, Any] | None = None) -> Document:
     data = _read_upload(upload, knob("KNOWLEDGE_MAX_BYTES"))

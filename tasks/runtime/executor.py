@@ -1,6 +1,6 @@
 """Runs one attempt of a task for the Celery task: the database work here, in the Celery
 thread; the streaming on the process's event loop (pipeline.py). Every outcome ends in
-one guarded transition and, for terminal ones, the log's closing `done` event."""
+one guarded transition (tasks/services.py), which writes the log's events for it."""
 
 from __future__ import annotations
 
@@ -180,23 +180,6 @@ def _result(plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcom
     return result
 
 
-def _close(task_id: str, owner: str, body: bytes) -> bool:
-    """Close the log after the row's transition; when Redis fails here, the reconciler
-    closes an open log from the row later (or readers replay the row when the log is gone)."""
-    try:
-        return events.append(task_id, body, owner=owner, close=True) > 0
-    except RedisError:
-        logger.warning("task %s: its log could not be closed now", task_id, exc_info=True)
-        return False
-
-
-def _quietly(append: Callable[..., int], *args: Any, **kwargs: Any) -> None:
-    try:
-        append(*args, **kwargs)
-    except RedisError:
-        logger.warning("an event could not be logged (Redis failed)", exc_info=True)
-
-
 def _db(transition: Callable[..., bool], **kwargs: Any) -> bool:
     """A guarded transition, tried again while the database is unreachable (connections
     terminated, a restart): the attempt's answer is kept rather than run again. Each try is
@@ -222,14 +205,11 @@ def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, An
     task_id = str(task.id)
     error = {"code": "worker_lost", "message": "the attempt lost its event log (Redis failed)"}
     if attempt >= settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
-        if _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing):
-            _close(task_id, "*", services.done_event(status=TaskStatus.FAILED, error=error))
+        _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing)
         return
-    if not _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing):
+    if not _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing, error=error):
         return
     logger.warning("task %s: attempt %d lost its event log; queued again", task_id, attempt)
-    _quietly(events.append, task_id, events.encode("status", status=TaskStatus.QUEUED, attempt=attempt + 1,
-                                                   error=error))
     # Redis is likely still coming back: keep trying for a while, then leave the queued row
     # to the reconciler.
     deadline = time.monotonic() + settings.MAGEAGENT["DEPENDENCY_WAIT_S"]
@@ -256,8 +236,7 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
     if outcome.status == "completed":
         result = _result(plan, decision, outcome, outcome.finish_reason or "stop")
         if _db(services.task_complete, task_id=task_id, attempt=attempt, result=result, steps=steps,
-               routing=routing):
-            _close(task_id, owner, services.done_event(status=TaskStatus.COMPLETED, result=result))
+               routing=routing, owner=owner):
             _measure(routing, outcome)
             return None
     elif outcome.status != "cancelled":
@@ -265,13 +244,12 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
                  else outcome.error.as_error() if outcome.error else {"code": "internal_error", "message": "unknown"})
         err = outcome.error
         if err is not None and err.retryable and attempt < settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
-            if _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing):
-                _quietly(events.append, task_id, events.encode("status", status=TaskStatus.QUEUED,
-                                                               attempt=attempt + 1, error=error), owner=owner)
+            if _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing,
+                   error=error, owner=owner):
                 backoff = settings.MAGEAGENT["RETRY_BACKOFF_S"] * (2 ** (attempt - 1))
                 return max(backoff, err.retry_after or 0.0)
-        elif _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing):
-            _close(task_id, owner, services.done_event(status=TaskStatus.FAILED, error=error))
+        elif _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing,
+                 owner=owner):
             return None
     # Cancelled, or its transition refused because the API cancelled it meanwhile.
     _finish_cancelled(plan, decision, outcome)
@@ -315,6 +293,5 @@ def _record(task: Task, plan: AttemptPlan) -> tuple[list[str], dict[str, Any]]:
 
 def _finish_cancelled(plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcome) -> None:
     """The task was cancelled (by the API) while this attempt ran: keep the partial answer."""
-    result = _result(plan, decision, outcome, "cancelled")
-    if _close(plan.task_id, plan.owner, services.done_event(status=TaskStatus.CANCELLED, result=result)):
-        services.task_record_cancelled_result(task_id=plan.task_id, result=result)
+    services.task_close_cancelled(task_id=plan.task_id, owner=plan.owner,
+                                  result=_result(plan, decision, outcome, "cancelled"))

@@ -64,9 +64,9 @@ def test_staff_find_a_task_by_its_id_or_a_word_of_its_prompt(admin_client, alice
 
 
 def test_the_task_page_shows_its_event_log_and_error(admin_client, alice):
-    task = finish(make_task(alice), status=TaskStatus.FAILED, error={"code": "invalid_request", "message": "bad"})
+    task = make_task(alice)
     events.append(str(task.id), events.encode("chunk", content="hello-from-the-log"))
-    events.append(str(task.id), services.done_event(status=TaskStatus.FAILED, error=task.error), close=True)
+    finish(task, status=TaskStatus.FAILED, error={"code": "invalid_request", "message": "bad"})  # appends done
     page = admin_client.get(f"{CHANGELIST}{task.id}/change/").content.decode()
     assert "hello-from-the-log" in page
     assert "invalid_request" in page

@@ -235,9 +235,17 @@ def test_the_broker_backlog_counts_messages_at_every_priority(private_queue):
 
 
 # --- reconcile: logs left open ----------------------------------------------------------------------
+def completed_with_log_open(task: Task, content: str) -> Task:
+    """A worker that died between its completion transition and its log's `done`."""
+    start(task)
+    events.append(str(task.id), events.encode("chunk", content=content))
+    Task.objects.filter(pk=task.pk).update(status=TaskStatus.COMPLETED, completed_at=timezone.now(),
+                                           result={"content": content, "finishReason": "stop"})
+    return Task.objects.get(pk=task.pk)
+
+
 def test_a_completed_task_whose_log_was_left_open_gets_its_done_event(alice, dispatched, private_queue):
-    task = finish(make_task(alice), TaskStatus.COMPLETED, content="Hello world")
-    events.append(str(task.id), events.encode("chunk", content="Hello world"))
+    task = completed_with_log_open(make_task(alice), "Hello world")
     backdate(task, timedelta(minutes=1))
 
     assert housekeeping.tasks_reconcile()["closed"] == 1
@@ -272,8 +280,7 @@ def test_a_finished_task_whose_log_expired_is_left_to_replay_from_the_row(alice,
 
 
 def test_a_log_is_not_closed_while_its_worker_may_still_be_closing_it(alice, dispatched, private_queue):
-    task = finish(make_task(alice), TaskStatus.COMPLETED)
-    events.append(str(task.id), events.encode("chunk", content="done"))
+    task = completed_with_log_open(make_task(alice), "done")
 
     assert housekeeping.tasks_reconcile()["closed"] == 0
     assert not events.is_closed(str(task.id))

@@ -120,9 +120,12 @@ def test_admin_retry_is_refused_a_model_the_catalog_no_longer_serves(api, admin_
     entry = Model.objects.get(id=model)
     entry.enabled = False
     entry.save()
-
-    with pytest.raises(ValidationFailed, match="disabled"):
-        services.task_retry(task=Task.objects.get(pk=created["id"]))
+    try:
+        with pytest.raises(ValidationFailed, match="disabled"):
+            services.task_retry(task=Task.objects.get(pk=created["id"]))
+    finally:
+        entry.enabled = True
+        entry.save()  # the process's cached catalog must not outlive this test's rollback
 
     assert Task.objects.filter(company_id=alice.tenant.company_id).count() == 1
 
@@ -137,4 +140,29 @@ def test_admin_retry_is_refused_past_the_budget(api, alice):
     with pytest.raises(BudgetExceeded):
         services.task_retry(task=Task.objects.get(pk=created["id"]))
 
+    assert Task.objects.filter(company_id=alice.tenant.company_id).count() == 1
+
+
+@pytest.mark.django_db
+def test_an_admin_retry_past_the_budget_is_a_warning_on_the_page_and_no_task(api, admin_client, alice):
+    created = api.post(TASKS, {"prompt": "What is 2 + 2?"}, format="json",
+                       HTTP_AUTHORIZATION=f"Bearer {alice.key}").json()
+    services.task_cancel(task=Task.objects.get(pk=created["id"]))
+    Budget.objects.create(company_id=alice.tenant.company_id, period="month", limit_usd=Decimal("0.0000001"))
+
+    page = retry_from_admin(admin_client, created["id"])
+
+    assert page.status_code == 200
+    assert f"Not retried {created['id']}" in page.content.decode()
+    assert Task.objects.filter(company_id=alice.tenant.company_id).count() == 1
+
+
+@pytest.mark.django_db
+def test_an_admin_retry_of_a_running_task_is_refused_by_the_service(api, admin_client, alice):
+    created = api.post(TASKS, {"prompt": "What is 2 + 2?"}, format="json",
+                       HTTP_AUTHORIZATION=f"Bearer {alice.key}").json()
+
+    page = retry_from_admin(admin_client, created["id"])
+
+    assert "only failed or cancelled tasks can be retried" in page.content.decode()
     assert Task.objects.filter(company_id=alice.tenant.company_id).count() == 1

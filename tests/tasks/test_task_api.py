@@ -44,8 +44,7 @@ def test_creating_a_task_answers_202_with_the_task_and_its_location(api, alice):
 
 
 def test_the_stored_task_reads_back_as_the_answer_showed_it(api, alice):
-    # The row is written by a hand-held INSERT (tasks.services._insert): every field,
-    # JSON and timestamps included, must land as the ORM would have written it.
+    # Every field, JSON and timestamps included, reads back as the answer showed it.
     body = {"prompt": "hi \u00e9\u00e8 \U0001f600", "metadata": {"ticket": 7, "tags": ["a"]}, "priority": 3,
             "tools": ["file_processing"], "stream": False, "context": {"additionalContext": "x"}}
     response = post(api, alice, body, HTTP_IDEMPOTENCY_KEY="k-1")

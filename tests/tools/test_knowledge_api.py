@@ -8,7 +8,9 @@ import json
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from mageagent.errors import PayloadTooLarge
 from tests.tools.documents import make_docx, make_pdf
+from tools import services
 
 pytestmark = pytest.mark.django_db
 DOCS = "/mageagent/api/v1/knowledge/documents"
@@ -155,3 +157,12 @@ def test_a_document_over_the_size_limit_is_refused_with_413(api, alice, knobs):
 def test_the_knowledge_api_needs_an_api_key(api):
     assert api.get(DOCS).status_code == 401
     assert api.post(SEARCH, {"query": "x"}, format="json").status_code == 401
+
+
+def test_the_text_size_limit_is_the_services_whatever_calls_it(alice, knobs):
+    knobs(KNOWLEDGE_MAX_BYTES=2048)
+
+    with pytest.raises(PayloadTooLarge):
+        services.document_create_from_text(company_id=alice.tenant.company_id, title="", content="é" * 1025)
+    kept = services.document_create_from_text(company_id=alice.tenant.company_id, title="", content="é" * 1024)
+    assert kept.chars == 1024
