@@ -50,6 +50,12 @@ def conversation_messages(*, prompt: str, messages: list[dict[str, Any]] | None 
     return [*head, *(messages or [{"role": "user", "content": prompt}])]
 
 
+def has_images(messages: list[dict[str, Any]] | None) -> bool:
+    """Whether a conversation carries image parts (only vision models take it)."""
+    return any(isinstance(m.get("content"), list) and any(
+        isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"]) for m in messages or ())
+
+
 def conversation_chars(*, prompt: str, messages: list[dict[str, Any]] | None, system: str | None = None) -> int:
     """The conversation's length in characters, what the prompt limit bounds."""
     if not messages:

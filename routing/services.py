@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 
 from mageagent.errors import ValidationFailed
-from providers.conversation import conversation_messages
+from providers.conversation import conversation_messages, has_images
 from providers.llm import Deployment
 from tools.registry import tool_specs
 
@@ -73,7 +73,9 @@ class RoutingDecision:
                 "max_tokens": self.max_tokens}
 
 
-def model_validate(*, tenant: Any, model: str | None) -> None:
+def model_validate(*, tenant: Any, model: str | None, images: bool = False) -> None:
+    """A requested model exists, is enabled and allowed, and takes images when the
+    conversation has some."""
     if not model:
         return
     spec = model_get(model)
@@ -83,6 +85,9 @@ def model_validate(*, tenant: Any, model: str | None) -> None:
         raise ValidationFailed(f"model {model!r} is disabled", details={"model": model})
     if not model_allowed(getattr(tenant, "company_id", None), spec.id):
         raise ValidationFailed(f"model {model!r} is not allowed for this company", details={"model": model})
+    if images and not spec.supports_vision:
+        raise ValidationFailed(f"model {model!r} does not take images; choose a vision model or auto",
+                               details={"model": model})
 
 
 def _tool_schemas(tools: list[str]) -> list[dict[str, Any]] | None:
@@ -147,6 +152,9 @@ def model_select(*, prompt: str, model: str | None, tools: list[str], context_te
         prefer = _preferences(policy, complexity.label, bool(tools), long_context)
         ranked = _rank(_routable(company_id, bool(tools), reg), need=need, prefer=prefer,
                        prompt_tokens=prompt_tokens, output_tokens=output_tokens, cap=cap)
+        if has_images(messages):
+            ranked = [s for s in ranked if s.supports_vision]
+            traits.append("vision")
         if not ranked:  # nothing fits: the default model beats no answer
             default = settings.MAGEAGENT["DEFAULT_MODEL"]
             ranked = [model_get(default) or _unknown_spec(default)]

@@ -21,6 +21,7 @@ from mageagent.celery import app as celery_app
 from mageagent.errors import Conflict, ValidationFailed
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.models import App, Company
+from providers.conversation import has_images
 from routing.budgets import budget_context, budget_hold, budget_release_task
 from routing.services import RoutingDecision, model_select, model_validate
 from tools.registry import tools_validate_requested
@@ -82,7 +83,7 @@ def task_submit(*, tenant: Tenant, idempotency_key: str | None = None, **fields:
     task = task_idempotent_replay(tenant=tenant, idempotency_key=idempotency_key, **fields)
     if task is not None:
         return task, False
-    model_validate(tenant=tenant, model=fields.get("model"))
+    model_validate(tenant=tenant, model=fields.get("model"), images=has_images(fields.get("messages")))
     tools_validate_requested(tenant=tenant, names=fields.get("tools") or [])
     with budget_hold(tenant=tenant, **fields) as hold:
         task, created = task_create(
@@ -98,7 +99,7 @@ def task_route_preview(*, tenant: Tenant, prompt: str = "", model: str | None = 
     """The decision a task with these inputs would get now (POST /route, a dry run): the
     model checked as task_submit checks it, the budget's output cap applied when one is
     active. The other task fields (stream, metadata, priority ...) do not change it."""
-    model_validate(tenant=tenant, model=model)
+    model_validate(tenant=tenant, model=model, images=has_images(messages))
     company_id = tenant.company_id
     budgeted = company_id is not None and budget_context(company_id=company_id, app_id=tenant.app_id).active
     return model_select(prompt=prompt, model=model, tools=tools or [],

@@ -111,3 +111,19 @@ def test_the_body_limit_of_the_prompt_paths_follows_the_longest_prompt(settings)
     from routing.selectors import max_prompt_chars
 
     assert max_request_bytes("/mageagent/api/v1/tasks") > 2 * max_prompt_chars()
+
+
+IMAGE = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                      {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}}]}]
+
+
+def test_images_go_to_vision_models_only(api, alice):
+    from routing.selectors import models_all
+
+    blind = next(s.id for s in models_all().values() if s.enabled and not s.supports_vision)
+    refused = post(api, alice, {"messages": IMAGE, "model": blind})
+    routed = api.post("/mageagent/api/v1/route", {"messages": IMAGE}, format="json",
+                      HTTP_AUTHORIZATION=f"Bearer {alice.key}").json()
+
+    assert refused.status_code == 400 and "does not take images" in refused.json()["error"]["message"]
+    assert models_all()[routed["model"]].supports_vision and "vision" in routed["characteristics"]
