@@ -21,7 +21,9 @@ from . import report, soak
 from .profiling import py_spy, summarize
 from .stack import CONFIGS, ROOT, BenchStack, base_env, db_fresh, infra_setup, template_prepare
 
-SCENARIOS = ("enqueue", "overhead", "capacity", "inflight", "cancel", "fanout")
+SCENARIOS = ("enqueue", "overhead", "capacity", "inflight", "cancel", "fanout", "openai")
+# Scenario 6's streamed tasks: 20 tokens over 1 s, the same on the native path and on /v1.
+OPENAI_LLM = {"ttft_ms": 100, "tokens": 20, "duration_ms": 1000}
 
 # The 3 s LLM of the capacity scenario: 0.5 s to the first token, then 100 tokens over 2.5 s.
 CAPACITY_LLM = {"ttft_ms": 500, "tokens": 100, "duration_ms": 2500}
@@ -45,6 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cancel": {"n": 40, "concurrency": 5, "llm": {"ttft_ms": 200, "tokens": 200, "interval_ms": 50}},
         "fanout": {"subscribers": 500, "connect_concurrency": 50,
                    "llm": {"ttft_ms": 8000, "tokens": 50, "interval_ms": 40}},
+        "openai": {"llm": OPENAI_LLM, "rate": 20, "step_s": 10.0},
     },
     "quick": {
         "runs": 1,
@@ -61,6 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cancel": {"n": 10, "concurrency": 5, "llm": {"ttft_ms": 200, "tokens": 200, "interval_ms": 50}},
         "fanout": {"subscribers": 500, "connect_concurrency": 50,
                    "llm": {"ttft_ms": 4500, "tokens": 50, "interval_ms": 40}},
+        "openai": {"llm": OPENAI_LLM, "rate": 15, "step_s": 8.0},
     },
     # A few tasks per scenario: the test suite's smoke test of the harness itself.
     "smoke": {
@@ -77,6 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cancel": {"n": 2, "concurrency": 2, "llm": {"ttft_ms": 100, "tokens": 100, "interval_ms": 50}},
         "fanout": {"subscribers": 6, "connect_concurrency": 6,
                    "llm": {"ttft_ms": 2500, "tokens": 5, "interval_ms": 20}},
+        "openai": {"llm": {"ttft_ms": 50, "tokens": 5, "duration_ms": 200}, "rate": 4, "step_s": 0.5},
     },
 }
 
@@ -128,7 +133,7 @@ def run_scenario(stack: BenchStack, *, scenario: str, params: dict[str, Any], ke
 def run_order(scenarios: list[str]) -> list[str]:
     """Capacity runs last in a stack's life: whatever an overloaded configuration leaves
     behind (queued backlog, open streams) then disturbs no other scenario."""
-    return [s for s in ("enqueue", "overhead", "cancel", "fanout", "inflight", "capacity") if s in scenarios]
+    return [s for s in ("enqueue", "overhead", "cancel", "fanout", "openai", "inflight", "capacity") if s in scenarios]
 
 
 def start_stack(stack: BenchStack, key: str, workdir: Path, tag: str) -> None:

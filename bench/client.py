@@ -221,6 +221,33 @@ class Api:
         async with self.side.get(f"{self.sim}/_sim/stats") as resp:
             return orjson.loads(await resp.read())
 
+    async def chat_stream(self, prompt: str, *, model: str = "gpt-4o-mini") -> tuple[bool, str, str]:
+        """A streamed chat completion on /v1, read to its end: (ended with [DONE], the text,
+        an error)."""
+        assert self.session is not None
+        body = orjson.dumps({"model": model, "stream": True, "stream_options": {"include_usage": True},
+                             "messages": [{"role": "user", "content": prompt}]})
+        headers = {**self.headers, "Content-Type": "application/json"}
+        parts: list[str] = []
+        try:
+            async with self.session.post(f"{self.web}/v1/chat/completions", data=body, headers=headers) as resp:
+                if resp.status != 200:
+                    return False, "", f"HTTP {resp.status}: {(await resp.read())[:300]!r}"
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        return True, "".join(parts), ""
+                    chunk = orjson.loads(payload)
+                    if "error" in chunk:
+                        return False, "".join(parts), str(chunk["error"])[:300]
+                    for choice in chunk.get("choices") or ():
+                        parts.append(choice["delta"].get("content") or "")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return False, "".join(parts), f"{type(exc).__name__}: {exc}"
+        return False, "".join(parts), "the stream ended without [DONE]"
+
     # --- following a task ------------------------------------------------------------------------
     async def follow(self, f: Follow, timeout: float) -> Follow:
         f.opened_at = time.time()

@@ -793,6 +793,52 @@ async def scenario_warmup(ctx: Ctx) -> dict[str, Any]:
     return {"summary": {"errors": sum(1 for c in created if not c.ok) + check["broken"]}}
 
 
+# --- 6. the OpenAI-compatible API ------------------------------------------------------------------
+async def scenario_openai(ctx: Ctx) -> dict[str, Any]:
+    """The same streamed tasks through the native API (POST /tasks, then its SSE stream) and
+    through /v1 (a streamed chat completion, which derives its chunks from the same event
+    log): the web's and the worker's CPU per task on each path."""
+    p, api = ctx.params, ctx.api
+    llm = p["llm"]
+    phases: dict[str, Any] = {}
+    errors = 0
+    for path in ("native", "v1"):
+        follows: list[Follow] = []
+        texts: list[tuple[bool, str, str]] = []
+        snap0 = ctx.snapshot()
+
+        async def one(i: int, path: str = path, follows: list[Follow] = follows,
+                      texts: list[tuple[bool, str, str]] = texts) -> bool:
+            prompt = sim_prompt(f"openai-{path}", **llm)
+            if path == "v1":
+                outcome = await api.chat_stream(prompt)
+                texts.append(outcome)
+                return outcome[0]
+            created = await api.create(prompt, model="gpt-4o-mini")
+            if not created.ok:
+                return False
+            f = Follow(created.task_id, "sse")
+            follows.append(f)
+            await api.follow(f, timeout=p.get("follow_timeout_s", 60))
+            return not f.error and f.ended
+
+        load = await open_loop(p["rate"], p["step_s"], one, max_outstanding=p.get("max_outstanding", 400))
+        done = await asyncio.gather(*load.tasks)
+        await drain(api, p.get("drain_s", 30))
+        cpu = cpu_delta(snap0, ctx.snapshot())
+        n_ok = sum(1 for ok in done if ok)
+        errors += len(done) - n_ok + load.shed
+        per_task = per_task_ms(cpu, n_ok)
+        phases[path] = {"tasks": len(done), "ok": n_ok, "shed": load.shed, "cpu_ms_per_task": per_task,
+                        "cpu_ms_per_task_web_worker": round((per_task.get("web") or 0) + (per_task.get("worker") or 0),
+                                                            3) if n_ok else None,
+                        "errors": [t[2] for t in texts if not t[0]][:5] + [f.error for f in follows if f.error][:5]}
+    native, v1 = phases["native"]["cpu_ms_per_task_web_worker"], phases["v1"]["cpu_ms_per_task_web_worker"]
+    summary = {"native_cpu_ms_per_task": native, "v1_cpu_ms_per_task": v1,
+               "v1_cpu_pct_of_native": round(100.0 * v1 / native, 1) if native and v1 else None, "errors": errors}
+    return {"summary": summary, "phases": phases}
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "warmup": scenario_warmup,
     "enqueue": scenario_enqueue,
@@ -802,6 +848,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "inflight": scenario_capacity,
     "cancel": scenario_cancel,
     "fanout": scenario_fanout,
+    "openai": scenario_openai,
 }
 
 

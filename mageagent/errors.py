@@ -146,6 +146,28 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
+# The OpenAI-compatible API (/v1, openai_api/) answers in OpenAI's error shape; what refuses a
+# request before its views (the ASGI handler's 413 and 503) does too. OpenAI's types by status
+# (its SDKs choose their exception by status alone).
+OPENAI_PREFIX = "/v1/"
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
+                 403: "permission_error", 404: "invalid_request_error", 409: "invalid_request_error",
+                 413: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def openai_error_body(code: str, message: str, status: int, param: str | None = None) -> dict[str, Any]:
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_body_for(path: str, code: str, message: str, status: int,
+                   details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The error body in the shape of the API `path` belongs to."""
+    if path.startswith(OPENAI_PREFIX):
+        return openai_error_body(code, message, status)
+    return error_body(code, message, details)
+
+
 def error_response(code: str, message: str, status: int,
                    details: dict[str, Any] | None = None) -> JsonResponse:
     return JsonResponse(error_body(code, message, details), status=status)

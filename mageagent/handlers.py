@@ -41,7 +41,7 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 
-from .errors import DATABASE_DOWN, domain_error_response, error_response, unavailable_for
+from .errors import DATABASE_DOWN, domain_error_response, error_body_for, unavailable_for
 
 logger = logging.getLogger(__name__)
 Scope = dict[str, Any]
@@ -91,10 +91,9 @@ def protocol_limit() -> int:
     return max([max_request_bytes(), *(limit for _, limit in _limits_cache.values())])
 
 
-def too_large_body(limit: int) -> bytes:
-    return orjson.dumps({"error": {"code": "payload_too_large",
-                                   "message": f"the request body is larger than the {limit}-byte limit",
-                                   "details": {"max_bytes": limit}}})
+def too_large_body(limit: int, path: str = "") -> bytes:
+    return orjson.dumps(error_body_for(path, "payload_too_large", f"the request body is larger than the {limit}-byte "
+                                       "limit", 413, {"max_bytes": limit}))
 
 
 def _declared_length(scope: Mapping[str, Any]) -> int | None:
@@ -107,8 +106,8 @@ def _declared_length(scope: Mapping[str, Any]) -> int | None:
     return None
 
 
-async def _send_too_large(send: Any, limit: int) -> None:
-    body = too_large_body(limit)
+async def _send_too_large(send: Any, limit: int, path: str = "") -> None:
+    body = too_large_body(limit, path)
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
@@ -178,9 +177,11 @@ def _executor_for(request: HttpRequest) -> ThreadPoolExecutor:
     return _request_threads()
 
 
-def _overloaded(admitted: int) -> JsonResponse:
-    response = error_response("unavailable", "the server is at capacity; retry after the Retry-After seconds",
-                              503, {"retry_after_s": RETRY_AFTER_S, "requests_admitted": admitted})
+def _overloaded(admitted: int, path: str = "") -> JsonResponse:
+    response = JsonResponse(error_body_for(path, "unavailable", "the server is at capacity; retry after the "
+                                           "Retry-After seconds", 503,
+                                           {"retry_after_s": RETRY_AFTER_S, "requests_admitted": admitted}),
+                            status=503)
     response["Retry-After"] = str(RETRY_AFTER_S)
     return response
 
@@ -251,7 +252,7 @@ class MageAgentASGIHandler(ASGIHandler):
             return await serve(request)
         knobs = settings.MAGEAGENT
         if self.admitted >= knobs["WEB_THREADS"] + knobs["WEB_QUEUE_MAX"]:
-            return _overloaded(self.admitted)
+            return _overloaded(self.admitted, request.path_info)
         self.admitted += 1
         try:
             return await serve(request)
@@ -295,7 +296,7 @@ class MageAgentASGIHandler(ASGIHandler):
         limit = await _request_limit(scope)
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
-            await _send_too_large(send, limit)
+            await _send_too_large(send, limit, scope.get("path", ""))
             return
         received = 0
         overflowed = False
@@ -313,4 +314,4 @@ class MageAgentASGIHandler(ASGIHandler):
 
         await super().handle(scope, capped_receive, send)
         if overflowed:
-            await _send_too_large(send, limit)
+            await _send_too_large(send, limit, scope.get("path", ""))

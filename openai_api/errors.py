@@ -10,18 +10,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.response import Response
 
-from mageagent.errors import exception_handler
-
-# OpenAI's error types by status; the SDK picks its exception class by status alone.
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
-          403: "permission_error", 404: "invalid_request_error", 409: "invalid_request_error",
-          413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+from mageagent.errors import exception_handler, openai_error_body
 
 
 def openai_error(*, message: str, code: str, status: int, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": _TYPES.get(status, "server_error" if status >= 500
-                                                              else "invalid_request_error"),
-                      "param": param, "code": code}}
+    return openai_error_body(code, message, status, param)
 
 
 def _param(details: Any) -> str | None:
