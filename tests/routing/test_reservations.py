@@ -14,6 +14,7 @@ import litellm
 import pytest
 
 from mageagent.ratelimit import rate_limit_try
+from providers.conversation import conversation_messages
 from providers.llm import Delta, ProviderError
 from routing.budgets import budget_context
 from routing.models import Budget
@@ -33,14 +34,8 @@ ROUTE = "/mageagent/api/v1/route"
 
 
 def messages_for(prompt: str) -> list[dict[str, Any]]:
-    from tasks.runtime.executor import _messages
-
-    class Row:
-        pass
-
-    row = Row()
-    row.prompt = prompt  # type: ignore[attr-defined]
-    return _messages(row, "")  # type: ignore[arg-type]
+    # What the executor sends for a prompt-only task (tasks/runtime/executor.py _messages).
+    return conversation_messages(prompt=prompt)
 
 
 def test_the_estimate_counts_the_tool_schemas_sent_with_every_call(api, alice):
@@ -105,7 +100,7 @@ class FakeProvider:
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, deployment: Any, messages: list[dict[str, Any]], *, tools: Any = None,
-                 max_tokens: int | None = None, pace: Any = None) -> Any:
+                 max_tokens: int | None = None, pace: Any = None, params: Any = None) -> Any:
         self.calls.append({"model": deployment.model, "max_tokens": max_tokens, "tools": bool(tools)})
         return self._stream(deployment, messages, tools, max_tokens, len(self.calls))
 

@@ -88,10 +88,19 @@ def test_a_body_that_is_not_json_is_a_400(api, alice):
     assert_error(response, 400, "validation_error")
 
 
-def test_a_huge_body_is_a_413(api, alice):
-    response = post(api, alice, {"prompt": "x" * 3_000_000})
+def test_a_body_over_the_paths_limit_is_a_413_before_it_is_read(alice):
+    import orjson
 
-    assert_error(response, 413, "payload_too_large")
+    from mageagent.handlers import max_request_bytes
+    from tests.mageagent.test_handlers import request
+
+    # A prompt may be as long as the largest model's window (the path's limit follows it).
+    too_big = max_request_bytes(TASKS) + 1
+    sent, read = request(TASKS, [(b"content-length", str(too_big).encode()),
+                                 (b"authorization", f"Bearer {alice.key}".encode())], [b""])
+
+    assert sent[0]["status"] == 413 and read == 0
+    assert orjson.loads(sent[1]["body"])["error"]["code"] == "payload_too_large"
 
 
 def test_the_same_idempotency_key_returns_the_original_task_and_enqueues_nothing(api, alice):
