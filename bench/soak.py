@@ -54,7 +54,8 @@ class Soak:
     transport_errors: int = 0
     faults: list[dict[str, Any]] = field(default_factory=list)
     storm_until: float = 0.0
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # the load and the faults
+    polling: threading.Event = field(default_factory=threading.Event)  # set: the poller stops
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -111,7 +112,7 @@ def _submitter(soak: Soak, rate: float) -> None:
 
 def _poll(soak: Soak, db_url: str) -> None:
     """Task states straight from the database (the ledger), once a second."""
-    while not soak.stop.is_set():
+    while not soak.polling.is_set():
         with soak.lock:
             open_ids = [i for i in soak.accepted if i not in soak.finished]
         try:
@@ -238,15 +239,13 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
             thread.start()
         time.sleep(args.minutes * 60)
         soak.stop.set()
+        threads[0].join(20)  # no task is submitted after this
         # Drain: every accepted task gets up to --drain seconds to end.
-        soak.stop = threading.Event()
-        poller = threading.Thread(target=_poll, args=(soak, db_url), daemon=True)
-        poller.start()
         deadline = time.monotonic() + args.drain
         while time.monotonic() < deadline and len(soak.finished) < len(soak.accepted):
             time.sleep(1)
-        soak.stop.set()
-        poller.join(5)
+        soak.polling.set()
+        threads[1].join(5)
         with soak.lock:
             unfinished = [i for i in soak.accepted if i not in soak.finished]
         with psycopg.connect(_pg(db_url)) as conn:

@@ -67,7 +67,10 @@ def _log_exists(task_id: str) -> bool:
     return bool(sync_client().exists(events.meta_key(task_id)))
 
 
-def tasks_reconcile() -> dict[str, Any]:
+def tasks_reconcile(*, after_outage: bool = False) -> dict[str, Any]:
+    """`after_outage`: Redis was unreachable since the last run, so a queued task's dispatch
+    may have failed meanwhile: queued rows are sent again without waiting for
+    RECONCILE_QUEUED_AFTER_S, as when the broker lost its data."""
     now = timezone.now()
     counts = {"requeued": 0, "failed": 0, "redispatched": 0, "closed": 0}
     grace = timedelta(seconds=settings.MAGEAGENT["WORKER_HEARTBEAT_S"] * 3)
@@ -81,6 +84,7 @@ def tasks_reconcile() -> dict[str, Any]:
             outcome = _requeue_lost(task)
             counts[outcome] = counts.get(outcome, 0) + 1
     backlog, broker_lost = _broker_state()
+    broker_lost = broker_lost or after_outage
     stale = now - timedelta(seconds=settings.MAGEAGENT["RECONCILE_QUEUED_AFTER_S"])
     queued = Task.objects.filter(status=TaskStatus.QUEUED, updated_at__lt=now if broker_lost else stale)
     # When the broker lost its data, every queued row's message is gone; otherwise only when

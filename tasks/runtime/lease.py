@@ -21,6 +21,7 @@ from mageagent.redis import sync_script
 from tasks import housekeeping
 
 from .heartbeat import WORKER_ID
+from .loop import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class Reconciler:
         self.started = False
         self.lock = threading.Lock()
         self.runs = 0
+        self.last_run = 0.0
 
     def ensure_started(self) -> None:
         with self.lock:
@@ -71,7 +73,11 @@ class Reconciler:
         try:
             if lease_take(WORKER_ID, every * 3):
                 close_old_connections()
-                housekeeping.tasks_reconcile()
+                began = time.monotonic()
+                # Redis was unreachable since the last run (this process's heartbeat failed).
+                outage = 0 < self.last_run <= runtime.redis_failed_at
+                housekeeping.tasks_reconcile(after_outage=outage)
+                self.last_run = began
                 self.runs += 1
         except Exception:
             # Redis or the database is down: the next period tries again.

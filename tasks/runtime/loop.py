@@ -45,6 +45,9 @@ class Runtime:
         # Cancels that arrived while their task was between two coroutine runs.
         self.recent_cancels: OrderedDict[str, float] = OrderedDict()
         self.duties: list[asyncio.Task[None]] = []
+        # When the heartbeat last failed to reach Redis (monotonic): messages sent around
+        # then may be lost, which the reconciler then looks for at once (lease.py).
+        self.redis_failed_at = 0.0
 
     def ensure_started(self) -> asyncio.AbstractEventLoop:
         with self.lock:
@@ -100,9 +103,10 @@ class Runtime:
         client = async_client()
         while True:
             try:
-                # The tasks it holds, so that one it dropped is not vouched for (heartbeat.holds).
+                # The tasks it holds, so that one it dropped is not vouched for (heartbeat.held_by).
                 await client.set(WORKER_KEY + WORKER_ID, held.snapshot(), ex=heartbeat_ttl())
             except Exception:
+                self.redis_failed_at = time.monotonic()
                 logger.exception("worker heartbeat failed")
             await asyncio.sleep(settings.MAGEAGENT["WORKER_HEARTBEAT_S"])
 

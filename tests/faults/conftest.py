@@ -16,6 +16,18 @@ from tests.stack import Stack, database_url
 LLM_TIMEOUT_S = "3"
 
 
+@pytest.fixture(autouse=True)
+def _live_database_connections() -> None:
+    """A fault test may have cut this process's own database connections (connection
+    storms terminate every backend of the test database): drop the dead ones first, so
+    that the next test's set-up does not draw one from the pool."""
+    from django.db import connection
+
+    connection.close()
+    if getattr(connection, "pool", None) is not None:
+        connection.pool.check()
+
+
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[PrivateRedis]:
     """Production's Redis configuration (AOF every second, noeviction), on a port of its own."""
