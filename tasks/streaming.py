@@ -9,7 +9,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from mageagent.errors import DomainError, domain_error_response, error_response, unavailable_for
+from mageagent.errors import DATABASE_DOWN, DomainError, domain_error_response, error_response, unavailable_for
 from mageagent.handlers import stream_db
 from mageagent.tenancy.access import tenant_from
 from mageagent.tenancy.throttling import rate_limited, stream_open_wait
@@ -63,15 +63,22 @@ async def task_stream_view(request: HttpRequest, task_id: str) -> HttpResponseBa
         response = error_response("method_not_allowed", f'method "{request.method}" not allowed', 405)
         response["Allow"] = "GET, HEAD"
         return response
-    try:
-        return await _stream(request, task_id)
-    except Exception as exc:
-        down = unavailable_for(exc)
-        if down is not None:
+    for attempt in (1, 2):
+        try:
+            return await _stream(request, task_id)
+        except Exception as exc:
+            down = unavailable_for(exc)
+            if down is None:
+                logger.exception("unhandled error opening the stream of task %s", task_id)
+                return error_response("internal_error", "internal server error", 500)
+            if attempt == 1 and isinstance(exc, DATABASE_DOWN):
+                # A browser's EventSource gives up for good on a 503: a connection the
+                # database dropped is tried once more (unavailable_for has just had the
+                # pool replace its dead connections).
+                continue
             logger.warning("%s opening the stream of task %s: %r", down.message, task_id, exc)
             return domain_error_response(down)
-        logger.exception("unhandled error opening the stream of task %s", task_id)
-        return error_response("internal_error", "internal server error", 500)
+    raise AssertionError("unreachable")
 
 
 async def _stream(request: HttpRequest, task_id: str) -> HttpResponseBase:

@@ -9,14 +9,10 @@ connections terminated with pg_terminate_backend, on the test database only.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +20,7 @@ import psycopg
 import pytest
 from websockets.sync.client import connect
 
-from devtools.infra import free_port, redis_answers, redis_server_binary
+from devtools.faults import PrivateRedis
 from tests.clients import API, Client, parse_sse, sim, wait_for
 from tests.stack import Stack, database_url
 
@@ -35,27 +31,10 @@ OUTAGE_S = 2.0  # MAGEAGENT_FOLLOW_OUTAGE_S: how long a follower waits for an un
 RETRY_S = 1.0  # EventSource's reconnection delay (the stream's `retry:`)
 
 
-class Redis:
-    """A redis-server of the test's own with an append-only file, so that a stop and a
-    start on the same port keep the event log and the broker's messages."""
-
-    def __init__(self) -> None:
-        binary = redis_server_binary()
-        if binary is None:
-            pytest.skip("no redis-server binary")
-        self.binary = binary
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="mageagent-outage-redis-"))
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Redis:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: redis_answers("127.0.0.1", self.port), "the private Redis", timeout=10)
-        return self
+class Redis(PrivateRedis):
+    """The fault suite's Redis with its append-only file, stopped with SIGTERM: Redis
+    writes the file out on the way down, so a stop and a start on the same port keep the
+    event log and the broker's messages."""
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -63,14 +42,10 @@ class Redis:
             self.proc.wait(10)
         self.proc = None
 
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[Redis]:
-    server = Redis().start()
+    server = Redis(persist=True).start()
     try:
         yield server
     finally:
@@ -264,6 +239,7 @@ def test_database_connections_terminated_are_never_a_500(outage_stack, alice):
     followers = [EventSource(web_url, alice.key, t["id"]) for t in tasks]
     for follower in followers:
         follower.start()
+    wait_for(lambda: all(f.events for f in followers), "the followers to open")
     statuses: list[tuple[str, httpx.Response]] = []
     failures: list[BaseException] = []
     stop = threading.Event()
@@ -300,7 +276,7 @@ def test_database_connections_terminated_are_never_a_500(outage_stack, alice):
     created = [r.json()["id"] for n, r in statuses if n == "create" and r.status_code == 202]
     assert created
     for follower in followers:
-        assert follower.done.wait(60), follower.events[-3:]
+        assert follower.done.wait(60), (follower.statuses, follower.events[-3:])
         assert follower.statuses == [200]
         assert_each_event_once_then_done(follower.events)
     for task_id in created:
