@@ -153,6 +153,18 @@ def test_a_client_that_leaves_a_streamed_chat_completion_cancels_its_task(sdk, n
     wait_for(lambda: native.get(task_id(first.id))["status"] == "cancelled", "the task cancelled", 30)
 
 
+def test_a_client_that_gives_up_on_a_plain_chat_completion_cancels_its_task(sdk, native, alice):
+    impatient = sdk.with_options(timeout=2.0)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(
+            model="gpt-4o-mini", metadata={"case": "impatient"},
+            messages=[{"role": "user", "content": f"long {sim(tokens=400, interval_ms=50)}"}])
+
+    tasks = native.http.get("/mageagent/api/v1/tasks").json()["results"]
+    task = next(t for t in tasks if t["metadata"].get("case") == "impatient")
+    wait_for(lambda: native.get(task["id"])["status"] == "cancelled", "the task cancelled", 30)
+
+
 # --- Responses ---------------------------------------------------------------------------------
 def test_a_plain_response_and_a_conversation_continued_from_it(sdk):
     first = sdk.responses.create(model="gpt-4o-mini", instructions="Be brief.",
