@@ -29,6 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connections, router, transaction
 
+from mageagent import metrics
 from mageagent.errors import BudgetExceeded
 from mageagent.redis import async_script, sync_client, sync_script
 
@@ -181,6 +182,7 @@ def _settle_args(ctx: BudgetContext, rid: str, actual: int) -> list[Any]:
 
 def _refusal(ctx: BudgetContext, reply: list[Any], amount: int) -> BudgetExceeded:
     scope = ctx.scopes[int(reply[1])]
+    metrics.BUDGET_REFUSALS.labels(scope=str(scope.label["scope"])).inc()
     details = {**scope.label, "spent_usd": int(reply[2]) / NANO, "reserved_usd": int(reply[3]) / NANO,
                "estimated_cost_usd": amount / NANO}
     return BudgetExceeded(f"the {scope.label['scope']} {scope.label['period']}ly budget of "

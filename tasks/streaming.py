@@ -9,6 +9,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from mageagent import metrics
 from mageagent.errors import DATABASE_DOWN, DomainError, domain_error_response, error_response, unavailable_for
 from mageagent.handlers import stream_db
 from mageagent.tenancy.access import tenant_from
@@ -33,6 +34,16 @@ async def _frames(task_id: str, after: int) -> AsyncIterator[bytes]:
     # The comment sends the headers at once (a client resuming at the log's end waits for
     # nothing else). `retry:` rides on the first event: a block with a field but no data is
     # an event with empty data to httpx-sse and the openai SDK, though not to browsers.
+    followers = metrics.FOLLOWERS.labels(kind="sse")
+    followers.inc()
+    try:
+        async for frame in _follow_frames(task_id, after):
+            yield frame
+    finally:
+        followers.dec()
+
+
+async def _follow_frames(task_id: str, after: int) -> AsyncIterator[bytes]:
     yield b": connected\n\n"
     retry = b"retry: 1000\n"
     try:

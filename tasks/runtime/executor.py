@@ -15,7 +15,9 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from mageagent import metrics
 from mageagent.errors import DomainError
+from mageagent.logging import log_context_add, log_fields
 from providers.conversation import conversation_messages, sampling_params
 from routing.budgets import budget_context, spend_record
 from routing.deployments import registry
@@ -83,6 +85,7 @@ def _execute(task_id: str) -> float | None:
         task = selectors.task_fetch(task_id)
         if task is None or task.status != TaskStatus.QUEUED:
             return None  # cancelled, finished, or running elsewhere: a duplicate delivery
+        log_context_add(company=task.company_id, app=task.app_id, attempt=task.attempts)
         context_text, step_events, steps = _context(task)
         budget = budget_context(company_id=task.company_id, app_id=task.app_id)
         decision = model_select(prompt=task.prompt, model=task.model, tools=task.tools, context_text=context_text,
@@ -104,6 +107,7 @@ def _execute(task_id: str) -> float | None:
         return None
     attempt = started.attempts
     owner = f"{attempt}-{WORKER_ID}"
+    log_context_add(model=decision.model)
     try:
         events.claim(task_id, owner)
         plan = _plan(started, decision, context_text, owner, step_events)
@@ -157,7 +161,7 @@ def _plan(task: Task, decision: RoutingDecision, context_text: str, owner: str,
         params={**sampling_params(task), **({"tool_choice": task.tool_choice} if task.tool_choice else {})},
         max_tokens=task.max_tokens, max_tool_rounds=settings.MAGEAGENT.get("MAX_TOOL_ROUNDS", 4),
         coalesce_s=settings.MAGEAGENT["CHUNK_COALESCE_MS"] / 1000.0,
-        time_limit_s=settings.MAGEAGENT["TASK_SOFT_TIME_LIMIT_S"],
+        time_limit_s=settings.MAGEAGENT["TASK_SOFT_TIME_LIMIT_S"], log=log_fields(),
     )
 
 
@@ -209,6 +213,7 @@ def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, An
         return
     if not _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing, error=error):
         return
+    metrics.RETRIES.labels(reason="worker_lost").inc()
     logger.warning("task %s: attempt %d lost its event log; queued again", task_id, attempt)
     # Redis is likely still coming back: keep trying for a while, then leave the queued row
     # to the reconciler.
@@ -227,6 +232,7 @@ def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, An
 def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcome) -> float | None:
     task_id, owner, attempt = plan.task_id, plan.owner, plan.attempt
     steps, routing = _record(task, plan)
+    _observe(task, decision, outcome)
     if outcome.status in ("fenced", "lost"):
         # Fenced: another actor owns the log; if the row is still this attempt's, nobody
         # does (Redis restarted empty and the log's owner went with it). Lost: Redis failed.
@@ -246,6 +252,7 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
         if err is not None and err.retryable and attempt < settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
             if _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing,
                    error=error, owner=owner):
+                metrics.RETRIES.labels(reason=err.code).inc()
                 backoff = settings.MAGEAGENT["RETRY_BACKOFF_S"] * (2 ** (attempt - 1))
                 return max(backoff, err.retry_after or 0.0)
         elif _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing,
@@ -254,6 +261,21 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
     # Cancelled, or its transition refused because the API cancelled it meanwhile.
     _finish_cancelled(plan, decision, outcome)
     return None
+
+
+def _observe(task: Task, decision: RoutingDecision, outcome: AttemptOutcome) -> None:
+    """The attempt's time to first token, and its run time when it ends the task (a retry's
+    or a hand-back's attempt is not a task's duration)."""
+    if outcome.first_token_s is not None:
+        metrics.TIME_TO_FIRST_TOKEN.labels(provider=decision.provider, model=decision.model).observe(
+            outcome.first_token_s)
+    ended = {"completed": "completed", "cancelled": "cancelled", "timeout": "failed"}.get(outcome.status)
+    if outcome.status == "failed" and not (outcome.error is not None and outcome.error.retryable
+                                           and task.attempts < settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]):
+        ended = "failed"
+    if ended is not None and task.started_at is not None:
+        metrics.TASK_DURATION.labels(status=ended).observe(
+            max((timezone.now() - task.started_at).total_seconds(), 0.0))
 
 
 def _measure(routing: dict[str, Any], outcome: AttemptOutcome) -> None:
