@@ -122,7 +122,11 @@ def _execute(task_id: str) -> float | None:
         outcome = _run_attempt(plan)
     except TimeoutError:
         outcome = AttemptOutcome(status="timeout")
-    return _finish(started, plan, decision, outcome)
+    countdown = _finish(started, plan, decision, outcome)
+    # One line per attempt (its ids come from the log context): how it ended, never what it said.
+    logger.info("task %s: attempt %d ended %s (%d tokens streamed%s)", task_id, attempt, outcome.status,
+                outcome.tokens, f", error {outcome.error.code}" if outcome.error else "")
+    return countdown
 
 
 def _run_attempt(plan: AttemptPlan) -> AttemptOutcome:
