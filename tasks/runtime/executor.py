@@ -306,15 +306,28 @@ def _record(task: Task, plan: AttemptPlan) -> tuple[list[str], dict[str, Any]]:
     routing.update(record)
     routing["spent_usd_all_attempts"] = round(float(routing.get("spent_usd_all_attempts") or 0.0)
                                               + record["actual_cost_usd"], 10)
-    if router.calls:
+    # One ledger row per model that served a call (a fallback's calls book to their own
+    # model); the task counts once, for the model that served its last call.
+    last = router.calls[-1]["model"] if router.calls else None
+    for model, use in _use_by_model(router.calls).items():
         try:
-            spend_record(company_id=task.company_id, app_id=task.app_id, cost_usd=router.cost_usd,
-                         prompt_tokens=router.usage["prompt_tokens"],
-                         completion_tokens=router.usage["completion_tokens"], calls=len(router.calls),
-                         tasks=1 if plan.attempt == 1 else 0)
+            spend_record(company_id=task.company_id, app_id=task.app_id, model=model, cost_usd=use["cost_usd"],
+                         prompt_tokens=use["prompt_tokens"], completion_tokens=use["completion_tokens"],
+                         calls=use["calls"], tasks=1 if plan.attempt == 1 and model == last else 0)
         except Exception:
             logger.exception("could not record the spend of task %s", task.id)
     return steps, routing
+
+
+def _use_by_model(calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    use: dict[str, dict[str, Any]] = {}
+    for call in calls:
+        row = use.setdefault(call["model"], {"cost_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
+        row["cost_usd"] += call["cost_usd"]
+        row["prompt_tokens"] += call["prompt_tokens"]
+        row["completion_tokens"] += call["completion_tokens"]
+        row["calls"] += 1
+    return use
 
 
 def _finish_cancelled(plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcome) -> None:
