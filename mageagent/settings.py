@@ -283,6 +283,10 @@ LOGGING: dict[str, Any] = {
     "root": {"handlers": ["console"], "level": env_str("MAGEAGENT_LOG_LEVEL", "INFO")},
     "loggers": {
         "mageagent.access": {"level": "INFO"},  # daphne's access log, as records when JSON
+        # Django's default config gives these a console handler of their own (with DEBUG
+        # on): their lines go through the root's handler instead, in the chosen format.
+        "django": {"handlers": [], "level": "INFO"},
+        "django.server": {"handlers": [], "level": "INFO"},
         # Keep ?token= URLs out of the access log (see mageagent/logging.py).
         "django.channels.server": {"level": "WARNING"},
         "LiteLLM": {"level": "WARNING"},
