@@ -4,6 +4,7 @@ after a task ran, and JSON log lines that carry the task's and the request's ids
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import httpx
@@ -25,9 +26,11 @@ def ops_stack(django_db_setup: None, django_db_blocker: object) -> Iterator[Stac
     from django.db import connection
 
     worker_port = free_port()
+    # A queue of its own: another stack's worker in the same run must not take its tasks.
+    queue = f"{os.environ.get('MAGEAGENT_QUEUE', 'mageagent')}-ops"
     running = Stack(database_url(connection.settings_dict), extra_env={
         "MAGEAGENT_WORKER_METRICS_PORT": str(worker_port), "MAGEAGENT_METRICS_TOKEN": TOKEN,
-        "MAGEAGENT_LOG_FORMAT": "json"})
+        "MAGEAGENT_LOG_FORMAT": "json", "MAGEAGENT_QUEUE": queue})
     running.worker_metrics_url = f"http://127.0.0.1:{worker_port}/metrics"  # type: ignore[attr-defined]
     running.start()
     try:
