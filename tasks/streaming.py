@@ -35,18 +35,10 @@ async def _frames(task_id: str, after: int) -> AsyncIterator[bytes]:
     # nothing else). `retry:` rides on the first event: a block with a field but no data is
     # an event with empty data to httpx-sse and the openai SDK, though not to browsers.
     followers = metrics.FOLLOWERS.labels(kind="sse")
-    followers.inc()
+    followers.inc()  # counted while the response's body is served (a client gone closes it)
     try:
-        async for frame in _follow_frames(task_id, after):
-            yield frame
-    finally:
-        followers.dec()
-
-
-async def _follow_frames(task_id: str, after: int) -> AsyncIterator[bytes]:
-    yield b": connected\n\n"
-    retry = b"retry: 1000\n"
-    try:
+        yield b": connected\n\n"
+        retry = b"retry: 1000\n"
         async for raw in follow(task_id, after, idle_s=settings.MAGEAGENT["SSE_PING_S"]):
             if raw is None:
                 yield b": ping\n\n"
@@ -60,6 +52,8 @@ async def _follow_frames(task_id: str, after: int) -> AsyncIterator[bytes]:
         # where it was.
         logger.warning("ending the stream of task %s: %s", task_id, exc)
         yield b": the event log is unavailable; reconnect with Last-Event-ID\n\n"
+    finally:
+        followers.dec()
 
 
 def _position(request: HttpRequest) -> int:
