@@ -17,6 +17,7 @@ django_asgi_app = MageAgentASGIHandler()
 import litellm  # noqa: E402, F401  (a 3 s import: pay it at start, not in the first request)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from tasks.socketio_app import socketio_app  # noqa: E402
 from tasks.ws_urls import websocket_urlpatterns  # noqa: E402
@@ -24,7 +25,7 @@ from tasks.ws_urls import websocket_urlpatterns  # noqa: E402
 from .logging import redact_daphne_access_log  # noqa: E402
 from .redis_check import warn_if_redis_evicts  # noqa: E402
 
-redact_daphne_access_log()
+redact_daphne_access_log(as_records=settings.LOG_FORMAT == "json")
 warn_if_redis_evicts()
 
 channels_app = ProtocolTypeRouter({

@@ -31,8 +31,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
+from django.conf import settings
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from .redis import sync_client
 
 
 class Channel(kombu_redis.Channel):
@@ -58,3 +62,23 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+_queue_client: Any = None
+
+
+def queue_length() -> int:
+    """Messages waiting in the task queue: its priority lists' lengths, in one round trip.
+    Messages a worker holds (prefetched, or waiting for a retry's countdown) are not counted."""
+    global _queue_client
+    url = settings.CELERY_BROKER_URL
+    if not url.startswith(("redis://", "rediss://")):
+        return 0
+    if _queue_client is None:
+        _queue_client = sync_client() if url == settings.REDIS_URL else redis.Redis.from_url(url)
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    queue, sep = settings.CELERY_TASK_DEFAULT_QUEUE, options.get("sep", ":")
+    pipe = _queue_client.pipeline(transaction=False)
+    for step in options.get("priority_steps", [0]):
+        pipe.llen(f"{queue}{sep}{step}" if step else queue)
+    return sum(int(n) for n in pipe.execute())

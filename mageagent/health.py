@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
+
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -9,7 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mageagent.redis import sync_client
 from tasks.runtime.heartbeat import live_workers
 
-from . import metrics
+from . import broker, metrics
+from .errors import error_response
+
+metrics.queue_collector_register(broker.queue_length)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -39,5 +45,11 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def prometheus(request: HttpRequest) -> HttpResponse:
-    metrics.refresh_queue_gauges()
+    token = settings.MAGEAGENT["METRICS_TOKEN"]
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            response = error_response("authentication_failed", "/metrics needs Authorization: Bearer <token>", 401)
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

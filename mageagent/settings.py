@@ -43,6 +43,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "mageagent.middleware.request_context_middleware",
     "mageagent.middleware.allowed_host_middleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -261,15 +262,31 @@ MAGEAGENT: dict[str, Any] = {
     "LLM_TIMEOUT_S": env_float("MAGEAGENT_LLM_TIMEOUT_S", 120.0, minimum=1.0),
     "LLM_MAX_CONNECTIONS": env_int("MAGEAGENT_LLM_MAX_CONNECTIONS", 2000, minimum=1),
     "SYSTEM_PROMPT": env_str("MAGEAGENT_SYSTEM_PROMPT", "You are a helpful AI assistant."),
+    # Operations (README, "Operations"): /metrics asks for `Authorization: Bearer <token>`
+    # when a token is set; each worker process serves its metrics on this port (0: off).
+    "METRICS_TOKEN": env_str("MAGEAGENT_METRICS_TOKEN", ""),
+    "WORKER_METRICS_PORT": env_int("MAGEAGENT_WORKER_METRICS_PORT", 0, minimum=0),
 }
 
+# plain: text lines; json: one JSON object a line, with the ids it is about (mageagent/logging.py).
+LOG_FORMAT = env_str("MAGEAGENT_LOG_FORMAT", "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ConfigError(f"MAGEAGENT_LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "mageagent.logging.ContextFilter"}},
+    "formatters": {"plain": {"()": "mageagent.logging.PlainFormatter",
+                             "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "mageagent.logging.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": env_str("MAGEAGENT_LOG_LEVEL", "INFO")},
     "loggers": {
+        "mageagent.access": {"level": "INFO"},  # daphne's access log, as records when JSON
+        # Django's default config gives these a console handler of their own (with DEBUG
+        # on): their lines go through the root's handler instead, in the chosen format.
+        "django": {"handlers": [], "level": "INFO"},
+        "django.server": {"handlers": [], "level": "INFO"},
         # Keep ?token= URLs out of the access log (see mageagent/logging.py).
         "django.channels.server": {"level": "WARNING"},
         "LiteLLM": {"level": "WARNING"},

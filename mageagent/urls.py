@@ -13,6 +13,7 @@ from tasks.apis import (
     TaskEventsApi,
     TaskListCreateApi,
     TaskRouteApi,
+    UsageApi,
 )
 from tasks.streaming import task_stream_view
 from tools.apis import ToolListApi
@@ -27,6 +28,7 @@ api: list[URLPattern | URLResolver] = [
     path("tasks/<str:task_id>/events", TaskEventsApi.as_view()),
     path("tasks/<str:task_id>/stream", task_stream_view),
     path("queue/metrics", QueueMetricsApi.as_view()),
+    path("usage", UsageApi.as_view()),
     path("models", ModelListApi.as_view()),
     path("route", TaskRouteApi.as_view()),
     path("tools", ToolListApi.as_view()),

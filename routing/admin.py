@@ -110,8 +110,9 @@ class BudgetAdmin(admin.ModelAdmin):
 
 @admin.register(Spend)
 class SpendAdmin(admin.ModelAdmin):
-    list_display = ("day", "company", "app", "cost_usd", "prompt_tokens", "completion_tokens", "calls", "tasks")
-    list_filter = ("company", "app")
+    list_display = ("day", "company", "app", "model", "cost_usd", "prompt_tokens", "completion_tokens", "calls",
+                    "tasks")
+    list_filter = ("company", "app", "model")
     list_select_related = ("company", "app")
     date_hierarchy = "day"
 

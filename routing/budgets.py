@@ -29,6 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connections, router, transaction
 
+from mageagent import metrics
 from mageagent.errors import BudgetExceeded
 from mageagent.redis import async_script, sync_client, sync_script
 
@@ -181,6 +182,7 @@ def _settle_args(ctx: BudgetContext, rid: str, actual: int) -> list[Any]:
 
 def _refusal(ctx: BudgetContext, reply: list[Any], amount: int) -> BudgetExceeded:
     scope = ctx.scopes[int(reply[1])]
+    metrics.BUDGET_REFUSALS.labels(scope=str(scope.label["scope"])).inc()
     details = {**scope.label, "spent_usd": int(reply[2]) / NANO, "reserved_usd": int(reply[3]) / NANO,
                "estimated_cost_usd": amount / NANO}
     return BudgetExceeded(f"the {scope.label['scope']} {scope.label['period']}ly budget of "
@@ -290,14 +292,14 @@ def _budgets_version_bump() -> None:
 
 # --- the ledger ----------------------------------------------------------------------------
 def spend_record(*, company_id: int, app_id: int, cost_usd: float, prompt_tokens: int, completion_tokens: int,
-                 calls: int, tasks: int = 1, day: date | None = None) -> None:
+                 calls: int, tasks: int = 1, day: date | None = None, model: str = "") -> None:
     """Override of the ORM's upsert (Django ==5.2.20; tests/routing/test_budgets.py's spend tests fail if it changes).
 
-    Add one attempt's use to the app's row of the day: one INSERT ... ON CONFLICT DO UPDATE
-    (PostgreSQL and SQLite), atomic under concurrent workers. Every attempt of every task
-    books here; the ORM's UPDATE-or-INSERT with F() expressions compiles two statements on
+    Add one attempt's use of one model to the app's row of the day: one INSERT ... ON
+    CONFLICT DO UPDATE (PostgreSQL and SQLite), atomic under concurrent workers. Every
+    attempt of every task books here; the ORM's UPDATE-or-INSERT with F() expressions compiles two statements on
     every call (BENCHMARKS.md, issue 17's A/B)."""
-    values = {"company_id": company_id, "app_id": app_id, "day": day or datetime.now(UTC).date(),
+    values = {"company_id": company_id, "app_id": app_id, "day": day or datetime.now(UTC).date(), "model": model,
               "cost_usd": Decimal(str(round(cost_usd, 9))), "prompt_tokens": prompt_tokens,
               "completion_tokens": completion_tokens, "calls": calls, "tasks": tasks,
               "updated_at": datetime.now(UTC)}
@@ -311,14 +313,15 @@ def spend_record(*, company_id: int, app_id: int, cost_usd: float, prompt_tokens
 @cache
 def _spend_upsert_sql() -> tuple[str, list[Any]]:
     meta = Spend._meta
-    names = ("company", "app", "day", "cost_usd", "prompt_tokens", "completion_tokens", "calls", "tasks", "updated_at")
+    names = ("company", "app", "day", "model", "cost_usd", "prompt_tokens", "completion_tokens", "calls", "tasks",
+             "updated_at")
     fields: list[Any] = [meta.get_field(name) for name in names]
     q = connections[router.db_for_write(Spend)].ops.quote_name
     table, cols = q(meta.db_table), [q(f.column) for f in fields]
-    added = [f"{c} = {table}.{c} + EXCLUDED.{c}" for c in cols[3:8]]
+    added = [f"{c} = {table}.{c} + EXCLUDED.{c}" for c in cols[4:9]]
     sql = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
-           f"ON CONFLICT ({', '.join(cols[:3])}) DO UPDATE SET {', '.join(added)}, "
-           f"{cols[8]} = EXCLUDED.{cols[8]}")
+           f"ON CONFLICT ({', '.join(cols[:4])}) DO UPDATE SET {', '.join(added)}, "
+           f"{cols[9]} = EXCLUDED.{cols[9]}")
     return sql, fields
 
 

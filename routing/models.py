@@ -105,11 +105,14 @@ class Budget(models.Model):
 
 
 class Spend(models.Model):
-    """What a company's app spent on one UTC day; months are sums of days."""
+    """What a company's app spent on one UTC day with one model; months are sums of days.
+    The durable ledger of use (tasks are pruned): GET /usage reads it."""
 
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="spend")
     app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="spend")
     day = models.DateField()
+    # The catalog model that served the calls; "" for rows booked before models were recorded.
+    model = models.CharField(max_length=200, blank=True, default="")
     cost_usd = models.DecimalField(max_digits=16, decimal_places=9, default=Decimal(0))
     prompt_tokens = models.BigIntegerField(default=0)
     completion_tokens = models.BigIntegerField(default=0)
@@ -120,7 +123,8 @@ class Spend(models.Model):
     class Meta:
         ordering = ("-day", "company__slug", "app__slug")
         verbose_name_plural = "spend"
-        constraints = [models.UniqueConstraint(fields=("company", "app", "day"), name="spend_unique_day")]
+        constraints = [models.UniqueConstraint(fields=("company", "app", "day", "model"),
+                                               name="spend_unique_day_model")]
         indexes = [models.Index(fields=("company", "day"), name="spend_company_day")]
 
     def __str__(self) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 
+from mageagent import metrics
 from mageagent.errors import BudgetExceeded
 from mageagent.ratelimit import rate_limit_acquire, rate_limit_adjust
 from providers.llm import Deployment, ProviderError
@@ -52,6 +53,17 @@ class CallTarget:
     @property
     def model(self) -> str:
         return self.candidate.spec.id
+
+
+def _observe_call(provider: str, model: str, prompt: int, completion: int, cost: float,
+                  error: ProviderError | None) -> None:
+    """Once per provider call, at its end, from its usage (never per chunk)."""
+    metrics.PROVIDER_CALLS.labels(provider=provider, model=model).inc()
+    metrics.TOKENS.labels(provider=provider, model=model, direction="in").inc(prompt)
+    metrics.TOKENS.labels(provider=provider, model=model, direction="out").inc(completion)
+    metrics.COST.labels(provider=provider, model=model).inc(cost)
+    if error is not None:
+        metrics.PROVIDER_ERRORS.labels(provider=provider, model=model, code=error.code).inc()
 
 
 class AttemptRouter:
@@ -156,6 +168,8 @@ class AttemptRouter:
         target = CallTarget(cand, dep, dep.runtime(), prompt_tokens, cap, probe=probe)
 
         async def on_wait(seconds: float) -> None:
+            metrics.RATE_LIMIT_WAITS.inc()
+            metrics.RATE_LIMIT_WAIT.inc(seconds)
             await emit("rate_limited", {"model": spec.id, "deployment": dep.id, "wait_s": round(seconds, 3)})
 
         await rate_limit_acquire(dep.id, rpm=dep.rpm, tpm=dep.tpm, tokens=prompt_tokens + output, on_wait=on_wait,
@@ -181,6 +195,7 @@ class AttemptRouter:
             prompt = target.prompt_tokens if (streamed or error is None) else 0
             completion = count_tokens(spec.id, text=streamed) if streamed else 0
         cost = spec.cost_usd(prompt, completion)
+        _observe_call(spec.provider, spec.id, prompt, completion, cost, error)
         self.usage["prompt_tokens"] += prompt
         self.usage["completion_tokens"] += completion
         self.cost_usd += cost
@@ -225,6 +240,7 @@ class AttemptRouter:
         detail = {"from": current.model, "from_deployment": current.deployment.id, "to": cand.spec.id,
                   "to_deployment": dep.id, "error": error.code, "status": error.status, "reason": reason}
         self.fallbacks.append(detail)
+        metrics.FALLBACKS.labels(code=error.code).inc()
         return detail
 
     async def close(self) -> None:

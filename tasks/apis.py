@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -77,6 +80,68 @@ class TaskEventsApi(APIView):
         query.is_valid(raise_exception=True)
         task = selectors.task_get(tenant=request_tenant(request), task_id=task_id)
         return Response(events_page(task, after=query.validated_data["after"]))
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    # `from` is a Python keyword: the field is named in __init__'s fields below.
+    to = serializers.DateField(required=False, help_text="last UTC day included (ISO date); default today")
+    group_by = serializers.ChoiceField(choices=selectors.USAGE_GROUPS, default="day")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        fields["from"] = serializers.DateField(
+            required=False, help_text="first UTC day included (ISO date); default 29 days before `to`")
+        return fields
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        end = attrs.get("to") or datetime.now(UTC).date()
+        start = attrs.get("from") or end - timedelta(days=USAGE_DEFAULT_DAYS - 1)
+        if start > end:
+            raise serializers.ValidationError({"from": "must not be after `to`"})
+        if (end - start).days >= USAGE_MAX_DAYS:
+            raise serializers.ValidationError({"from": f"the range may span at most {USAGE_MAX_DAYS} days"})
+        return {"start": start, "end": end, "group_by": attrs["group_by"]}
+
+
+USAGE_DEFAULT_DAYS = 30
+USAGE_MAX_DAYS = 366
+UsageCounts: dict[str, serializers.Field] = {
+    "tasks": serializers.DictField(child=serializers.IntegerField(),
+                                   help_text="tasks created in the period by status (tasks not yet pruned)"),
+    "tasks_started": serializers.IntegerField(help_text="tasks that ran (from the spend ledger, never pruned)"),
+    "prompt_tokens": serializers.IntegerField(), "completion_tokens": serializers.IntegerField(),
+    "cost_usd": serializers.FloatField(), "calls": serializers.IntegerField(help_text="provider calls"),
+}
+
+
+class UsageApi(APIView):
+    @extend_schema(parameters=[UsageQuerySerializer], summary="The caller's company's usage",
+                   responses=inline_serializer("Usage", {"from": serializers.DateField(), "to": serializers.DateField(),
+                  "group_by": serializers.ChoiceField(choices=selectors.USAGE_GROUPS),
+                  "results": inline_serializer("UsageRow", {
+                      "day": serializers.DateField(required=False), "app": serializers.CharField(required=False),
+                      "model": serializers.CharField(required=False), **UsageCounts}, many=True),
+                  "totals": inline_serializer("UsageTotals", UsageCounts)}))
+    def get(self, request: Request) -> Response:
+        query = UsageQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        q = query.validated_data
+        rows = selectors.usage_summary(company_id=request_tenant(request).company_id, start=q["start"],
+                                       end=q["end"], group_by=q["group_by"])
+        return Response({"from": q["start"].isoformat(), "to": q["end"].isoformat(), "group_by": q["group_by"],
+                         "results": rows, "totals": _usage_totals(rows)})
+
+
+def _usage_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    totals: dict[str, Any] = {"tasks": {}, "tasks_started": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                              "cost_usd": 0.0, "calls": 0}
+    for r in rows:
+        for status, n in r["tasks"].items():
+            totals["tasks"][status] = totals["tasks"].get(status, 0) + n
+        for name in ("tasks_started", "prompt_tokens", "completion_tokens", "calls"):
+            totals[name] += r[name]
+        totals["cost_usd"] = round(totals["cost_usd"] + r["cost_usd"], 9)
+    return totals
 
 
 class QueueMetricsApi(APIView):

@@ -12,6 +12,7 @@ from channels.auth import get_user
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from mageagent import metrics
 from mageagent.errors import AuthenticationFailed, error_body
 from mageagent.tenancy.access import query_params
 
@@ -39,12 +40,17 @@ class _TaskSocket(TaskSubscriptions, AsyncWebsocketConsumer):
             await self.send_error(None, refused.code, refused.message)
             await self.close(code=4401 if isinstance(refused, AuthenticationFailed) else 4429)
             return
+        self.counted = True
+        metrics.FOLLOWERS.labels(kind="websocket").inc()
         await self.opened()
 
     async def opened(self) -> None:
         pass
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):
+            self.counted = False
+            metrics.FOLLOWERS.labels(kind="websocket").dec()
         await self.close_subscriptions()
 
     async def dispatch(self, message: dict[str, Any]) -> None:

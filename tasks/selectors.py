@@ -9,11 +9,14 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import connections, router
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, F, QuerySet, Sum, TextField, Value
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Coalesce, TruncDate
 
 from mageagent.errors import NotFound
 from mageagent.queries import CompiledSelect
 from mageagent.tenancy.auth import Tenant
+from routing.models import Spend
 
 from .models import Task, TaskStatus
 from .runtime.heartbeat import live_workers
@@ -127,3 +130,49 @@ def estimated_duration_ms(*, company_id: int) -> int:
     value = int(sum(spans) / len(spans)) if spans else 3500
     _estimates[company_id] = (now + 60, value)
     return value
+
+
+# --- usage (GET /usage) ------------------------------------------------------------------------
+USAGE_GROUPS = ("day", "app", "model")
+_LEDGER_KEYS = {"day": "day", "app": "app__slug", "model": "model"}
+
+
+def _task_key(group_by: str) -> Any:
+    if group_by == "day":
+        return TruncDate("created_at", tzinfo=dt.UTC)
+    if group_by == "app":
+        return F("app__slug")
+    # The model that served the task (after fallbacks), else the one routed to, else the one asked for.
+    return Coalesce(KeyTextTransform("model_used", "routing"), KeyTextTransform("model", "routing"), "model",
+                    Value(""), output_field=TextField())
+
+
+def usage_summary(*, company_id: int | None, start: dt.date, end: dt.date, group_by: str) -> list[dict[str, Any]]:
+    """A company's use from `start` to `end` (UTC days, both included), one row per day, app
+    or model (every company's for None: a staff session). Tokens, cost and calls come from the
+    spend ledger (routing.models.Spend), which is never pruned; the counts by status come from
+    the tasks still kept (retention prunes finished ones)."""
+    scope = {} if company_id is None else {"company_id": company_id}
+    ledger = (Spend.objects.filter(day__gte=start, day__lte=end, **scope)
+              .values(key=F(_LEDGER_KEYS[group_by]))
+              .annotate(prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),
+                        cost_usd=Sum("cost_usd"), calls=Sum("calls"), tasks_started=Sum("tasks")))
+    since = dt.datetime.combine(start, dt.time(), dt.UTC)
+    until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC)
+    statuses = (Task.objects.filter(created_at__gte=since, created_at__lt=until, **scope)
+                .values("status", key=_task_key(group_by)).annotate(n=Count("id")))
+    rows: dict[Any, dict[str, Any]] = {}
+
+    def row(key: Any) -> dict[str, Any]:
+        return rows.setdefault(key, {group_by: key.isoformat() if isinstance(key, dt.date) else key,
+                                     "tasks": dict.fromkeys(TaskStatus.values, 0), "tasks_started": 0,
+                                     "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "calls": 0})
+
+    for spent in ledger:
+        r = row(spent["key"])
+        for name in ("prompt_tokens", "completion_tokens", "calls", "tasks_started"):
+            r[name] += int(spent[name] or 0)
+        r["cost_usd"] = round(r["cost_usd"] + float(spent["cost_usd"] or 0), 9)
+    for counted in statuses:
+        row(counted["key"])["tasks"][counted["status"]] += counted["n"]
+    return [rows[k] for k in sorted(rows, key=str)]

@@ -17,8 +17,10 @@ from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from mageagent import metrics
 from mageagent.celery import app as celery_app
 from mageagent.errors import Conflict, ValidationFailed
+from mageagent.logging import current_request_id
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.models import App, Company
 from providers.conversation import has_images
@@ -135,6 +137,7 @@ def task_create(*, tenant: Tenant, prompt: str, model: str | None = None,
         with transaction.atomic() if transaction.get_connection().in_atomic_block else nullcontext():
             task.save(force_insert=True)
         transaction.on_commit(lambda: _enqueue(task))
+        transaction.on_commit(metrics.TASKS_CREATED.inc)
     except IntegrityError:
         # Two identical requests raced on the same idempotency key: the other one won.
         existing = _task_for_idempotency_key(tenant=tenant, key=idempotency_key or "", digest=digest)
@@ -184,8 +187,11 @@ def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = 
     """Hand a task to the broker by its Celery name (tasks/tasks.py registers it)."""
     # The Redis transport serves priority 0 first; the API's scale is "higher first". The
     # queue is read per call (not once by Celery's config) so that it follows the settings.
-    celery_app.send_task(TASK_EXECUTE_JOB, args=(task_id,), queue=settings.CELERY_TASK_DEFAULT_QUEUE,
-                         priority=9 - priority, countdown=countdown, ignore_result=True)
+    # The request that created (or handed back) the task goes along for the worker's log lines.
+    request_id = current_request_id()
+    celery_app.send_task(TASK_EXECUTE_JOB, args=(task_id,), kwargs={"request_id": request_id} if request_id else {},
+                         queue=settings.CELERY_TASK_DEFAULT_QUEUE, priority=9 - priority, countdown=countdown,
+                         ignore_result=True)
 
 
 # --- transitions ----------------------------------------------------------------------------
@@ -209,9 +215,13 @@ def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] |
         cursor.execute(sql, params)
         changed = cursor.rowcount == 1
     if changed and values.get("status") in TERMINAL:
-        status = values["status"]
-        transaction.on_commit(lambda: task_finished.send_robust(sender=Task, task_id=task_id, status=str(status)),
-                              using=connection.alias)
+        status = str(values["status"])
+
+        def finished() -> None:
+            metrics.TASKS_FINISHED.labels(status=status).inc()
+            task_finished.send_robust(sender=Task, task_id=task_id, status=status)
+
+        transaction.on_commit(finished, using=connection.alias)
     return changed
 
 
@@ -240,12 +250,15 @@ def task_start(*, task: Task, worker: str, routing: dict[str, Any] | None, steps
                started_at: datetime | None = None) -> Task | None:
     """queued → processing for the attempt `task` was read at. None when another actor got
     there first (a duplicate delivery, a cancel); otherwise `task`, updated."""
-    values = {"status": TaskStatus.PROCESSING, "worker": worker, "started_at": started_at or timezone.now(),
+    started = started_at or timezone.now()
+    values = {"status": TaskStatus.PROCESSING, "worker": worker, "started_at": started,
               "routing": routing, "steps": steps}
     if not _transition(str(task.id), from_=(TaskStatus.QUEUED,), extra={"attempts": task.attempts}, **values):
         return None
     for name, value in values.items():
         setattr(task, name, value)
+    if task.attempts == 1 and task.created_at is not None:  # a retry's wait is its backoff, not the queue's
+        metrics.TASK_QUEUE_WAIT.observe(max((started - task.created_at).total_seconds(), 0.0))
     return task
 
 
@@ -320,12 +333,14 @@ def task_cancel(*, task: Task) -> Task:
         raise Conflict(f"task is already {task.status}", details={"status": task.status})
     now = timezone.now()
     if _transition(str(task.id), from_=(TaskStatus.QUEUED,), status=TaskStatus.CANCELLED, completed_at=now):
+        metrics.CANCELS.labels(from_status=TaskStatus.QUEUED).inc()
         events.append(str(task.id), events.encode("status", status=TaskStatus.CANCELLED, attempt=task.attempts),
                       done_event(status=TaskStatus.CANCELLED, result=None), close=True)
         if task.started_at is None:  # never ran: nothing spent, so its hold goes back now
             budget_release_task(task_id=task.id, company_id=task.company_id, app_id=task.app_id)
         return Task.objects.get(pk=task.pk)
     if _transition(str(task.id), from_=(TaskStatus.PROCESSING,), status=TaskStatus.CANCELLED, completed_at=now):
+        metrics.CANCELS.labels(from_status=TaskStatus.PROCESSING).inc()
         events.sync_client().publish(CANCEL_CHANNEL, str(task.id))
         if not events.wait_closed(str(task.id), settings.MAGEAGENT["CANCEL_WAIT_S"]):
             # The worker did not answer in time (dead or partitioned): close it from here.

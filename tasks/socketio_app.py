@@ -23,6 +23,7 @@ import orjson
 import socketio
 from channels.layers import get_channel_layer
 
+from mageagent import metrics
 from mageagent.errors import error_body, unavailable_for
 from mageagent.tenancy.access import query_params
 
@@ -92,10 +93,12 @@ class TaskNamespace(socketio.AsyncNamespace):
             # The client's connect_error: `message`, and the contract's error body as `data`.
             raise socketio.exceptions.ConnectionRefusedError(refused.message, error_body(refused.code, refused.message))
         self.sessions[sid] = session
+        metrics.FOLLOWERS.labels(kind="socketio").inc()
 
     async def on_disconnect(self, sid: str, reason: object = None) -> None:
         session = self.sessions.pop(sid, None)
         if session is not None:
+            metrics.FOLLOWERS.labels(kind="socketio").dec()
             await session.close()
 
     async def trigger_event(self, event: str, *args: Any) -> Any:

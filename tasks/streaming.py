@@ -9,6 +9,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from mageagent import metrics
 from mageagent.errors import DATABASE_DOWN, DomainError, domain_error_response, error_response, unavailable_for
 from mageagent.handlers import stream_db
 from mageagent.tenancy.access import tenant_from
@@ -33,9 +34,11 @@ async def _frames(task_id: str, after: int) -> AsyncIterator[bytes]:
     # The comment sends the headers at once (a client resuming at the log's end waits for
     # nothing else). `retry:` rides on the first event: a block with a field but no data is
     # an event with empty data to httpx-sse and the openai SDK, though not to browsers.
-    yield b": connected\n\n"
-    retry = b"retry: 1000\n"
+    followers = metrics.FOLLOWERS.labels(kind="sse")
+    followers.inc()  # counted while the response's body is served (a client gone closes it)
     try:
+        yield b": connected\n\n"
+        retry = b"retry: 1000\n"
         async for raw in follow(task_id, after, idle_s=settings.MAGEAGENT["SSE_PING_S"]):
             if raw is None:
                 yield b": ping\n\n"
@@ -49,6 +52,8 @@ async def _frames(task_id: str, after: int) -> AsyncIterator[bytes]:
         # where it was.
         logger.warning("ending the stream of task %s: %s", task_id, exc)
         yield b": the event log is unavailable; reconnect with Last-Event-ID\n\n"
+    finally:
+        followers.dec()
 
 
 def _position(request: HttpRequest) -> int:

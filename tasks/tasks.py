@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Task as CeleryTask
 from celery import shared_task
 from celery.signals import worker_process_init, worker_ready
+from django.conf import settings
+from prometheus_client import start_http_server
 
+from mageagent import metrics
+from mageagent.logging import log_context
 from mageagent.redis_check import warn_if_redis_evicts
 
 from . import housekeeping
 from .runtime import executor
+from .runtime.heartbeat import held
 from .runtime.lease import reconciler
 from .runtime.loop import runtime
 from .services import TASK_EXECUTE_JOB
 
 
 @shared_task(name=TASK_EXECUTE_JOB, bind=True, acks_late=True, ignore_result=True, max_retries=None)
-def task_execute_job(self: CeleryTask, task_id: str) -> None:
-    countdown = executor.execute(task_id)
+def task_execute_job(self: CeleryTask, task_id: str, request_id: str = "") -> None:
+    with log_context(task_id=task_id, request_id=request_id or None):
+        countdown = executor.execute(task_id)
     if countdown is not None:
         raise self.retry(countdown=countdown)
 
@@ -44,3 +51,22 @@ def _start_runtime(**_: Any) -> None:
     runtime.ensure_started()
     reconciler.ensure_started()
     warn_if_redis_evicts()
+    _serve_metrics()
+
+
+_metrics_served = False
+
+
+def _serve_metrics() -> None:
+    # Once per process: a threads-pool worker gets worker_ready, a prefork child
+    # worker_process_init (several children on one host need a port each).
+    global _metrics_served
+    port = settings.MAGEAGENT["WORKER_METRICS_PORT"]
+    if _metrics_served or not port:
+        return
+    _metrics_served = True
+    metrics.running_gauge_bind(lambda: len(held))
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("worker metrics: port %d is not free (%s); not served", port, exc)

@@ -15,7 +15,9 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from mageagent import metrics
 from mageagent.errors import DomainError
+from mageagent.logging import log_context_add, log_fields
 from providers.conversation import conversation_messages, sampling_params
 from routing.budgets import budget_context, spend_record
 from routing.deployments import registry
@@ -83,6 +85,7 @@ def _execute(task_id: str) -> float | None:
         task = selectors.task_fetch(task_id)
         if task is None or task.status != TaskStatus.QUEUED:
             return None  # cancelled, finished, or running elsewhere: a duplicate delivery
+        log_context_add(company=task.company_id, app=task.app_id, attempt=task.attempts)
         context_text, step_events, steps = _context(task)
         budget = budget_context(company_id=task.company_id, app_id=task.app_id)
         decision = model_select(prompt=task.prompt, model=task.model, tools=task.tools, context_text=context_text,
@@ -104,6 +107,7 @@ def _execute(task_id: str) -> float | None:
         return None
     attempt = started.attempts
     owner = f"{attempt}-{WORKER_ID}"
+    log_context_add(model=decision.model)
     try:
         events.claim(task_id, owner)
         plan = _plan(started, decision, context_text, owner, step_events)
@@ -118,7 +122,11 @@ def _execute(task_id: str) -> float | None:
         outcome = _run_attempt(plan)
     except TimeoutError:
         outcome = AttemptOutcome(status="timeout")
-    return _finish(started, plan, decision, outcome)
+    countdown = _finish(started, plan, decision, outcome)
+    # One line per attempt (its ids come from the log context): how it ended, never what it said.
+    logger.info("task %s: attempt %d ended %s (%d tokens streamed%s)", task_id, attempt, outcome.status,
+                outcome.tokens, f", error {outcome.error.code}" if outcome.error else "")
+    return countdown
 
 
 def _run_attempt(plan: AttemptPlan) -> AttemptOutcome:
@@ -157,7 +165,7 @@ def _plan(task: Task, decision: RoutingDecision, context_text: str, owner: str,
         params={**sampling_params(task), **({"tool_choice": task.tool_choice} if task.tool_choice else {})},
         max_tokens=task.max_tokens, max_tool_rounds=settings.MAGEAGENT.get("MAX_TOOL_ROUNDS", 4),
         coalesce_s=settings.MAGEAGENT["CHUNK_COALESCE_MS"] / 1000.0,
-        time_limit_s=settings.MAGEAGENT["TASK_SOFT_TIME_LIMIT_S"],
+        time_limit_s=settings.MAGEAGENT["TASK_SOFT_TIME_LIMIT_S"], log=log_fields(),
     )
 
 
@@ -209,6 +217,7 @@ def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, An
         return
     if not _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing, error=error):
         return
+    metrics.RETRIES.labels(reason="worker_lost").inc()
     logger.warning("task %s: attempt %d lost its event log; queued again", task_id, attempt)
     # Redis is likely still coming back: keep trying for a while, then leave the queued row
     # to the reconciler.
@@ -227,6 +236,7 @@ def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, An
 def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcome) -> float | None:
     task_id, owner, attempt = plan.task_id, plan.owner, plan.attempt
     steps, routing = _record(task, plan)
+    _observe(task, decision, outcome)
     if outcome.status in ("fenced", "lost"):
         # Fenced: another actor owns the log; if the row is still this attempt's, nobody
         # does (Redis restarted empty and the log's owner went with it). Lost: Redis failed.
@@ -246,6 +256,7 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
         if err is not None and err.retryable and attempt < settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
             if _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing,
                    error=error, owner=owner):
+                metrics.RETRIES.labels(reason=err.code).inc()
                 backoff = settings.MAGEAGENT["RETRY_BACKOFF_S"] * (2 ** (attempt - 1))
                 return max(backoff, err.retry_after or 0.0)
         elif _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing,
@@ -254,6 +265,21 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
     # Cancelled, or its transition refused because the API cancelled it meanwhile.
     _finish_cancelled(plan, decision, outcome)
     return None
+
+
+def _observe(task: Task, decision: RoutingDecision, outcome: AttemptOutcome) -> None:
+    """The attempt's time to first token, and its run time when it ends the task (a retry's
+    or a hand-back's attempt is not a task's duration)."""
+    if outcome.first_token_s is not None:
+        metrics.TIME_TO_FIRST_TOKEN.labels(provider=decision.provider, model=decision.model).observe(
+            outcome.first_token_s)
+    ended = {"completed": "completed", "cancelled": "cancelled", "timeout": "failed"}.get(outcome.status)
+    if outcome.status == "failed" and not (outcome.error is not None and outcome.error.retryable
+                                           and task.attempts < settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]):
+        ended = "failed"
+    if ended is not None and task.started_at is not None:
+        metrics.TASK_DURATION.labels(status=ended).observe(
+            max((timezone.now() - task.started_at).total_seconds(), 0.0))
 
 
 def _measure(routing: dict[str, Any], outcome: AttemptOutcome) -> None:
@@ -280,15 +306,28 @@ def _record(task: Task, plan: AttemptPlan) -> tuple[list[str], dict[str, Any]]:
     routing.update(record)
     routing["spent_usd_all_attempts"] = round(float(routing.get("spent_usd_all_attempts") or 0.0)
                                               + record["actual_cost_usd"], 10)
-    if router.calls:
+    # One ledger row per model that served a call (a fallback's calls book to their own
+    # model); the task counts once, for the model that served its last call.
+    last = router.calls[-1]["model"] if router.calls else None
+    for model, use in _use_by_model(router.calls).items():
         try:
-            spend_record(company_id=task.company_id, app_id=task.app_id, cost_usd=router.cost_usd,
-                         prompt_tokens=router.usage["prompt_tokens"],
-                         completion_tokens=router.usage["completion_tokens"], calls=len(router.calls),
-                         tasks=1 if plan.attempt == 1 else 0)
+            spend_record(company_id=task.company_id, app_id=task.app_id, model=model, cost_usd=use["cost_usd"],
+                         prompt_tokens=use["prompt_tokens"], completion_tokens=use["completion_tokens"],
+                         calls=use["calls"], tasks=1 if plan.attempt == 1 and model == last else 0)
         except Exception:
             logger.exception("could not record the spend of task %s", task.id)
     return steps, routing
+
+
+def _use_by_model(calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    use: dict[str, dict[str, Any]] = {}
+    for call in calls:
+        row = use.setdefault(call["model"], {"cost_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
+        row["cost_usd"] += call["cost_usd"]
+        row["prompt_tokens"] += call["prompt_tokens"]
+        row["completion_tokens"] += call["completion_tokens"]
+        row["calls"] += 1
+    return use
 
 
 def _finish_cancelled(plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcome) -> None:

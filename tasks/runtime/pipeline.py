@@ -15,6 +15,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from mageagent.logging import log_context_add
 from providers.llm import Delta, Deployment, ProviderError, stream_chat, supported_params
 from tasks import events
 from tasks.progress import tokens_set_later
@@ -52,6 +53,8 @@ class AttemptPlan:
     # routing.runtime.AttemptRouter: where each call goes, fallbacks, rate limits, budget,
     # cost. Without one, every call goes to `deployment`.
     router: Any = None
+    # The ids of the task's log lines (mageagent/logging.py), for the loop's asyncio task.
+    log: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -330,6 +333,7 @@ def _supported(plan: AttemptPlan, deployment: Deployment) -> dict[str, Any]:
 async def run_attempt(plan: AttemptPlan) -> AttemptOutcome:
     this = asyncio.current_task()
     assert this is not None
+    log_context_add(**plan.log)  # this asyncio task's own context
     runtime.register(plan.task_id, this)
     outcome = AttemptOutcome(status="completed")
     emitter = ChunkEmitter(plan)

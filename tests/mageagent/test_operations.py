@@ -44,7 +44,30 @@ def test_metrics_are_prometheus_text(client):
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
-    assert b'mageagent_tasks{status="waiting"}' in response.content
+    assert b"mageagent_tasks_waiting " in response.content
+    assert b'mageagent_tasks_finished_total{status="completed"}' in response.content
+
+
+def test_metrics_need_the_token_when_one_is_set(client, settings):
+    settings.MAGEAGENT = {**settings.MAGEAGENT, "METRICS_TOKEN": "s3cret"}
+
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    refused = client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong")
+    assert refused.json()["error"]["code"] == "authentication_failed"
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+
+def test_the_queue_gauge_counts_the_brokers_waiting_messages(client):
+    from mageagent import broker
+    from tasks.services import task_dispatch
+
+    before = broker.queue_length()
+    task_dispatch(task_id="00000000-0000-0000-0000-000000000001", priority=0)
+    task_dispatch(task_id="00000000-0000-0000-0000-000000000002", priority=7)
+
+    assert broker.queue_length() == before + 2
+    assert f"mageagent_tasks_waiting {before + 2:.1f}".encode() in client.get("/metrics").content
 
 
 def test_the_openapi_schema_describes_the_task_endpoints(client):

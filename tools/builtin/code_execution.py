@@ -6,6 +6,7 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from mageagent import metrics
 from tools.cgroups import cgroup_unavailable_reason
 from tools.conf import knob
 from tools.registry import ERROR_PREFIX, Tool, ToolContext, ToolError, json_fit_text, json_len, tool_output_limit
@@ -62,6 +63,10 @@ def command_for(language: str, limits: Limits) -> list[str]:
         # V8 otherwise sizes its heap from the host's RAM and dies on the data rlimit first.
         return [interpreter, f"--max-old-space-size={max(16, limits.memory_mb * 3 // 4)}", source]
     return [interpreter, source]
+
+
+# The limits a run is killed at; any other kill is a signal (`signal:<name>`).
+KILL_REASONS = frozenset({"wall_time", "cpu_time", "memory", "output_limit"})
 
 
 def render(run: RunResult, limits: Limits, max_chars: int) -> str:
@@ -128,6 +133,9 @@ class CodeExecutionTool(Tool):
             raise ToolError("the sandbox is busy (too many programs running); try again shortly") from None
         except SandboxUnavailable as exc:
             raise ToolError(f"the sandbox is not available: {exc}") from None
+        metrics.SANDBOX_RUNS.labels(language=args.language).inc()
+        if run.killed:
+            metrics.SANDBOX_KILLS.labels(reason=run.killed if run.killed in KILL_REASONS else "signal").inc()
         # Room for the prefix of a failed result too, so both stay within the limit.
         content = render(run, limits, tool_output_limit() - len(ERROR_PREFIX))
         if run.killed:
