@@ -400,16 +400,15 @@ def task_close_cancelled(*, task_id: str, result: dict[str, Any], owner: str = e
     the attempt that holds the log (`owner`) does it, or whoever fenced it. False when the
     log was already closed or is held by another attempt, or Redis failed (then the
     reconciler closes it from the row)."""
+    # The row first: a client that reads the task as soon as it sees `done` finds the partial
+    # answer there (written once; a closer that comes second keeps the first one's).
+    task_record_cancelled_result(task_id=task_id, result=result)
     try:
-        closed = events.append(task_id, done_event(status=TaskStatus.CANCELLED, result=result), owner=owner,
-                               close=True) > 0
+        return events.append(task_id, done_event(status=TaskStatus.CANCELLED, result=result), owner=owner,
+                             close=True) > 0
     except RedisError:
         logger.warning("task %s: its cancelled log could not be closed now", task_id, exc_info=True)
         return False
-    if not closed:
-        return False
-    task_record_cancelled_result(task_id=task_id, result=result)
-    return True
 
 
 def task_close_cancelled_log(*, task_id: str) -> None:
