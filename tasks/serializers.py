@@ -6,6 +6,7 @@ import orjson
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from mageagent.pagination import PageQuerySerializer
 from mageagent.serializers import SharedFieldsMixin, StrictCharField, StrictSerializer
 from providers.conversation import conversation_chars, conversation_from
 from routing.selectors import CHARS_PER_TOKEN, largest_context_window, max_prompt_chars
@@ -168,17 +169,16 @@ def prompt_limit_check(*, prompt: str, messages: list[dict[str, Any]], system: s
             f"({window} tokens) holds at about {CHARS_PER_TOKEN} characters a token"]})
 
 
-class TaskListFilterSerializer(StrictSerializer):
+class TaskListFilterSerializer(PageQuerySerializer):
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     model = serializers.CharField(required=False)
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
-    cursor = serializers.CharField(required=False)
-    page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
 
 
 class EventsQuerySerializer(StrictSerializer):
-    after = serializers.IntegerField(required=False, default=0, min_value=0, max_value=MAX_POSITION)
+    after = serializers.IntegerField(required=False, default=0, min_value=0, max_value=MAX_POSITION,
+                                     help_text="return the events with seq > after")
     token = serializers.CharField(required=False)
 
 
