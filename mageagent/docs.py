@@ -14,7 +14,7 @@ _PUBLIC: dict[str, list[type]] = {"authentication_classes": [], "permission_clas
 
 schema_view = SpectacularAPIView.as_view(**_PUBLIC)
 swagger_view = SpectacularSwaggerView.as_view(url_name="schema", **_PUBLIC)
-redoc_view = SpectacularRedocView.as_view(url_name="schema", **_PUBLIC)
+redoc_view = SpectacularRedocView.as_view(url_name="schema", template_name="mageagent/redoc.html", **_PUBLIC)
 
 _LINKS = ("docs", "redoc", "schema", "healthz", "readyz")
 

@@ -188,14 +188,42 @@ class TaskProgressSerializer(serializers.Serializer):
                                                "null until the task is routed")
 
 
+def _nullable(text: str, **properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "nullable": True, "description": text, "properties": properties}
+
+
+_STR, _NULLABLE_STR = {"type": "string"}, {"type": "string", "nullable": True}
+_NUMBER, _INT = {"type": "number", "nullable": True}, {"type": "integer", "nullable": True}
+
+
+@extend_schema_field(_nullable(
+    "the answer: null until completed (a cancelled task keeps its partial content)",
+    content=_STR, model={**_STR, "description": "provider/name"}, tokensUsed=_INT, finishReason=_NULLABLE_STR,
+    usage={"type": "object", "properties": {"prompt_tokens": _INT, "completion_tokens": _INT}}, cost_usd=_NUMBER))
+class _ResultField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(_nullable("null unless failed", code=_STR, message=_STR))
+class _ErrorField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(_nullable("the routing decision; null until routed", model=_STR, provider=_STR, reason=_STR,
+                               candidates={"type": "array", "items": _STR}))
+class _RoutingField(serializers.JSONField):
+    pass
+
+
 class _TaskFields(serializers.ModelSerializer):
     taskId = serializers.UUIDField(source="id")
     company_id = serializers.CharField(source="company.slug")
     app_id = serializers.CharField(source="app.slug")
     context = serializers.SerializerMethodField()  # type: ignore[assignment]  # a declared field, not .context
-    result = serializers.JSONField()
-    error = serializers.JSONField()
-    routing = serializers.JSONField()
+    priority = serializers.IntegerField(min_value=0, max_value=9, help_text="0-9, higher first")
+    result = _ResultField()
+    error = _ErrorField()
+    routing = _RoutingField()
     steps = serializers.ListField(child=serializers.CharField())
     tools = serializers.ListField(child=serializers.CharField())
     metadata = serializers.DictField()
@@ -228,6 +256,7 @@ class _TaskFields(serializers.ModelSerializer):
     def get_estimated_duration_ms(self, task: Task) -> None:
         return None  # filled by to_representation
 
+    @extend_schema_field(TaskContextSerializer)
     def get_context(self, task: Task) -> dict[str, Any]:
         return {"useGraphRAG": False, "graphragQuery": None, "additionalContext": None,
                 **(task.context or {})}
