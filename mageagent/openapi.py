@@ -4,7 +4,8 @@ hooks so that every view, including those of apps added later, gets the same tre
 - `AutoSchema` (settings: DEFAULT_SCHEMA_CLASS) adds the contract's error responses an
   operation can answer: 400 when it takes input, 401 behind a key, 404 with a path parameter,
   413/415 with a body, 429 when throttled, 503 everywhere (mageagent/handlers.py sheds load).
-  A view declares the errors only it answers (402, 409) with `error_responses(...)`.
+  A view declares the errors only it answers (402, 409) with `error_responses(...)`, and one
+  whose exception handler answers in another shape names that body as `error_serializer`.
 - `ApiKeyScheme`: the two ways to send a key, as security schemes (Swagger's Authorize).
 - `StrictSerializerScheme`: a StrictSerializer refuses unknown fields, so its schema says so.
 - `error_response(status)`: the same response object, for operations written by hand (the SSE
@@ -70,7 +71,8 @@ class AutoSchema(SpectacularAutoSchema):
         operation = super().get_operation(path, path_regex, path_prefix, method, registry)
         if operation is None:
             return None
-        ref = self.resolve_serializer(ErrorSerializer, "response").ref
+        # A view that renders its errors in another shape (the OpenAI-compatible API) names it.
+        ref = self.resolve_serializer(getattr(self.view, "error_serializer", ErrorSerializer), "response").ref
         for status in self._error_statuses(operation):
             response = operation["responses"].setdefault(str(status), {"description": ERRORS[status]})
             response.setdefault("content", {"application/json": {"schema": ref}})
