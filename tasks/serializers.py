@@ -92,6 +92,16 @@ class ChatMessagesField(serializers.ListField):
         return data
 
 
+_FORMAT_TYPE = {"type": "object", "required": ["type"]}
+
+
+@extend_schema_field({"oneOf": [
+    {**_FORMAT_TYPE, "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}}},
+    {**_FORMAT_TYPE, "required": ["type", "json_schema"], "properties": {
+        "type": {"type": "string", "enum": ["json_schema"]},
+        "json_schema": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "schema": {"type": "object"}}}}},
+]})
 class ResponseFormatField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         kind = data.get("type") if isinstance(data, dict) else None
@@ -105,6 +115,8 @@ class ResponseFormatField(serializers.JSONField):
         return data
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
+                                                       "minItems": 1, "maxItems": 4}]})
 class StopField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, str) or (isinstance(data, list) and 0 < len(data) <= 4
