@@ -72,6 +72,10 @@ class AutoSchema(SpectacularAutoSchema):
         if operation is None:
             return None
         # A view that renders its errors in another shape (the OpenAI-compatible API) names it.
+        if "requestBody" in operation:
+            # drf-spectacular marks a body required only when a field is; every body here is (an
+            # empty one is a 400), even TaskInput's, which needs `prompt` or `messages`.
+            operation["requestBody"]["required"] = True
         ref = self.resolve_serializer(getattr(self.view, "error_serializer", ErrorSerializer), "response").ref
         for status in self._error_statuses(operation):
             response = operation["responses"].setdefault(str(status), {"description": ERRORS[status]})

@@ -63,3 +63,30 @@ class JsonObjectField(serializers.JSONField):
 
     default_error_messages = {"not_an_object": "must be a JSON object"}
 
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer in JSON, never a string or a boolean quietly turned into one."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, (str, bool)):
+            self.fail("invalid")
+        return int(super().to_internal_value(data))
+
+
+class StrictFloatField(serializers.FloatField):
+    """A number in JSON, never a string or a boolean quietly turned into one."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, (str, bool)):
+            self.fail("invalid")
+        return float(super().to_internal_value(data))
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false in JSON, never "yes", 1 or "true"."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+

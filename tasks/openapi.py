@@ -7,7 +7,8 @@ from typing import Any
 
 from mageagent.openapi import API_PREFIX, error_response
 
-_POSITION = {"type": "integer", "minimum": 0}
+# A position past the event log's 64-bit range is a 400.
+_POSITION = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 # Before OpenAPI 3.2 (itemSchema), a text/event-stream schema describes one event of the stream.
 SSE_EVENT: dict[str, Any] = {
     "type": "object",
@@ -35,8 +36,10 @@ SSE_OPERATION: dict[str, Any] = {
     "parameters": [
         {"in": "path", "name": "task_id", "required": True, "schema": {"type": "string"}},
         {"in": "query", "name": "after", "schema": _POSITION, "description": "replay events with `seq > after`"},
-        {"in": "header", "name": "Last-Event-ID", "schema": _POSITION,
-         "description": "as `after`; sent by `EventSource` when it reconnects"},
+        # A header is text: digits, or empty for none (what EventSource sends after an empty `id:`).
+        {"in": "header", "name": "Last-Event-ID",
+         "schema": {"type": "string", "pattern": r"^([0-9]{0,18}|[0-8][0-9]{18})$"},
+         "description": "as `after` (wins over it); sent by `EventSource` when it reconnects"},
         {"in": "query", "name": "token", "schema": {"type": "string"},
          "description": "the API key, for clients that cannot set headers; keep such URLs out of logs"},
     ],

@@ -7,7 +7,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from mageagent.pagination import PageQuerySerializer
-from mageagent.serializers import SharedFieldsMixin, StrictCharField, StrictSerializer
+from mageagent.serializers import (
+    SharedFieldsMixin,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictSerializer,
+)
 from providers.conversation import conversation_chars, conversation_from
 from routing.selectors import CHARS_PER_TOKEN, largest_context_window, max_prompt_chars
 
@@ -17,7 +24,7 @@ from .progress import task_progress
 
 
 class TaskContextSerializer(StrictSerializer):
-    useGraphRAG = serializers.BooleanField(required=False, default=False)
+    useGraphRAG = StrictBooleanField(required=False, default=False)
     graphragQuery = StrictCharField(required=False, allow_null=True, allow_blank=True,
                                           default=None, max_length=4000)
     additionalContext = StrictCharField(required=False, allow_null=True, allow_blank=True,
@@ -126,6 +133,9 @@ class StopField(serializers.JSONField):
 
 
 class TaskInputSerializer(StrictSerializer):
+    """A task to run: `prompt`, or `messages` holding a user message, or both (the prompt is then
+    the conversation's last user message). Unknown fields are refused."""
+
     prompt = StrictCharField(required=False, trim_whitespace=False)
     messages = ChatMessagesField(required=False)
     system = StrictCharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False, default=None)
@@ -133,16 +143,16 @@ class TaskInputSerializer(StrictSerializer):
     context = TaskContextSerializer(required=False)  # type: ignore[assignment]  # a declared field, not .context
     tools = serializers.ListField(child=StrictCharField(max_length=100), required=False,
                                   default=list, max_length=32)
-    stream = serializers.BooleanField(required=False, default=True)
+    stream = StrictBooleanField(required=False, default=True)
     metadata = serializers.DictField(required=False, default=dict)
-    priority = serializers.IntegerField(required=False, default=0, min_value=0, max_value=9)
-    temperature = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=2)
-    top_p = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=1)
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1,
-                                          max_value=10_000_000)
+    priority = StrictIntegerField(required=False, default=0, min_value=0, max_value=9)
+    temperature = StrictFloatField(required=False, allow_null=True, default=None, min_value=0, max_value=2)
+    top_p = StrictFloatField(required=False, allow_null=True, default=None, min_value=0, max_value=1)
+    max_tokens = StrictIntegerField(required=False, allow_null=True, default=None, min_value=1,
+                                    max_value=10_000_000)
     stop = StopField(required=False, allow_null=True, default=None)
-    seed = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=-(2**63),
-                                    max_value=2**63 - 1)
+    seed = StrictIntegerField(required=False, allow_null=True, default=None, min_value=-(2**63),
+                              max_value=2**63 - 1)
     response_format = ResponseFormatField(required=False, allow_null=True, default=None)
 
     def validate_tools(self, value: list[str]) -> list[str]:
@@ -211,7 +221,8 @@ _NUMBER, _INT = {"type": "number", "nullable": True}, {"type": "integer", "nulla
 @extend_schema_field(_nullable(
     "the answer: null until completed (a cancelled task keeps its partial content)",
     content=_STR, model={**_STR, "description": "provider/name"}, tokensUsed=_INT, finishReason=_NULLABLE_STR,
-    usage={"type": "object", "properties": {"prompt_tokens": _INT, "completion_tokens": _INT}}, cost_usd=_NUMBER))
+    usage={"type": "object", "nullable": True, "properties": {"prompt_tokens": _INT, "completion_tokens": _INT}},
+    cost_usd=_NUMBER))
 class _ResultField(serializers.JSONField):
     pass
 
