@@ -136,6 +136,7 @@ class KnowledgeSearchApi(APIView):
 
 class FileListCreateApi(APIView):
     parser_classes = [JSONParser, MultiPartParser]
+    pagination_class = NewestFirstPagination  # documents the list as a page (drf-spectacular)
 
     @extend_schema_serializer(component_name="FileUpload")
     class InputSerializer(StrictSerializer):
@@ -160,10 +161,12 @@ class FileListCreateApi(APIView):
         stored = services.file_store(company_id=company_id, upload=data.validated_data["file"])
         return Response(self.OutputSerializer(stored).data, status=201)
 
-    @extend_schema(responses=OutputSerializer(many=True), summary="The company's uploaded files, newest first")
+    @extend_schema(parameters=[PageQuerySerializer], responses=OutputSerializer(many=True),
+                   summary="The company's uploaded files, newest first")
     def get(self, request: Request) -> Response:
+        PageQuerySerializer(data=request.query_params).is_valid(raise_exception=True)
         files = selectors.file_list(company_id=_company_id(request))
-        paginator = NewestFirstPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(files, request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 

@@ -84,7 +84,8 @@ def test_the_key_may_be_sent_as_a_bearer_token_or_an_x_api_key_header(schema):
     assert "security" not in schema["paths"][f"{API}/"]["get"]
 
 
-@pytest.mark.parametrize("path", ["tasks", "knowledge/documents"])
+@pytest.mark.parametrize("path", ["tasks", "knowledge/documents", "files", "webhooks",
+                                  "webhooks/{webhook_id}/deliveries"])
 def test_lists_are_documented_as_results_and_next_with_their_pagination_parameters(schema, path):
     op = schema["paths"][f"{API}/{path}"]["get"]
 
