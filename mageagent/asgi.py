@@ -23,9 +23,11 @@ from tasks.socketio_app import socketio_app  # noqa: E402
 from tasks.ws_urls import websocket_urlpatterns  # noqa: E402
 
 from .logging import redact_daphne_access_log  # noqa: E402
+from .protocol import keep_bodies_raw  # noqa: E402
 from .redis_check import warn_if_redis_evicts  # noqa: E402
 
 redact_daphne_access_log(as_records=settings.LOG_FORMAT == "json")
+keep_bodies_raw()
 warn_if_redis_evicts()
 
 channels_app = ProtocolTypeRouter({

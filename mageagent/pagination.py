@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
@@ -10,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .errors import ValidationFailed
+from .serializers import StrictSerializer
 
 INVALID_CURSOR = "invalid cursor: pass the `next` URL of a previous page unchanged"
 
@@ -37,3 +39,24 @@ class NewestFirstPagination(CursorPagination):
 
     def get_paginated_response(self, data: Any) -> Response:
         return Response({"results": data, "next": self.get_next_link()})
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        # drf-spectacular documents a view's list with this when the view names the paginator
+        # as its `pagination_class`.
+        return {
+            "type": "object",
+            "required": ["results", "next"],
+            "properties": {
+                "results": schema,
+                "next": {"type": "string", "format": "uri", "nullable": True,
+                         "description": "the next page's URL, to follow unchanged; null on the last page"},
+            },
+        }
+
+
+class PageQuerySerializer(StrictSerializer):
+    """A list's query: a malformed page_size is a 400, as on every other parameter."""
+
+    cursor = serializers.CharField(required=False, help_text="the `next` URL's cursor, unchanged")
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=NewestFirstPagination.max_page_size)
+

@@ -3,6 +3,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 
@@ -44,3 +46,47 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return str(super().to_internal_value(data))
+
+
+@extend_schema_field(OpenApiTypes.OBJECT)
+class JsonObjectField(serializers.JSONField):
+    """A JSON object sent as the text of a form field (multipart); anything else is a 400."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(binary=True, **kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            self.fail("not_an_object")
+        return value
+
+    default_error_messages = {"not_an_object": "must be a JSON object"}
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer in JSON, never a string or a boolean quietly turned into one."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, (str, bool)):
+            self.fail("invalid")
+        return int(super().to_internal_value(data))
+
+
+class StrictFloatField(serializers.FloatField):
+    """A number in JSON, never a string or a boolean quietly turned into one."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, (str, bool)):
+            self.fail("invalid")
+        return float(super().to_internal_value(data))
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false in JSON, never "yes", 1 or "true"."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+

@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc files, served by the service (no CDN)
     "channels",
     "django_celery_beat",
     "mageagent.tenancy",
@@ -173,15 +174,22 @@ REST_FRAMEWORK = {
     # task's). The uploads (knowledge documents, files) take multipart themselves.
     "DEFAULT_PARSER_CLASSES": ["mageagent.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "mageagent.errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "mageagent.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "MageAgent API",
-    "DESCRIPTION": "Asynchronous LLM tasks: enqueue, follow (poll, SSE, WebSocket), cancel.",
+    "DESCRIPTION": (BASE_DIR / "mageagent" / "openapi.md").read_text(),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": "/mageagent/api/v1",
+    # Request bodies get their own components: read-only fields left out, blank strings refused.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "tasks.openapi.document_stream"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "persistAuthorization": True},
 }
 
 # --- Celery ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.staticfiles.views import serve as static_serve
 from django.urls import URLPattern, URLResolver, include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from django.views.generic import RedirectView
 
 from routing.apis import ModelListApi
 from tasks.apis import (
@@ -18,7 +18,7 @@ from tasks.apis import (
 from tasks.streaming import task_stream_view
 from tools.apis import ToolListApi
 
-from . import health
+from . import docs, health
 from .errors import api_not_found
 
 api: list[URLPattern | URLResolver] = [
@@ -34,12 +34,14 @@ api: list[URLPattern | URLResolver] = [
     path("tools", ToolListApi.as_view()),
     path("", include("tools.urls")),
     path("", include("webhooks.urls")),
-    path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
-    path("docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[],
-                                                permission_classes=[]), name="docs"),
+    path("schema", docs.schema_view, name="schema"),
+    path("docs", docs.swagger_view, name="docs"),
+    path("redoc", docs.redoc_view, name="redoc"),
+    path("", docs.ApiIndexApi.as_view(), name="api-index"),
 ]
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="docs"), name="home"),  # the admin's "View site"
     path("mageagent/api/v1/", include(api)),
     # Last under the prefix: whatever it does not serve is the contract's JSON 404, also when
     # DEBUG is on (Django's handler404 is bypassed for its HTML debug page then).
@@ -47,8 +49,8 @@ urlpatterns = [
     # The OpenAI-compatible API: OpenAI(base_url="http://HOST:PORT/v1", api_key=<a MageAgent key>).
     path("v1/", include("openai_api.urls")),
     path("admin/", admin.site.urls),
-    path("healthz", health.healthz),
-    path("readyz", health.readyz),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("metrics", health.prometheus),
     # daphne serves no files: the admin's few static files come from the apps' static dirs
     # (through the finders, so no collectstatic is needed), off the API's path.

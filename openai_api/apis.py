@@ -22,7 +22,7 @@ from tasks.models import Task, TaskStatus
 from tasks.services import task_cancel, task_delete, task_submit
 
 from . import services, streams
-from .errors import openai_error, openai_error_response, openai_exception_handler
+from .errors import OpenAIErrorSerializer, openai_error, openai_error_response, openai_exception_handler
 from .serializers import ChatCompletionInputSerializer, ResponseCreateInputSerializer, ResponseStreamQuerySerializer
 
 OPENAI_TAG = ["OpenAI-compatible (/v1)"]
@@ -31,6 +31,8 @@ _FAILED_STATUS = {"budget_exceeded": 402, "context_window_exceeded": 400, "rate_
 
 
 class OpenAIApiView(APIView):
+    error_serializer = OpenAIErrorSerializer  # the schema's error responses (mageagent/openapi.py)
+
     def get_exception_handler(self) -> Any:
         return openai_exception_handler
 

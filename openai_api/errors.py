@@ -8,9 +8,23 @@ from typing import Any
 import orjson
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from rest_framework import serializers
 from rest_framework.response import Response
 
 from mageagent.errors import exception_handler, openai_error_body
+
+
+class OpenAIErrorDetailSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField(help_text="invalid_request_error, authentication_error, rate_limit_error, ...")
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField()
+
+
+class OpenAIErrorSerializer(serializers.Serializer):
+    """The body of every error on /v1 (the schema's error responses there: mageagent/openapi.py)."""
+
+    error = OpenAIErrorDetailSerializer()
 
 
 def openai_error(*, message: str, code: str, status: int, param: str | None = None) -> dict[str, Any]:

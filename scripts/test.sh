@@ -17,7 +17,8 @@ cd "$ROOT"
 # command is missing and only as root with apt-get (elsewhere the tests that need them skip).
 #   bwrap     - the code_execution tool's sandbox (bubblewrap)
 #   tesseract - OCR in the file_processing tool
-#   chromium  - a browser's EventSource reading the SSE stream (headless)
+#   chromium  - a browser's EventSource reading the SSE stream, and the API docs rendered offline
+#               (tests/mageagent/test_api_docs_browser.py), both headless
 #   npm       - Node clients the tests run (tests/package.json), with Node itself
 SYSTEM_PACKAGES=${MAGEAGENT_TEST_SYSTEM_PACKAGES-"bwrap:bubblewrap tesseract:tesseract-ocr chromium:chromium npm:npm"}
 # <<< SYSTEM PACKAGES HOOK <<<

@@ -3,12 +3,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from mageagent.openapi import error_responses
 from mageagent.pagination import NewestFirstPagination
 from mageagent.tenancy.auth import request_tenant
 
@@ -24,8 +25,16 @@ from .serializers import (
 
 
 class TaskListCreateApi(APIView):
-    @extend_schema(request=TaskInputSerializer, responses={202: TaskOutputSerializer, 200: TaskOutputSerializer},
-                   parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+    pagination_class = NewestFirstPagination
+
+    @extend_schema(request=TaskInputSerializer,
+                   responses={202: TaskOutputSerializer,
+                              200: OpenApiResponse(TaskOutputSerializer, description=(
+                                  "the task first created with this Idempotency-Key; nothing new was enqueued")),
+                              **error_responses(402, 409)},
+                   parameters=[OpenApiParameter(
+                       "Idempotency-Key", str, OpenApiParameter.HEADER,
+                       description="the same key from the same app within 24 h returns the original task (200)")],
                    summary="Enqueue a task")
     def post(self, request: Request) -> Response:
         data = TaskInputSerializer(data=request.data)
@@ -47,7 +56,7 @@ class TaskListCreateApi(APIView):
         filters.is_valid(raise_exception=True)
         params = {k: v for k, v in filters.validated_data.items() if k not in ("cursor", "page_size")}
         qs = selectors.task_list(tenant=request_tenant(request), **params)
-        paginator = NewestFirstPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(TaskOutputSerializer(page, many=True).data)
 
@@ -62,7 +71,8 @@ class TaskDetailApi(APIView):
 class TaskCancelApi(APIView):
     throttle_classes: list[type] = []  # a cancel stops spend: an app past its rate limit may still cancel
 
-    @extend_schema(request=None, responses=TaskOutputSerializer, summary="Cancel a task")
+    @extend_schema(request=None, responses={200: TaskOutputSerializer, **error_responses(409)},
+                   summary="Cancel a task")
     def post(self, request: Request, task_id: str) -> Response:
         task = selectors.task_get(tenant=request_tenant(request), task_id=task_id)
         return Response(TaskOutputSerializer(services.task_cancel(task=task)).data)
@@ -70,7 +80,8 @@ class TaskCancelApi(APIView):
 
 class TaskEventsApi(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("after", int, description="return events with seq > after")],
+        # `token` is only tolerated here (a stream's URL reused); the key goes in a header.
+        parameters=[EventsQuerySerializer, OpenApiParameter("token", exclude=True)],
         responses=inline_serializer("TaskEvents", {"events": serializers.ListField(child=serializers.DictField()),
                                                    "done": serializers.BooleanField()}),
         summary="The task's events after a sequence number",

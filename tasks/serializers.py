@@ -6,7 +6,15 @@ import orjson
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from mageagent.serializers import SharedFieldsMixin, StrictCharField, StrictSerializer
+from mageagent.pagination import PageQuerySerializer
+from mageagent.serializers import (
+    SharedFieldsMixin,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictSerializer,
+)
 from providers.conversation import conversation_chars, conversation_from
 from routing.selectors import CHARS_PER_TOKEN, largest_context_window, max_prompt_chars
 
@@ -16,7 +24,7 @@ from .progress import task_progress
 
 
 class TaskContextSerializer(StrictSerializer):
-    useGraphRAG = serializers.BooleanField(required=False, default=False)
+    useGraphRAG = StrictBooleanField(required=False, default=False)
     graphragQuery = StrictCharField(required=False, allow_null=True, allow_blank=True,
                                           default=None, max_length=4000)
     additionalContext = StrictCharField(required=False, allow_null=True, allow_blank=True,
@@ -91,6 +99,16 @@ class ChatMessagesField(serializers.ListField):
         return data
 
 
+_FORMAT_TYPE = {"type": "object", "required": ["type"]}
+
+
+@extend_schema_field({"oneOf": [
+    {**_FORMAT_TYPE, "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}}},
+    {**_FORMAT_TYPE, "required": ["type", "json_schema"], "properties": {
+        "type": {"type": "string", "enum": ["json_schema"]},
+        "json_schema": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "schema": {"type": "object"}}}}},
+]})
 class ResponseFormatField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         kind = data.get("type") if isinstance(data, dict) else None
@@ -104,6 +122,8 @@ class ResponseFormatField(serializers.JSONField):
         return data
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
+                                                       "minItems": 1, "maxItems": 4}]})
 class StopField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, str) or (isinstance(data, list) and 0 < len(data) <= 4
@@ -113,6 +133,9 @@ class StopField(serializers.JSONField):
 
 
 class TaskInputSerializer(StrictSerializer):
+    """A task to run: `prompt`, or `messages` holding a user message, or both (the prompt is then
+    the conversation's last user message). Unknown fields are refused."""
+
     prompt = StrictCharField(required=False, trim_whitespace=False)
     messages = ChatMessagesField(required=False)
     system = StrictCharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False, default=None)
@@ -120,16 +143,16 @@ class TaskInputSerializer(StrictSerializer):
     context = TaskContextSerializer(required=False)  # type: ignore[assignment]  # a declared field, not .context
     tools = serializers.ListField(child=StrictCharField(max_length=100), required=False,
                                   default=list, max_length=32)
-    stream = serializers.BooleanField(required=False, default=True)
+    stream = StrictBooleanField(required=False, default=True)
     metadata = serializers.DictField(required=False, default=dict)
-    priority = serializers.IntegerField(required=False, default=0, min_value=0, max_value=9)
-    temperature = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=2)
-    top_p = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=1)
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1,
-                                          max_value=10_000_000)
+    priority = StrictIntegerField(required=False, default=0, min_value=0, max_value=9)
+    temperature = StrictFloatField(required=False, allow_null=True, default=None, min_value=0, max_value=2)
+    top_p = StrictFloatField(required=False, allow_null=True, default=None, min_value=0, max_value=1)
+    max_tokens = StrictIntegerField(required=False, allow_null=True, default=None, min_value=1,
+                                    max_value=10_000_000)
     stop = StopField(required=False, allow_null=True, default=None)
-    seed = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=-(2**63),
-                                    max_value=2**63 - 1)
+    seed = StrictIntegerField(required=False, allow_null=True, default=None, min_value=-(2**63),
+                              max_value=2**63 - 1)
     response_format = ResponseFormatField(required=False, allow_null=True, default=None)
 
     def validate_tools(self, value: list[str]) -> list[str]:
@@ -168,17 +191,16 @@ def prompt_limit_check(*, prompt: str, messages: list[dict[str, Any]], system: s
             f"({window} tokens) holds at about {CHARS_PER_TOKEN} characters a token"]})
 
 
-class TaskListFilterSerializer(StrictSerializer):
+class TaskListFilterSerializer(PageQuerySerializer):
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     model = serializers.CharField(required=False)
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
-    cursor = serializers.CharField(required=False)
-    page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
 
 
 class EventsQuerySerializer(StrictSerializer):
-    after = serializers.IntegerField(required=False, default=0, min_value=0, max_value=MAX_POSITION)
+    after = serializers.IntegerField(required=False, default=0, min_value=0, max_value=MAX_POSITION,
+                                     help_text="return the events with seq > after")
     token = serializers.CharField(required=False)
 
 
@@ -188,14 +210,43 @@ class TaskProgressSerializer(serializers.Serializer):
                                                "null until the task is routed")
 
 
+def _nullable(text: str, **properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "nullable": True, "description": text, "properties": properties}
+
+
+_STR, _NULLABLE_STR = {"type": "string"}, {"type": "string", "nullable": True}
+_NUMBER, _INT = {"type": "number", "nullable": True}, {"type": "integer", "nullable": True}
+
+
+@extend_schema_field(_nullable(
+    "the answer: null until completed (a cancelled task keeps its partial content)",
+    content=_STR, model={**_STR, "description": "provider/name"}, tokensUsed=_INT, finishReason=_NULLABLE_STR,
+    usage={"type": "object", "nullable": True, "properties": {"prompt_tokens": _INT, "completion_tokens": _INT}},
+    cost_usd=_NUMBER))
+class _ResultField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(_nullable("null unless failed", code=_STR, message=_STR))
+class _ErrorField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(_nullable("the routing decision; null until routed", model=_STR, provider=_STR, reason=_STR,
+                               candidates={"type": "array", "items": _STR}))
+class _RoutingField(serializers.JSONField):
+    pass
+
+
 class _TaskFields(serializers.ModelSerializer):
     taskId = serializers.UUIDField(source="id")
     company_id = serializers.CharField(source="company.slug")
     app_id = serializers.CharField(source="app.slug")
     context = serializers.SerializerMethodField()  # type: ignore[assignment]  # a declared field, not .context
-    result = serializers.JSONField()
-    error = serializers.JSONField()
-    routing = serializers.JSONField()
+    priority = serializers.IntegerField(min_value=0, max_value=9, help_text="0-9, higher first")
+    result = _ResultField()
+    error = _ErrorField()
+    routing = _RoutingField()
     steps = serializers.ListField(child=serializers.CharField())
     tools = serializers.ListField(child=serializers.CharField())
     metadata = serializers.DictField()
@@ -228,6 +279,7 @@ class _TaskFields(serializers.ModelSerializer):
     def get_estimated_duration_ms(self, task: Task) -> None:
         return None  # filled by to_representation
 
+    @extend_schema_field(TaskContextSerializer)
     def get_context(self, task: Task) -> dict[str, Any]:
         return {"useGraphRAG": False, "graphragQuery": None, "additionalContext": None,
                 **(task.context or {})}

@@ -57,7 +57,9 @@ async def _frames(task_id: str, after: int) -> AsyncIterator[bytes]:
 
 
 def _position(request: HttpRequest) -> int:
-    return parse_position(request.headers.get("Last-Event-ID") or request.GET.get("after") or "0")
+    after = parse_position(request.GET.get("after") or "0")  # malformed is a 400 even when the header wins
+    header = request.headers.get("Last-Event-ID")
+    return parse_position(header) if header else after
 
 
 @csrf_exempt  # key-authenticated like the DRF views; a wrong method is a JSON 405, not a CSRF page

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 from rest_framework.parsers import MultiPartParser
@@ -10,9 +8,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mageagent.errors import PayloadTooLarge, ValidationFailed
-from mageagent.pagination import NewestFirstPagination
+from mageagent.pagination import NewestFirstPagination, PageQuerySerializer
 from mageagent.parsers import JSONParser
-from mageagent.serializers import StrictCharField, StrictSerializer
+from mageagent.serializers import JsonObjectField, StrictCharField, StrictSerializer
 
 from . import selectors, services
 from .conf import knob
@@ -53,6 +51,7 @@ class ToolListApi(APIView):
 
 
 class DocumentListCreateApi(APIView):
+    pagination_class = NewestFirstPagination
     parser_classes = [JSONParser, MultiPartParser]  # the API's default is JSON only
 
     @extend_schema_serializer(component_name="KnowledgeDocumentText")
@@ -65,12 +64,7 @@ class DocumentListCreateApi(APIView):
     class FileInputSerializer(StrictSerializer):
         file = serializers.FileField()
         title = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
-        metadata = serializers.JSONField(required=False, default=dict, binary=True)
-
-        def validate_metadata(self, value: Any) -> dict[str, Any]:
-            if not isinstance(value, dict):
-                raise serializers.ValidationError("must be a JSON object")
-            return value
+        metadata = JsonObjectField(required=False, default=dict)
 
     @extend_schema_serializer(component_name="KnowledgeDocument")
     class OutputSerializer(serializers.Serializer):
@@ -101,10 +95,12 @@ class DocumentListCreateApi(APIView):
             document = services.document_create_from_text(company_id=company_id, **text.validated_data)
         return Response(self.OutputSerializer(document).data, status=201)
 
-    @extend_schema(responses=OutputSerializer(many=True), summary="The company's knowledge-base documents")
+    @extend_schema(parameters=[PageQuerySerializer], responses=OutputSerializer(many=True),
+                   summary="The company's knowledge-base documents")
     def get(self, request: Request) -> Response:
+        PageQuerySerializer(data=request.query_params).is_valid(raise_exception=True)
         documents = selectors.document_list(company_id=_company_id(request))
-        paginator = NewestFirstPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(documents, request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
@@ -140,6 +136,7 @@ class KnowledgeSearchApi(APIView):
 
 class FileListCreateApi(APIView):
     parser_classes = [JSONParser, MultiPartParser]
+    pagination_class = NewestFirstPagination  # documents the list as a page (drf-spectacular)
 
     @extend_schema_serializer(component_name="FileUpload")
     class InputSerializer(StrictSerializer):
@@ -164,10 +161,12 @@ class FileListCreateApi(APIView):
         stored = services.file_store(company_id=company_id, upload=data.validated_data["file"])
         return Response(self.OutputSerializer(stored).data, status=201)
 
-    @extend_schema(responses=OutputSerializer(many=True), summary="The company's uploaded files, newest first")
+    @extend_schema(parameters=[PageQuerySerializer], responses=OutputSerializer(many=True),
+                   summary="The company's uploaded files, newest first")
     def get(self, request: Request) -> Response:
+        PageQuerySerializer(data=request.query_params).is_valid(raise_exception=True)
         files = selectors.file_list(company_id=_company_id(request))
-        paginator = NewestFirstPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(files, request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from mageagent.pagination import NewestFirstPagination
+from mageagent.pagination import NewestFirstPagination, PageQuerySerializer
 from mageagent.serializers import StrictCharField, StrictSerializer
 from mageagent.tenancy.auth import request_tenant
 
@@ -33,6 +33,8 @@ class WebhookWithSecretSerializer(WebhookOutputSerializer):
 
 
 class WebhookListCreateApi(APIView):
+    pagination_class = NewestFirstPagination  # documents the list as a page (drf-spectacular)
+
     class InputSerializer(StrictSerializer):
         url = StrictCharField(max_length=2000)
         events = serializers.ListField(child=serializers.ChoiceField(choices=EVENT_TYPES), min_length=1,
@@ -54,9 +56,11 @@ class WebhookListCreateApi(APIView):
         webhook = services.webhook_create(tenant=request_tenant(request), **data.validated_data)
         return Response(WebhookWithSecretSerializer(webhook).data, status=201)
 
-    @extend_schema(responses=WebhookOutputSerializer(many=True), summary="The app's webhooks, newest first")
+    @extend_schema(parameters=[PageQuerySerializer], responses=WebhookOutputSerializer(many=True),
+                   summary="The app's webhooks, newest first")
     def get(self, request: Request) -> Response:
-        paginator = NewestFirstPagination()
+        PageQuerySerializer(data=request.query_params).is_valid(raise_exception=True)
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(selectors.webhook_list(tenant=request_tenant(request)), request, view=self)
         return paginator.get_paginated_response(WebhookOutputSerializer(page, many=True).data)
 
@@ -92,9 +96,13 @@ class DeliveryOutputSerializer(serializers.ModelSerializer):
 
 
 class DeliveryListApi(APIView):
-    @extend_schema(responses=DeliveryOutputSerializer(many=True), summary="A webhook's deliveries, newest first")
+    pagination_class = NewestFirstPagination  # documents the list as a page (drf-spectacular)
+
+    @extend_schema(parameters=[PageQuerySerializer], responses=DeliveryOutputSerializer(many=True),
+                   summary="A webhook's deliveries, newest first")
     def get(self, request: Request, webhook_id: str) -> Response:
+        PageQuerySerializer(data=request.query_params).is_valid(raise_exception=True)
         webhook = selectors.webhook_get(tenant=request_tenant(request), webhook_id=webhook_id)
-        paginator = NewestFirstPagination()
+        paginator = self.pagination_class()
         page: Any = paginator.paginate_queryset(selectors.delivery_list(webhook=webhook), request, view=self)
         return paginator.get_paginated_response(DeliveryOutputSerializer(page, many=True).data)
