@@ -812,7 +812,8 @@ class Simulator:
         return await self._family(request, GEMINI, model=model, stream=method == "streamGenerateContent")
 
     async def cohere_chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._family(request, COHERE)
+        sse = "text/event-stream" in request.headers.get("Accept", "")
+        return await self._family(request, COHERE_SSE if sse else COHERE)
 
     async def _family(self, request: web.Request, family: Family, *, model: str | None = None,
                       stream: bool | None = None) -> web.StreamResponse:
@@ -880,7 +881,7 @@ class Simulator:
                              completion: int, stream_error: bool) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        resp = web.StreamResponse(headers=SSE_HEADERS)
+        resp = web.StreamResponse(headers={**SSE_HEADERS, "Content-Type": family.content_type})
         await resp.prepare(request)
         head, middles, tail = family.frames(plan, texts, completion)
         rec["tokens_planned"] = len(middles)
@@ -1077,9 +1078,9 @@ def _sse(event: bytes, obj: Any) -> bytes:
     return b"event: %b\ndata: %b\n\n" % (event, orjson.dumps(obj))
 
 
-def _data(event: bytes, obj: Any) -> bytes:
-    """An SSE event of data only, the type inside it: how litellm reads Cohere's stream."""
-    return b"data: %b\n\n" % orjson.dumps(obj)
+def _line(event: bytes, obj: Any) -> bytes:
+    """One JSON object a line (the event type is inside it)."""
+    return orjson.dumps(obj) + b"\n"
 
 
 def _part_text(part: Any) -> str:
@@ -1107,6 +1108,7 @@ class Family:
 
     name = ""
     finish: dict[str, str] = {}
+    content_type = "text/event-stream; charset=utf-8"
 
     def normalize(self, body: dict) -> dict:
         raise NotImplementedError
@@ -1319,8 +1321,16 @@ class Gemini(Family):
 
 
 class Cohere(Family):
+    """Chat v2. The stream is SSE (`event:` and `data:` lines) for a client that accepts
+    text/event-stream, else one JSON object a line, which is what litellm asks for (it sends
+    `Accept: application/json` and parses each line as JSON)."""
+
     name = "cohere"
     finish = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "TOOL_CALL"}
+
+    def __init__(self, sse: bool = False) -> None:
+        self.event = _sse if sse else _line
+        self.content_type = "text/event-stream; charset=utf-8" if sse else "application/stream+json"
 
     def normalize(self, body: dict) -> dict:
         messages = []
@@ -1341,27 +1351,28 @@ class Cohere(Family):
                             headers=self.headers_for(code))
 
     def frames(self, plan: _Plan, texts: list[str], completion: int) -> tuple[bytes, list[bytes], bytes]:
-        head = _data(b"message-start", {"type": "message-start", "id": plan.req_id, "delta": {"message": {
+        head = self.event(b"message-start", {"type": "message-start", "id": plan.req_id, "delta": {"message": {
             "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}})
         tail = b""
         if plan.calls is None:
-            head += _data(b"content-start", {"type": "content-start", "index": 0,
+            head += self.event(b"content-start", {"type": "content-start", "index": 0,
                                             "delta": {"message": {"content": {"type": "text", "text": ""}}}})
-            middles = [_data(b"content-delta", {"type": "content-delta", "index": 0,
+            middles = [self.event(b"content-delta", {"type": "content-delta", "index": 0,
                                                "delta": {"message": {"content": {"text": t}}}}) for t in texts]
-            tail = _data(b"content-end", {"type": "content-end", "index": 0})
+            tail = self.event(b"content-end", {"type": "content-end", "index": 0})
         else:
             middles = []
             for j, call in enumerate(plan.calls):
                 fn = call["function"]
-                middles.append(_data(b"tool-call-start", {"type": "tool-call-start", "index": j, "delta": {"message": {
-                    "tool_calls": {"id": call["id"], "type": "function",
-                                   "function": {"name": fn["name"], "arguments": ""}}}}}))
-                middles += [_data(b"tool-call-delta", {"type": "tool-call-delta", "index": j, "delta": {"message": {
-                    "tool_calls": {"function": {"arguments": piece}}}}}) for piece in _arg_pieces(fn["arguments"])]
-                middles.append(_data(b"tool-call-end", {"type": "tool-call-end", "index": j}))
+                start = {"id": call["id"], "type": "function", "function": {"name": fn["name"], "arguments": ""}}
+                middles.append(self.event(b"tool-call-start", {"type": "tool-call-start", "index": j,
+                                                               "delta": {"message": {"tool_calls": start}}}))
+                for piece in _arg_pieces(fn["arguments"]):
+                    middles.append(self.event(b"tool-call-delta", {"type": "tool-call-delta", "index": j, "delta": {
+                        "message": {"tool_calls": {"function": {"arguments": piece}}}}}))
+                middles.append(self.event(b"tool-call-end", {"type": "tool-call-end", "index": j}))
         tokens = {"input_tokens": plan.prompt_tokens, "output_tokens": completion}
-        tail += _data(b"message-end", {"type": "message-end", "delta": {
+        tail += self.event(b"message-end", {"type": "message-end", "delta": {
             "finish_reason": self.finish[plan.finish_reason], "usage": {"billed_units": tokens, "tokens": tokens}}})
         return head, middles, tail
 
@@ -1376,7 +1387,7 @@ class Cohere(Family):
                 "usage": {"billed_units": tokens, "tokens": tokens}}
 
 
-ANTHROPIC, GEMINI, COHERE = Anthropic(), Gemini(), Cohere()
+ANTHROPIC, GEMINI, COHERE, COHERE_SSE = Anthropic(), Gemini(), Cohere(), Cohere(sse=True)
 
 
 # --------------------------------------------------------------------------- running
