@@ -7,6 +7,11 @@ wrapper or of aiohttp (BENCHMARKS.md, "Figures behind the design"). Every other 
 goes through litellm.acompletion, which translates Anthropic, Gemini, Cohere, ... into the
 same deltas, and so are OpenAI-compatible endpoints that the environment sends through a
 proxy (HTTPS_PROXY and friends): the direct client speaks no proxy protocol.
+
+Cohere (chat v2) is streamed directly too, over the same client: litellm's stream parser
+for it reads tool calls and usage where Cohere does not put them (tool calls are lost, and
+usage is litellm's own count instead of Cohere's). litellm still maps the request
+(CohereV2ChatConfig), as it does for every provider.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ class ProviderError(Exception):
 def error_for_status(status: int, body: bytes, retry_after: str | None = None) -> ProviderError:
     message, code = f"provider returned HTTP {status}", None
     try:
-        err = orjson.loads(body).get("error") or {}
+        data = orjson.loads(body)
+        err = data.get("error") or data  # Cohere: {"id", "message"} at the top
         message = str(err.get("message") or message)[:1000]
         code = err.get("code") or err.get("type")
     except (orjson.JSONDecodeError, AttributeError):
@@ -231,6 +237,134 @@ def _delta(obj: dict[str, Any]) -> Delta:
     return delta
 
 
+# --- Cohere chat v2, direct -------------------------------------------------------------
+COHERE_BASE = "https://api.cohere.com/v2/chat"
+_COHERE_FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls",
+                  "ERROR": "error", "TIMEOUT": "error"}
+
+
+@cache
+def _cohere_config() -> Any:
+    import litellm
+
+    return litellm.CohereV2ChatConfig()
+
+
+def cohere_request(deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+    """The request body litellm would send Cohere for this OpenAI-shaped one (what Cohere
+    does not take is left out, as drop_params does on the litellm path)."""
+    config = _cohere_config()
+    supported = set(config.get_supported_openai_params(deployment.model))
+    given = {k: v for k, v in body.items() if k in supported and k not in ("stream", "model")}
+    given.update({k: v for k, v in deployment.extra.items() if k in supported})
+    optional = config.map_openai_params(given, {}, deployment.model, True)
+    data: dict[str, Any] = config.transform_request(deployment.model, body["messages"], optional, {}, {})
+    data["stream"] = True
+    return data
+
+
+def _is_cohere_v2(deployment: Deployment) -> bool:
+    return deployment.provider in ("cohere_chat", "cohere") and not deployment.model.startswith("v1/")
+
+
+async def _stream_cohere(deployment: Deployment, body: dict[str, Any],
+                         pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
+    url = deployment.api_base or COHERE_BASE
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if deployment.api_key:
+        headers["Authorization"] = f"Bearer {deployment.api_key}"
+    try:
+        async with await _pool().post(url, orjson.dumps(cohere_request(deployment, body)), headers) as resp:
+            if resp.status != 200:
+                raise error_for_status(resp.status, await resp.read(), resp.headers.get("retry-after"))
+            events = _CohereEvents()
+            async for data in resp.reads(pace):
+                for delta in events.feed(data):
+                    yield delta
+                if events.done:
+                    break
+            if not events.done:
+                raise ProviderError("provider_stream_interrupted", "the provider closed the stream early",
+                                    retryable=True)
+            async for _ in resp.reads():
+                pass
+    except ProviderError:
+        raise
+    except httpstream.StreamError as exc:
+        code = "provider_stream_interrupted" if exc.answered else "provider_unreachable"
+        raise ProviderError(code, f"stream interrupted: {exc}" if exc.answered else str(exc),
+                            retryable=True) from exc
+    except (TimeoutError, OSError) as exc:
+        raise ProviderError("provider_unreachable", f"{type(exc).__name__}: {exc}", retryable=True) from exc
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ProviderError("provider_error", f"malformed stream event: {exc}", retryable=True) from exc
+
+
+class _CohereEvents:
+    """Cohere's chat v2 stream fed a read at a time, as deltas: SSE (`event:`/`data:`
+    lines) or one JSON object a line, whichever the server sends; `done` after message-end.
+    A read's run of text deltas becomes one delta, as on the OpenAI-compatible path."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> list[Delta]:
+        buf = self.buf + data if self.buf else data
+        lines = buf.split(b"\n")
+        self.buf = lines.pop()
+        out: list[Delta] = []
+        texts: list[str] = []
+        for line in lines:
+            line = line.strip()
+            if line.startswith(b"data:"):
+                line = line[5:].lstrip()
+            elif not line or line.startswith((b"event:", b":", b"id:", b"retry:")):
+                continue
+            obj = orjson.loads(line)
+            kind = obj.get("type")
+            if kind == "content-delta":
+                text = obj["delta"]["message"]["content"].get("text")
+                if text:
+                    texts.append(text)
+                continue
+            delta = self._delta(kind, obj)
+            if delta is None:
+                continue
+            if texts:
+                out.append(Delta(content="".join(texts)))
+                texts.clear()
+            out.append(delta)
+            if self.done:
+                break
+        if texts:
+            out.append(Delta(content="".join(texts)))
+        return out
+
+    def _delta(self, kind: str | None, obj: dict[str, Any]) -> Delta | None:
+        if kind == "tool-call-start":
+            call = obj["delta"]["message"]["tool_calls"]
+            fn = call.get("function") or {}
+            return Delta(tool_calls=[{"index": obj.get("index", 0), "id": call.get("id"), "type": "function",
+                                      "function": {"name": fn.get("name"), "arguments": fn.get("arguments") or ""}}])
+        if kind == "tool-call-delta":
+            args = obj["delta"]["message"]["tool_calls"]["function"].get("arguments") or ""
+            return Delta(tool_calls=[{"index": obj.get("index", 0), "function": {"arguments": args}}])
+        if kind == "message-end":
+            self.done = True
+            end = obj.get("delta") or {}
+            tokens = (end.get("usage") or {}).get("tokens") or {}
+            usage = None
+            if tokens:
+                prompt, completion = int(tokens.get("input_tokens") or 0), int(tokens.get("output_tokens") or 0)
+                usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+            reason = _COHERE_FINISH.get(str(end.get("finish_reason")), "stop")
+            if reason == "error":
+                raise ProviderError("provider_error", "the provider ended the answer with an error", retryable=True)
+            return Delta(finish_reason=reason, usage=usage)
+        return None
+
+
 # --- everything else, through litellm ---------------------------------------------------
 def _litellm_error(exc: Exception) -> ProviderError:
     import litellm
@@ -317,6 +451,8 @@ def stream_chat(deployment: Deployment, messages: list[dict[str, Any]], *,
     body = request_body(deployment, messages, tools, max_tokens, params)
     if deployment.openai_compatible and not _proxied(deployment.api_base or OPENAI_BASE):
         return _stream_openai(deployment, body, pace)
+    if _is_cohere_v2(deployment) and not _proxied(deployment.api_base or COHERE_BASE):
+        return _stream_cohere(deployment, body, pace)
     return _stream_litellm(deployment, body)
 
 
