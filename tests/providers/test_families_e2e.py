@@ -41,7 +41,7 @@ families = pytest.mark.parametrize("family", list(FAMILIES))
 
 def config_yaml() -> str:
     lines = ["model_list:"]
-    for family, (model, litellm_model, path, _) in FAMILIES.items():
+    for family, (model, litellm_model, _, _) in FAMILIES.items():
         lines += [f"  - model_name: {model}",
                   f"    litellm_params: {{model: {litellm_model}, api_base: os.environ/SIM_BASE_{family.upper()},"
                   f" api_key: sim-{family}-key}}",
@@ -163,7 +163,8 @@ def _received(family: str, body: dict[str, Any]) -> dict[str, Any]:
     system_text = " ".join(m["content"] for m in body["messages"] if m["role"] == "system")
     return {"system": system_text, "temperature": body["temperature"], "max_tokens": body["max_tokens"],
             "stop": body["stop_sequences"] if family == "cohere" else body["stop"],
-            "tools": [t["function"]["name"] for t in body["tools"]], "schema": body["tools"][0]["function"]["parameters"]}
+            "tools": [t["function"]["name"] for t in body["tools"]],
+            "schema": body["tools"][0]["function"]["parameters"]}
 
 
 @families
