@@ -135,7 +135,7 @@ def test_a_tool_round_trip_through_each_family(stack_families, alice, family):
 
     task, events = run(client, f"What is our refund policy? {directive}", model=model, tools=["graphrag_search"])
 
-    assert task["status"] == "completed", task["error"]
+    assert task["status"] == "completed", (task["error"], events)
     [call], [result] = typed(events, "tool_call"), typed(events, "tool_result")
     assert call["name"] == "graphrag_search" and json.loads(call["arguments"]) == {"query": "refund policy"}
     assert (result["id"], result["name"], result["ok"]) == (call["id"], "graphrag_search", True)
