@@ -153,9 +153,7 @@ def _received(family: str, body: dict[str, Any]) -> dict[str, Any]:
                 "tools": [t["name"] for t in body["tools"]], "schema": body["tools"][0]["input_schema"]}
     if family == "gemini":
         config = body["generationConfig"]
-        system = body.get("system_instruction") or body.get("systemInstruction")
-        system_text = " ".join(p["text"] for p in system["parts"]) if system else \
-            " ".join(p.get("text", "") for p in body["contents"][0]["parts"])
+        system_text = " ".join(p["text"] for p in body["system_instruction"]["parts"])
         declarations = body["tools"][0]["function_declarations"]
         return {"system": system_text, "temperature": config["temperature"],
                 "max_tokens": config["max_output_tokens"], "stop": config["stop_sequences"],
