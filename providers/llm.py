@@ -8,10 +8,12 @@ goes through litellm.acompletion, which translates Anthropic, Gemini, Cohere, ..
 same deltas, and so are OpenAI-compatible endpoints that the environment sends through a
 proxy (HTTPS_PROXY and friends): the direct client speaks no proxy protocol.
 
-Cohere (chat v2) is streamed directly too, over the same client: litellm's stream parser
-for it reads tool calls and usage where Cohere does not put them (tool calls are lost, and
-usage is litellm's own count instead of Cohere's). litellm still maps the request
-(CohereV2ChatConfig), as it does for every provider.
+Anthropic (Messages) and Cohere (chat v2) are streamed directly too, over the same client,
+with litellm still mapping the request (AnthropicConfig, CohereV2ChatConfig): through
+litellm's wrapper an Anthropic chunk costs the worker ~30 times what it costs here
+(BENCHMARKS.md, "Provider families: CPU per chunk"), and litellm's Cohere stream parser
+reads tool calls and usage where Cohere does not put them (tool calls were lost, and usage
+was litellm's own count instead of Cohere's).
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def error_for_status(status: int, body: bytes, retry_after: str | None = None) -
         code = err.get("code") or err.get("type")
     except (orjson.JSONDecodeError, AttributeError):
         pass
-    if code == "context_length_exceeded" or "context length" in message.lower():
+    lowered = message.lower()
+    if code == "context_length_exceeded" or "context length" in lowered or "prompt is too long" in lowered:
         return ProviderError("context_window_exceeded", message, status=status)
     if status == 429:
         wait = _float(retry_after)
@@ -237,6 +240,142 @@ def _delta(obj: dict[str, Any]) -> Delta:
     return delta
 
 
+# --- Anthropic Messages, direct -----------------------------------------------------------
+ANTHROPIC_BASE = "https://api.anthropic.com"
+_ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                     "pause_turn": "stop", "refusal": "content_filter"}
+
+
+@cache
+def _anthropic_config() -> Any:
+    import litellm
+
+    return litellm.AnthropicConfig()
+
+
+def anthropic_request(deployment: Deployment, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The Messages request and headers litellm would send for this OpenAI-shaped body."""
+    config = _anthropic_config()
+    supported = set(config.get_supported_openai_params(deployment.model))
+    given = {k: v for k, v in body.items() if k in supported and k not in ("stream", "model")}
+    given.update({k: v for k, v in deployment.extra.items() if k in supported})
+    optional = config.map_openai_params(given, {}, deployment.model, True)
+    data: dict[str, Any] = config.transform_request(deployment.model, body["messages"], optional, {}, {})
+    data["stream"] = True
+    headers = config.validate_environment({}, deployment.model, body["messages"], optional, {},
+                                          api_key=deployment.api_key, api_base=deployment.api_base)
+    headers["accept"] = "text/event-stream"
+    return data, headers
+
+
+def _is_anthropic(deployment: Deployment) -> bool:
+    return deployment.provider == "anthropic"
+
+
+async def _stream_direct(url: str, payload: dict[str, Any], headers: dict[str, str], parser: Any,
+                         pace: httpstream.Pace | None) -> AsyncIterator[Delta]:
+    """POST `payload` and yield what `parser` (feed(bytes) -> deltas, `done`) makes of the body."""
+    try:
+        async with await _pool().post(url, orjson.dumps(payload), headers) as resp:
+            if resp.status != 200:
+                raise error_for_status(resp.status, await resp.read(), resp.headers.get("retry-after"))
+            async for data in resp.reads(pace):
+                for delta in parser.feed(data):
+                    yield delta
+                if parser.done:
+                    break
+            if not parser.done:
+                raise ProviderError("provider_stream_interrupted", "the provider closed the stream early",
+                                    retryable=True)
+            async for _ in resp.reads():  # the rest of the body, unpaced, so the connection is reused
+                pass
+    except ProviderError:
+        raise
+    except httpstream.StreamError as exc:
+        code = "provider_stream_interrupted" if exc.answered else "provider_unreachable"
+        raise ProviderError(code, f"stream interrupted: {exc}" if exc.answered else str(exc),
+                            retryable=True) from exc
+    except (TimeoutError, OSError) as exc:
+        raise ProviderError("provider_unreachable", f"{type(exc).__name__}: {exc}", retryable=True) from exc
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ProviderError("provider_error", f"malformed stream event: {exc}", retryable=True) from exc
+
+
+def _stream_anthropic(deployment: Deployment, body: dict[str, Any],
+                      pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
+    base = (deployment.api_base or ANTHROPIC_BASE).rstrip("/")
+    url = base if base.endswith("/v1/messages") else f"{base}/v1/messages"
+    payload, headers = anthropic_request(deployment, body)
+    return _stream_direct(url, payload, headers, _AnthropicEvents(), pace)
+
+
+class _AnthropicEvents:
+    """The Messages SSE stream fed a read at a time, as deltas; `done` after message_stop.
+    Tool-use blocks become OpenAI tool-call deltas numbered from 0; a read's text deltas
+    become one delta."""
+
+    def __init__(self) -> None:
+        self.sse = _SSEEvents()
+        self.done = False
+        self.tools: dict[int, int] = {}  # content block index -> tool call index
+        self.prompt_tokens = 0
+
+    def feed(self, data: bytes) -> list[Delta]:
+        out: list[Delta] = []
+        texts: list[str] = []
+        for obj in self.sse.feed(data):
+            kind = obj.get("type")
+            if kind == "content_block_delta":
+                d = obj["delta"]
+                if d.get("type") == "text_delta":
+                    if d.get("text"):
+                        texts.append(d["text"])
+                    continue
+            delta = self._delta(kind, obj)
+            if delta is None:
+                continue
+            if texts:
+                out.append(Delta(content="".join(texts)))
+                texts.clear()
+            out.append(delta)
+        if texts:
+            out.append(Delta(content="".join(texts)))
+        return out
+
+    def _delta(self, kind: str | None, obj: dict[str, Any]) -> Delta | None:
+        if kind == "message_start":
+            usage = (obj.get("message") or {}).get("usage") or {}
+            self.prompt_tokens = sum(int(usage.get(k) or 0) for k in (
+                "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+        elif kind == "content_block_start":
+            block = obj["content_block"]
+            if block.get("type") == "tool_use":
+                index = self.tools[obj["index"]] = len(self.tools)
+                return Delta(tool_calls=[{"index": index, "id": block.get("id"), "type": "function",
+                                          "function": {"name": block.get("name"), "arguments": ""}}])
+        elif kind == "content_block_delta":
+            d = obj["delta"]
+            if d.get("type") == "input_json_delta" and obj["index"] in self.tools:
+                return Delta(tool_calls=[{"index": self.tools[obj["index"]],
+                                          "function": {"arguments": d.get("partial_json") or ""}}])
+        elif kind == "message_delta":
+            reason = (obj.get("delta") or {}).get("stop_reason")
+            completion = int((obj.get("usage") or {}).get("output_tokens") or 0)
+            usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                     "total_tokens": self.prompt_tokens + completion}
+            return Delta(finish_reason=_ANTHROPIC_FINISH.get(str(reason), "stop"), usage=usage)
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            err = obj.get("error") or {}
+            etype, message = str(err.get("type")), str(err.get("message") or "provider error")[:1000]
+            if etype == "rate_limit_error":
+                raise ProviderError("rate_limited", message, retryable=True)
+            code = "provider_unavailable" if etype in ("overloaded_error", "api_error") else "provider_error"
+            raise ProviderError(code, message, retryable=True)
+        return None
+
+
 # --- Cohere chat v2, direct -------------------------------------------------------------
 COHERE_BASE = "https://api.cohere.com/v2/chat"
 _COHERE_FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls",
@@ -267,37 +406,13 @@ def _is_cohere_v2(deployment: Deployment) -> bool:
     return deployment.provider in ("cohere_chat", "cohere") and not deployment.model.startswith("v1/")
 
 
-async def _stream_cohere(deployment: Deployment, body: dict[str, Any],
-                         pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
-    url = deployment.api_base or COHERE_BASE
+def _stream_cohere(deployment: Deployment, body: dict[str, Any],
+                   pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if deployment.api_key:
         headers["Authorization"] = f"Bearer {deployment.api_key}"
-    try:
-        async with await _pool().post(url, orjson.dumps(cohere_request(deployment, body)), headers) as resp:
-            if resp.status != 200:
-                raise error_for_status(resp.status, await resp.read(), resp.headers.get("retry-after"))
-            events = _CohereEvents()
-            async for data in resp.reads(pace):
-                for delta in events.feed(data):
-                    yield delta
-                if events.done:
-                    break
-            if not events.done:
-                raise ProviderError("provider_stream_interrupted", "the provider closed the stream early",
-                                    retryable=True)
-            async for _ in resp.reads():
-                pass
-    except ProviderError:
-        raise
-    except httpstream.StreamError as exc:
-        code = "provider_stream_interrupted" if exc.answered else "provider_unreachable"
-        raise ProviderError(code, f"stream interrupted: {exc}" if exc.answered else str(exc),
-                            retryable=True) from exc
-    except (TimeoutError, OSError) as exc:
-        raise ProviderError("provider_unreachable", f"{type(exc).__name__}: {exc}", retryable=True) from exc
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise ProviderError("provider_error", f"malformed stream event: {exc}", retryable=True) from exc
+    payload = cohere_request(deployment, body)
+    return _stream_direct(deployment.api_base or COHERE_BASE, payload, headers, _CohereEvents(), pace)
 
 
 class _CohereEvents:
@@ -451,6 +566,8 @@ def stream_chat(deployment: Deployment, messages: list[dict[str, Any]], *,
     body = request_body(deployment, messages, tools, max_tokens, params)
     if deployment.openai_compatible and not _proxied(deployment.api_base or OPENAI_BASE):
         return _stream_openai(deployment, body, pace)
+    if _is_anthropic(deployment) and not _proxied(deployment.api_base or ANTHROPIC_BASE):
+        return _stream_anthropic(deployment, body, pace)
     if _is_cohere_v2(deployment) and not _proxied(deployment.api_base or COHERE_BASE):
         return _stream_cohere(deployment, body, pace)
     return _stream_litellm(deployment, body)
