@@ -483,7 +483,12 @@ class _CohereEvents:
 # --- everything else, through litellm ---------------------------------------------------
 def _litellm_error(exc: Exception) -> ProviderError:
     import litellm
+    from litellm.exceptions import MidStreamFallbackError
 
+    if isinstance(exc, MidStreamFallbackError) and isinstance(exc.original_exception, Exception):
+        # litellm makes some providers' requests (Gemini's) inside the stream iterator and
+        # wraps what they answer, a 429 RESOURCE_EXHAUSTED included, in this one type.
+        exc = exc.original_exception
     status = getattr(exc, "status_code", None)
     message = str(exc)[:1000]
     if isinstance(exc, litellm.ContextWindowExceededError):

@@ -246,9 +246,25 @@ def test_a_stream_broken_mid_way_is_retried_with_a_reset(stack_families, alice, 
     assert (broken["status"], broken["tokens_sent"], served["status"]) == ("aborted", 3, "completed")
 
 
+def wait_for_no_cooldowns(stack: FamiliesStack, settings: Any) -> None:
+    """The previous test's failed deployment may still be cooling down (1 s here): this
+    test's fallback target must not be."""
+    from routing.deployments import registry, registry_reset
+
+    settings.MAGEAGENT_ROUTING = {**settings.MAGEAGENT_ROUTING,
+                                  "REDIS_NAMESPACE": stack.extra_env["MAGEAGENT_ROUTING_REDIS_NAMESPACE"]}
+    registry_reset()
+    try:
+        wait_for(lambda: not registry().cooling(list(FAMILIES)), "the deployments' cooldowns to end", 15)
+    finally:
+        registry_reset()
+
+
 @families
-def test_a_retryable_provider_error_falls_back_to_another_provider(stack_families, charlie, family):
+def test_a_retryable_provider_error_falls_back_to_another_provider(stack_families, charlie, family, settings):
     from routing.models import CompanyRoutingPolicy
+
+    wait_for_no_cooldowns(stack_families, settings)
 
     CompanyRoutingPolicy.objects.update_or_create(company_id=charlie.tenant.company_id,
                                                   defaults={"policy": {"explicit_fallbacks": True}})
