@@ -262,8 +262,10 @@ def anthropic_request(deployment: Deployment, body: dict[str, Any]) -> tuple[dic
     optional = config.map_openai_params(given, {}, deployment.model, True)
     data: dict[str, Any] = config.transform_request(deployment.model, body["messages"], optional, {}, {})
     data["stream"] = True
+    # A config deployment may leave the key to the environment, as litellm reads it.
+    api_key = deployment.api_key or os.environ.get("ANTHROPIC_API_KEY")
     headers = config.validate_environment({}, deployment.model, body["messages"], optional, {},
-                                          api_key=deployment.api_key, api_base=deployment.api_base)
+                                          api_key=api_key, api_base=deployment.api_base)
     headers["accept"] = "text/event-stream"
     return data, headers
 
@@ -301,12 +303,16 @@ async def _stream_direct(url: str, payload: dict[str, Any], headers: dict[str, s
         raise ProviderError("provider_error", f"malformed stream event: {exc}", retryable=True) from exc
 
 
-def _stream_anthropic(deployment: Deployment, body: dict[str, Any],
-                      pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
+async def _stream_anthropic(deployment: Deployment, body: dict[str, Any],
+                            pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
     base = (deployment.api_base or ANTHROPIC_BASE).rstrip("/")
     url = base if base.endswith("/v1/messages") else f"{base}/v1/messages"
-    payload, headers = anthropic_request(deployment, body)
-    return _stream_direct(url, payload, headers, _AnthropicEvents(), pace)
+    try:
+        payload, headers = anthropic_request(deployment, body)
+    except Exception as exc:  # litellm's mapping refused the request (no key, a bad parameter)
+        raise _litellm_error(exc) from exc
+    async for delta in _stream_direct(url, payload, headers, _AnthropicEvents(), pace):
+        yield delta
 
 
 class _AnthropicEvents:
@@ -406,13 +412,18 @@ def _is_cohere_v2(deployment: Deployment) -> bool:
     return deployment.provider in ("cohere_chat", "cohere") and not deployment.model.startswith("v1/")
 
 
-def _stream_cohere(deployment: Deployment, body: dict[str, Any],
-                   pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
+async def _stream_cohere(deployment: Deployment, body: dict[str, Any],
+                         pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-    if deployment.api_key:
-        headers["Authorization"] = f"Bearer {deployment.api_key}"
-    payload = cohere_request(deployment, body)
-    return _stream_direct(deployment.api_base or COHERE_BASE, payload, headers, _CohereEvents(), pace)
+    api_key = deployment.api_key or os.environ.get("COHERE_API_KEY") or os.environ.get("CO_API_KEY")
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    try:
+        payload = cohere_request(deployment, body)
+    except Exception as exc:  # litellm's mapping refused the request
+        raise _litellm_error(exc) from exc
+    async for delta in _stream_direct(deployment.api_base or COHERE_BASE, payload, headers, _CohereEvents(), pace):
+        yield delta
 
 
 class _CohereEvents:

@@ -1,8 +1,9 @@
 """Every provider family end to end: daphne, a Celery worker and the LLM simulator as
 processes, with deployments (a LiteLLM-style config) that point an Anthropic, a Gemini, a
 Cohere and an OpenAI-compatible model at the simulator, which answers each in its own wire
-protocol. The worker runs the production code for each: litellm's provider code for
-Anthropic, Gemini and Cohere, the direct stream for OpenAI-compatible endpoints."""
+protocol. The worker runs the production code for each: the direct streams for
+OpenAI-compatible endpoints, Anthropic and Cohere (their requests mapped by litellm), and
+litellm's provider code for Gemini."""
 
 from __future__ import annotations
 

@@ -104,3 +104,23 @@ def test_an_anthropic_error_event_mid_stream_is_a_retryable_provider_error(kind,
         parser.feed(sse([{"type": "error", "error": {"type": kind, "message": "Overloaded"}}]))
 
     assert raised.value.code == code and raised.value.retryable and not parser.done
+
+
+def test_an_anthropic_deployment_without_any_key_fails_as_an_auth_error_not_a_crash(monkeypatch):
+    import asyncio
+
+    from providers.llm import Deployment, stream_chat
+
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    deployment = Deployment(model="claude-haiku-4-5", provider="anthropic", litellm_model="anthropic/claude-haiku-4-5",
+                            api_base="http://127.0.0.1:9")
+
+    async def first() -> None:
+        async for _ in stream_chat(deployment, [{"role": "user", "content": "hi"}]):
+            pass
+
+    with pytest.raises(ProviderError) as raised:
+        asyncio.run(first())
+
+    assert raised.value.code == "provider_auth_error" and not raised.value.retryable
