@@ -3,6 +3,7 @@
     python -m bench.probe post                 # POST /tasks through the ASGI app, in-process
     python -m bench.probe execute              # executor.execute(), one task at a time
     python -m bench.probe stream               # K concurrent tasks: CPU per streamed chunk
+    python -m bench.probe families             # the provider call alone, per wire protocol
     python -m bench.probe all --repeat 3       # each of them, 3 times, medians printed
 
 The full benchmark (`python -m bench run`) measures the service as separate processes,
@@ -26,6 +27,10 @@ application directly; ~0.9 ms per request measured under daphne), and Celery's c
            cancelling out; K=100, D=4000 is the benchmark's dense regime. The same over
            the event-loop thread alone (loop_us_per_chunk_marginal) is steadier: the
            Celery-thread work per task, which varies, is not in it.
+- families: providers.llm.stream_chat alone (no task, no events), K concurrent calls of
+           T=10 and T=200 tokens against the simulator speaking each family's protocol:
+           OpenAI-compatible (direct), Anthropic and Gemini (litellm's provider code),
+           Cohere (direct). Marginal CPU per chunk read from the provider, per family.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from typing import Any
 from .client import API, sim_prompt
 from .stack import Proc, _get, base_env, db_fresh, infra_setup, template_prepare, wait_ready
 
-PROBES = ("post", "execute", "stream")
+PROBES = ("post", "execute", "stream", "families")
 
 
 def _setup() -> tuple[Any, Proc, str]:
@@ -152,6 +157,60 @@ def probe_stream(tenant: Any, streams: int, duration_ms: int, rounds: int) -> di
             "loop_us_per_chunk_marginal": (loop[200] - loop[10]) / 190 * 1e6}
 
 
+# --- families -------------------------------------------------------------------------------------
+def _family_deployments(sim_url: str) -> dict[str, Any]:
+    from providers.llm import Deployment
+
+    return {
+        "openai": Deployment(model="gpt-4o-mini", provider="openai", litellm_model="openai/gpt-4o-mini",
+                             api_base=f"{sim_url}/v1", api_key="sim", openai_compatible=True),
+        "anthropic": Deployment(model="claude-haiku-4-5", provider="anthropic",
+                                litellm_model="anthropic/claude-haiku-4-5", api_base=sim_url, api_key="sim"),
+        "gemini": Deployment(model="gemini-2.5-flash", provider="gemini", litellm_model="gemini/gemini-2.5-flash",
+                             api_base=f"{sim_url}/v1beta", api_key="sim"),
+        "cohere": Deployment(model="command-r7b-12-2024", provider="cohere_chat",
+                             litellm_model="cohere_chat/command-r7b-12-2024", api_base=f"{sim_url}/v2/chat",
+                             api_key="sim"),
+    }
+
+
+async def _calls(deployment: Any, streams: int, tokens: int, duration_ms: int) -> None:
+    from providers.llm import stream_chat
+
+    messages = [{"role": "user", "content": sim_prompt("probe", tokens=tokens, duration_ms=duration_ms)}]
+
+    async def one() -> None:
+        text = ""
+        async for delta in stream_chat(deployment, messages):
+            text += delta.content or ""
+        if text.count("tok") != tokens:
+            raise RuntimeError(f"{deployment.provider}: {text.count('tok')} of {tokens} tokens arrived")
+
+    await asyncio.gather(*(one() for _ in range(streams)))
+
+
+def probe_families(streams: int, duration_ms: int, rounds: int) -> dict[str, float]:
+    from providers.llm import close_sessions
+
+    sim_url = os.environ["MAGEAGENT_LLM_API_BASE"].removesuffix("/v1")
+    loop = asyncio.new_event_loop()
+    result: dict[str, float] = {}
+    try:
+        for family, deployment in _family_deployments(sim_url).items():
+            loop.run_until_complete(_calls(deployment, streams, 10, min(duration_ms, 500)))  # warm-up
+            cpu: dict[int, float] = {}
+            for tokens in (10, 200):
+                def run(tokens: int = tokens, deployment: Any = deployment) -> None:
+                    for _ in range(rounds):
+                        loop.run_until_complete(_calls(deployment, streams, tokens, duration_ms))
+                cpu[tokens] = _cpu_per(streams * rounds, run)
+            result[f"{family}_us_per_chunk"] = (cpu[200] - cpu[10]) / 190 * 1e6
+        loop.run_until_complete(close_sessions())
+    finally:
+        loop.close()
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = probe_post(key, args.n, args.warmup)
                 elif probe == "execute":
                     result = probe_execute(tenant, args.n, args.warmup)
+                elif probe == "families":
+                    result = probe_families(args.streams, args.duration_ms, args.rounds)
                 else:
                     result = probe_stream(tenant, args.streams, args.duration_ms, args.rounds)
                 results.setdefault(probe, []).append(result)

@@ -217,6 +217,10 @@ class AttemptRouter:
             logger.exception("could not settle the budget or rate limit of task %s", self.task_id)
         if error is not None:
             self.registry.report_failure(target.deployment, error)
+        else:
+            # `tried` steers one call's fallbacks; the next call (a tool round) may go back
+            # to the deployment that just answered, the only one of an explicit model.
+            self.tried.clear()
 
     async def fallback(self, error: ProviderError) -> dict[str, Any] | None:
         """Where the attempt goes after `error`, as the `fallback` event's detail; None

@@ -21,6 +21,12 @@ Endpoints
 ---------
 ``POST /v1/chat/completions`` (alias ``/chat/completions``),
 ``GET /v1/models`` (alias ``/models``), ``GET /_sim/health``,
+``POST /v1/messages`` (Anthropic Messages), ``POST /v1beta/models/{model}:streamGenerateContent``
+(Gemini, ``?alt=sse``; ``:generateContent`` too), ``POST /v2/chat`` (Cohere chat v2) -- each
+in its own wire format (events, tool calls, usage, errors), read into the same directives;
+``stream_error: true`` with ``fail_after_tokens`` sends the family's in-stream error event
+(Anthropic ``overloaded_error``, Gemini ``UNAVAILABLE``) before the connection closes. Their
+records carry ``family`` and ``usage`` (what the answer reported).
 ``GET /_sim/requests/{key}`` (list of records for a key, oldest first),
 ``GET /_sim/requests?since=<unix float>`` (records received since),
 ``DELETE /_sim/requests`` (clear), ``GET /_sim/stats`` (counters).
@@ -375,6 +381,7 @@ class _Stream:
     __slots__ = (
         "dead",
         "done",
+        "error_frame",
         "fail_after",
         "fixed_len",
         "head",
@@ -406,6 +413,7 @@ class _Stream:
         self.rec = rec
         self.stats = stats
         self.dead = False
+        self.error_frame = b""
 
 
 class Scheduler:
@@ -527,6 +535,8 @@ class Scheduler:
             st.dead = True
             rec["status"] = "aborted"
             rec["aborted_at"] = wall
+            if st.error_frame:  # the provider's own in-stream error event, then the end
+                tr.write(b"%x\r\n%b\r\n" % (len(st.error_frame), st.error_frame))
             tr.close()  # flush what was sent, then FIN without the terminating chunk
             if not st.done.done():
                 st.done.set_result("aborted")
@@ -561,6 +571,9 @@ class Simulator:
         for prefix in ("/v1", ""):
             r.add_post(prefix + "/chat/completions", self.chat_completions)
             r.add_get(prefix + "/models", self.models)
+        r.add_post("/v1/messages", self.anthropic_messages)
+        r.add_post("/v1beta/models/{call}", self.gemini_generate)
+        r.add_post("/v2/chat", self.cohere_chat)
         r.add_get("/_sim/health", self.health)
         r.add_get("/_sim/stats", self.stats_summary)
         r.add_get("/_sim/requests", self.requests_since)
@@ -787,6 +800,115 @@ class Simulator:
         rec["status"] = "completed"
         return resp
 
+    # ---------------------------------------------------------------- other families
+
+    async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._family(request, ANTHROPIC)
+
+    async def gemini_generate(self, request: web.Request) -> web.StreamResponse:
+        model, _, method = request.match_info["call"].partition(":")
+        if method not in ("streamGenerateContent", "generateContent"):
+            return GEMINI.error(404, f"unknown method {method!r}")
+        return await self._family(request, GEMINI, model=model, stream=method == "streamGenerateContent")
+
+    async def cohere_chat(self, request: web.Request) -> web.StreamResponse:
+        sse = "text/event-stream" in request.headers.get("Accept", "")
+        return await self._family(request, COHERE_SSE if sse else COHERE)
+
+    async def _family(self, request: web.Request, family: Family, *, model: str | None = None,
+                      stream: bool | None = None) -> web.StreamResponse:
+        received = time.time()
+        try:
+            raw = orjson.loads(await request.read())
+            if not isinstance(raw, dict):
+                raise ValueError
+        except ValueError:
+            return family.error(400, "could not parse the JSON body")
+        body = family.normalize(raw)
+        body["stream"] = bool(raw.get("stream")) if stream is None else stream
+        messages = body["messages"]
+        if not messages:
+            return family.error(400, "messages must not be empty")
+        d = find_directive(messages)
+        req_id = f"{self._id_prefix}{next(self._ids)}"
+        model = model or raw.get("model") or "sim"
+        stats = self.stats
+        rec = stats.new(str(d.get("key") or req_id), req_id, model, body["stream"], received)
+        rec["family"] = family.name
+        try:
+            plan = _Plan(self.config, body, messages, d, req_id, model, rec["request_count"])
+        except (TypeError, ValueError) as exc:
+            rec.update(status="error", http_status=400, finished_at=time.time())
+            return family.error(400, f"bad [[sim]] directive: {exc}")
+        if d.get("echo") and plan.calls is None:
+            # What reached the provider, in its own form (minus `stream`).
+            plan.pieces_text = [orjson.dumps({k: v for k, v in raw.items() if k != "stream"}).decode()]
+            plan.n_content = 1
+        texts = plan.pieces_text if plan.pieces_text is not None else [
+            plan.pattern.format(i=i) for i in range(plan.n_content)]
+        completion = plan.n_frames() if plan.calls is not None else plan.n_content
+        rec.update(prompt_tokens=plan.prompt_tokens, finish_reason=plan.finish_reason,
+                   usage={"prompt_tokens": plan.prompt_tokens, "completion_tokens": completion})
+        stats.active += 1
+        try:
+            if plan.error is not None:
+                if plan.ttft > 0:
+                    await asyncio.sleep(plan.ttft)
+                resp = family.error(plan.error, d.get("error_message"))
+                rec.update(status="error", http_status=resp.status, finished_at=time.time())
+                return resp
+            if body["stream"]:
+                return await self._family_stream(request, rec, plan, family, texts, completion,
+                                                 bool(d.get("stream_error")))
+            delay = plan.ttft + max(len(texts) - 1, 0) * plan.interval
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if plan.fail_after is not None:
+                await self._abort(request, rec)
+            now = time.time()
+            rec.update(first_token_at=now, last_token_at=now, finished_at=now, status="completed",
+                       tokens_sent=completion, tokens_planned=completion)
+            return _json(family.complete(plan, "".join(texts), completion))
+        except asyncio.CancelledError:
+            if rec["status"] == "streaming":
+                rec["closed_at"] = time.time()
+                rec["status"] = "client_closed"
+            raise
+        finally:
+            stats.active -= 1
+
+    async def _family_stream(self, request: web.Request, rec: dict, plan: _Plan, family: Family, texts: list[str],
+                             completion: int, stream_error: bool) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        resp = web.StreamResponse(headers={**SSE_HEADERS, "Content-Type": family.content_type})
+        await resp.prepare(request)
+        head, middles, tail = family.frames(plan, texts, completion)
+        rec["tokens_planned"] = len(middles)
+        if not middles:
+            if plan.ttft > 0:
+                await asyncio.sleep(plan.ttft)
+            rec["first_token_at"] = rec["last_token_at"] = time.time()
+            tail = head + tail
+        else:
+            if self.scheduler is None or self.scheduler.loop is not loop:
+                self.scheduler = Scheduler(loop)
+            done = loop.create_future()
+            st = _Stream(request.transport, head, b"", b"", middles, t0 + plan.ttft, plan, done, rec, self.stats)
+            if stream_error:
+                st.error_frame = family.stream_error()
+            self.scheduler.add(st)
+            try:
+                outcome = await done
+            finally:
+                st.dead = True
+            if outcome == "aborted":
+                await asyncio.sleep(3600)  # cancelled by connection_lost
+        await resp.write_eof(tail)
+        rec["finished_at"] = time.time()
+        rec["status"] = "completed"
+        return resp
+
     async def _abort(self, request: web.Request, rec: dict) -> None:
         """Drop the connection (sent data is flushed first); never returns normally."""
         rec["status"] = "aborted"
@@ -941,6 +1063,331 @@ def _tool_results_text(messages: list) -> str:
             name = m.get("name") or names.get(tcid) or tcid or "tool"
             out.append(f"[tool:{name} {_content_text(m.get('content'))[:200]}] ")
     return "".join(out)
+
+
+# --------------------------------------------------------------------------- other families
+#
+# Anthropic Messages, Gemini streamGenerateContent and Cohere chat v2 in their own wire
+# formats, so that litellm's provider code (what production runs for them) is what parses
+# the answer. A request is first read into the OpenAI shape (messages, tools, max_tokens)
+# that _Plan already understands, so the same [[sim ...]] directives steer every family;
+# the answer is then written as that family's events, through the same scheduler.
+
+
+def _sse(event: bytes, obj: Any) -> bytes:
+    return b"event: %b\ndata: %b\n\n" % (event, orjson.dumps(obj))
+
+
+def _line(event: bytes, obj: Any) -> bytes:
+    """One JSON object a line (the event type is inside it)."""
+    return orjson.dumps(obj) + b"\n"
+
+
+def _part_text(part: Any) -> str:
+    if isinstance(part, str):
+        return part
+    if not isinstance(part, dict):
+        return ""
+    if isinstance(part.get("text"), str):
+        return part["text"]
+    document = part.get("document")
+    if isinstance(document, dict):  # a Cohere tool result
+        data = document.get("data")
+        return data if isinstance(data, str) else orjson.dumps(data).decode()
+    return ""
+
+
+def _blocks_text(content: Any) -> str:
+    if isinstance(content, list):
+        return " ".join(t for t in map(_part_text, content) if t)
+    return _part_text(content)
+
+
+class Family:
+    """One provider protocol: how its request reads and how its answer is written."""
+
+    name = ""
+    finish: dict[str, str] = {}
+    content_type = "text/event-stream; charset=utf-8"
+
+    def normalize(self, body: dict) -> dict:
+        raise NotImplementedError
+
+    def error(self, status: int | str, message: str | None) -> web.Response:
+        raise NotImplementedError
+
+    def frames(self, plan: _Plan, texts: list[str], completion: int) -> tuple[bytes, list[bytes], bytes]:
+        raise NotImplementedError
+
+    def stream_error(self) -> bytes:
+        return b""
+
+    def complete(self, plan: _Plan, text: str, completion: int) -> dict:
+        raise NotImplementedError
+
+    @staticmethod
+    def status_of(status: int | str) -> int:
+        if status == "context_length_exceeded":
+            return 400
+        try:
+            return int(status)
+        except (TypeError, ValueError):
+            return 500
+
+    @staticmethod
+    def headers_for(code: int) -> dict[str, str]:
+        return {"Retry-After": "0"} if code == 429 else {}
+
+
+class Anthropic(Family):
+    name = "anthropic"
+    finish = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+    types = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+             529: "overloaded_error"}
+
+    def normalize(self, body: dict) -> dict:
+        messages: list[dict] = []
+        if body.get("system"):
+            messages.append({"role": "system", "content": _blocks_text(body["system"])})
+        for m in body.get("messages") or ():
+            if not isinstance(m, dict):
+                continue
+            content = m.get("content")
+            if isinstance(content, str):
+                messages.append({"role": m.get("role"), "content": content})
+                continue
+            texts, calls = [], []
+            for block in content or ():
+                kind = block.get("type") if isinstance(block, dict) else None
+                if kind == "text":
+                    texts.append(str(block.get("text", "")))
+                elif kind == "tool_use":
+                    calls.append({"id": block.get("id"), "type": "function", "function": {
+                        "name": block.get("name"), "arguments": json.dumps(block.get("input") or {})}})
+                elif kind == "tool_result":
+                    messages.append({"role": "tool", "tool_call_id": block.get("tool_use_id"),
+                                     "content": _blocks_text(block.get("content"))})
+            if texts or calls:
+                msg: dict = {"role": m.get("role"), "content": " ".join(texts)}
+                if calls:
+                    msg["tool_calls"] = calls
+                messages.append(msg)
+        choice = body.get("tool_choice") or {}
+        return {"model": body.get("model"), "messages": messages, "tools": body.get("tools"),
+                "max_tokens": body.get("max_tokens"),
+                "tool_choice": "none" if isinstance(choice, dict) and choice.get("type") == "none" else None}
+
+    def error(self, status: int | str, message: str | None) -> web.Response:
+        code = self.status_of(status)
+        if status == "context_length_exceeded":
+            message = message or "prompt is too long: 210000 tokens > 200000 maximum"
+        kind = self.types.get(code, "api_error" if code >= 500 else "invalid_request_error")
+        body = {"type": "error", "error": {"type": kind, "message": message or f"{kind} (simulated)"}}
+        return web.Response(status=code, body=orjson.dumps(body), content_type=JSON_CT,
+                            headers=self.headers_for(code))
+
+    def _call_id(self, call: dict) -> str:
+        return "toolu_" + call["id"].removeprefix("call_")
+
+    def frames(self, plan: _Plan, texts: list[str], completion: int) -> tuple[bytes, list[bytes], bytes]:
+        message = {"id": "msg_" + plan.req_id, "type": "message", "role": "assistant", "model": plan.model,
+                   "content": [], "stop_reason": None, "stop_sequence": None,
+                   "usage": {"input_tokens": plan.prompt_tokens, "output_tokens": 1}}
+        head = _sse(b"message_start", {"type": "message_start", "message": message})
+        middles: list[bytes] = []
+        tail = b""
+        if plan.calls is None:
+            head += _sse(b"content_block_start", {"type": "content_block_start", "index": 0,
+                                                  "content_block": {"type": "text", "text": ""}})
+            head += _sse(b"ping", {"type": "ping"})
+            middles = [_sse(b"content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+                "type": "text_delta", "text": t}}) for t in texts]
+            tail = _sse(b"content_block_stop", {"type": "content_block_stop", "index": 0})
+        else:
+            for j, call in enumerate(plan.calls):
+                fn = call["function"]
+                block = {"type": "tool_use", "id": self._call_id(call), "name": fn["name"], "input": {}}
+                middles.append(_sse(b"content_block_start", {"type": "content_block_start", "index": j,
+                                                             "content_block": block}))
+                middles += [_sse(b"content_block_delta", {"type": "content_block_delta", "index": j, "delta": {
+                    "type": "input_json_delta", "partial_json": piece}}) for piece in _arg_pieces(fn["arguments"])]
+                middles.append(_sse(b"content_block_stop", {"type": "content_block_stop", "index": j}))
+        tail += _sse(b"message_delta", {"type": "message_delta",
+                                        "delta": {"stop_reason": self.finish[plan.finish_reason],
+                                                  "stop_sequence": None},
+                                        "usage": {"output_tokens": completion}})
+        tail += _sse(b"message_stop", {"type": "message_stop"})
+        return head, middles, tail
+
+    def stream_error(self) -> bytes:
+        return _sse(b"error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+
+    def complete(self, plan: _Plan, text: str, completion: int) -> dict:
+        if plan.calls is None:
+            content: list[dict] = [{"type": "text", "text": text}]
+        else:
+            content = [{"type": "tool_use", "id": self._call_id(c), "name": c["function"]["name"],
+                        "input": json.loads(c["function"]["arguments"] or "{}")} for c in plan.calls]
+        return {"id": "msg_" + plan.req_id, "type": "message", "role": "assistant", "model": plan.model,
+                "content": content, "stop_reason": self.finish[plan.finish_reason], "stop_sequence": None,
+                "usage": {"input_tokens": plan.prompt_tokens, "output_tokens": completion}}
+
+
+class Gemini(Family):
+    name = "gemini"
+    finish = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP"}
+    statuses = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+    def normalize(self, body: dict) -> dict:
+        messages: list[dict] = []
+        system = body.get("systemInstruction") or body.get("system_instruction")
+        if isinstance(system, dict):
+            messages.append({"role": "system", "content": _blocks_text(system.get("parts"))})
+        for c in body.get("contents") or ():
+            if not isinstance(c, dict):
+                continue
+            texts, calls = [], []
+            for part in c.get("parts") or ():
+                if not isinstance(part, dict):
+                    continue
+                call = part.get("functionCall") or part.get("function_call")
+                result = part.get("functionResponse") or part.get("function_response")
+                if isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                if isinstance(call, dict):
+                    calls.append({"id": call.get("id") or call.get("name"), "type": "function", "function": {
+                        "name": call.get("name"), "arguments": json.dumps(call.get("args") or {})}})
+                if isinstance(result, dict):
+                    messages.append({"role": "tool", "name": result.get("name"),
+                                     "content": orjson.dumps(result.get("response")).decode()})
+            if texts or calls:
+                msg: dict = {"role": "assistant" if c.get("role") == "model" else "user", "content": " ".join(texts)}
+                if calls:
+                    msg["tool_calls"] = calls
+                messages.append(msg)
+        config = body.get("generationConfig") or body.get("generation_config") or {}
+        mode = (((body.get("toolConfig") or body.get("tool_config") or {}).get("functionCallingConfig")
+                 or {}).get("mode"))
+        return {"model": body.get("model"), "messages": messages, "tools": body.get("tools"),
+                "max_tokens": config.get("maxOutputTokens") or config.get("max_output_tokens"),
+                "tool_choice": "none" if mode == "NONE" else None}
+
+    def error(self, status: int | str, message: str | None) -> web.Response:
+        code = self.status_of(status)
+        if status == "context_length_exceeded":
+            message = message or ("The input token count (1200000) exceeds the maximum number of tokens "
+                                  "allowed (1048576).")
+        kind = self.statuses.get(code, "INTERNAL" if code >= 500 else "INVALID_ARGUMENT")
+        body = {"error": {"code": code, "message": message or f"{kind} (simulated)", "status": kind}}
+        return web.Response(status=code, body=orjson.dumps(body), content_type=JSON_CT,
+                            headers=self.headers_for(code))
+
+    def _chunk(self, plan: _Plan, parts: list[dict], **extra: Any) -> bytes:
+        candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        if "finishReason" in extra:
+            candidate["finishReason"] = extra.pop("finishReason")
+        obj = {"candidates": [candidate], **extra, "modelVersion": plan.model, "responseId": plan.req_id}
+        return b"data: %b\r\n\r\n" % orjson.dumps(obj)
+
+    def frames(self, plan: _Plan, texts: list[str], completion: int) -> tuple[bytes, list[bytes], bytes]:
+        if plan.calls is None:
+            middles = [self._chunk(plan, [{"text": t}]) for t in texts]
+        else:
+            middles = [self._chunk(plan, [{"functionCall": {"name": c["function"]["name"],
+                                                            "args": json.loads(c["function"]["arguments"] or "{}")}}])
+                       for c in plan.calls]
+        usage = {"promptTokenCount": plan.prompt_tokens, "candidatesTokenCount": completion,
+                 "totalTokenCount": plan.prompt_tokens + completion}
+        tail = self._chunk(plan, [{"text": ""}], finishReason=self.finish[plan.finish_reason], usageMetadata=usage)
+        return b"", middles, tail
+
+    def stream_error(self) -> bytes:
+        err = {"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
+                         "status": "UNAVAILABLE"}}
+        return b"data: %b\r\n\r\n" % orjson.dumps(err)
+
+    def complete(self, plan: _Plan, text: str, completion: int) -> dict:
+        obj = orjson.loads(self.frames(plan, [text], completion)[2][6:])
+        if plan.calls is not None:
+            obj["candidates"][0]["content"]["parts"] = [
+                {"functionCall": {"name": c["function"]["name"],
+                                  "args": json.loads(c["function"]["arguments"] or "{}")}}
+                for c in plan.calls]
+        else:
+            obj["candidates"][0]["content"]["parts"] = [{"text": text}]
+        return obj
+
+
+class Cohere(Family):
+    """Chat v2. The stream is SSE (`event:` and `data:` lines) for a client that accepts
+    text/event-stream, else one JSON object a line, which is what litellm asks for (it sends
+    `Accept: application/json` and parses each line as JSON)."""
+
+    name = "cohere"
+    finish = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "TOOL_CALL"}
+
+    def __init__(self, sse: bool = False) -> None:
+        self.event = _sse if sse else _line
+        self.content_type = "text/event-stream; charset=utf-8" if sse else "application/stream+json"
+
+    def normalize(self, body: dict) -> dict:
+        messages = []
+        for m in body.get("messages") or ():
+            if isinstance(m, dict):
+                msg = {**m, "content": _blocks_text(m.get("content"))}
+                messages.append(msg)
+        choice = body.get("tool_choice")
+        return {"model": body.get("model"), "messages": messages, "tools": body.get("tools"),
+                "max_tokens": body.get("max_tokens"), "tool_choice": "none" if choice == "NONE" else None}
+
+    def error(self, status: int | str, message: str | None) -> web.Response:
+        code = self.status_of(status)
+        if status == "context_length_exceeded":
+            message = message or "too many tokens: total number of tokens in the prompt cannot exceed 128000"
+        body = {"id": "sim-error", "message": message or f"simulated error {code}"}
+        return web.Response(status=code, body=orjson.dumps(body), content_type=JSON_CT,
+                            headers=self.headers_for(code))
+
+    def frames(self, plan: _Plan, texts: list[str], completion: int) -> tuple[bytes, list[bytes], bytes]:
+        head = self.event(b"message-start", {"type": "message-start", "id": plan.req_id, "delta": {"message": {
+            "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}})
+        tail = b""
+        if plan.calls is None:
+            head += self.event(b"content-start", {"type": "content-start", "index": 0,
+                                            "delta": {"message": {"content": {"type": "text", "text": ""}}}})
+            middles = [self.event(b"content-delta", {"type": "content-delta", "index": 0,
+                                               "delta": {"message": {"content": {"text": t}}}}) for t in texts]
+            tail = self.event(b"content-end", {"type": "content-end", "index": 0})
+        else:
+            middles = []
+            for j, call in enumerate(plan.calls):
+                fn = call["function"]
+                start = {"id": call["id"], "type": "function", "function": {"name": fn["name"], "arguments": ""}}
+                middles.append(self.event(b"tool-call-start", {"type": "tool-call-start", "index": j,
+                                                               "delta": {"message": {"tool_calls": start}}}))
+                for piece in _arg_pieces(fn["arguments"]):
+                    middles.append(self.event(b"tool-call-delta", {"type": "tool-call-delta", "index": j, "delta": {
+                        "message": {"tool_calls": {"function": {"arguments": piece}}}}}))
+                middles.append(self.event(b"tool-call-end", {"type": "tool-call-end", "index": j}))
+        tokens = {"input_tokens": plan.prompt_tokens, "output_tokens": completion}
+        tail += self.event(b"message-end", {"type": "message-end", "delta": {
+            "finish_reason": self.finish[plan.finish_reason], "usage": {"billed_units": tokens, "tokens": tokens}}})
+        return head, middles, tail
+
+    def complete(self, plan: _Plan, text: str, completion: int) -> dict:
+        message: dict = {"role": "assistant"}
+        if plan.calls is None:
+            message["content"] = [{"type": "text", "text": text}]
+        else:
+            message["tool_calls"] = plan.calls
+        tokens = {"input_tokens": plan.prompt_tokens, "output_tokens": completion}
+        return {"id": plan.req_id, "message": message, "finish_reason": self.finish[plan.finish_reason],
+                "usage": {"billed_units": tokens, "tokens": tokens}}
+
+
+ANTHROPIC, GEMINI, COHERE, COHERE_SSE = Anthropic(), Gemini(), Cohere(), Cohere(sse=True)
 
 
 # --------------------------------------------------------------------------- running
