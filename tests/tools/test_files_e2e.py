@@ -5,6 +5,7 @@ S3-compatible store (moto's server, real HTTP), or in one directory both mount (
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,10 @@ def split_stack(request, django_db_setup, tmp_path) -> Iterator[tuple[Stack, str
         env = {**S3_ENV, "MAGEAGENT_FILES_S3_ENDPOINT_URL": endpoint, "MAGEAGENT_FILES_S3_BUCKET": s3_bucket(endpoint)}
     else:
         env, web_dir = {}, worker_dir
-    stack = Stack(database_url(connection.settings_dict), {**env, "MAGEAGENT_FILES_DIR": str(worker_dir)}).start()
+    # A queue of its own: the session stack's worker (another FILES_DIR) must not take its tasks.
+    queue = f"{os.environ.get('MAGEAGENT_QUEUE', 'mageagent')}-files"
+    stack = Stack(database_url(connection.settings_dict),
+                  {**env, "MAGEAGENT_FILES_DIR": str(worker_dir), "MAGEAGENT_QUEUE": queue}).start()
     try:
         upload_url = stack.start_extra_web("uploads", {"MAGEAGENT_FILES_DIR": str(web_dir)})
         yield stack, upload_url, [web_dir, worker_dir] if request.param == "s3" else []
