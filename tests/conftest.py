@@ -38,15 +38,16 @@ _flush = TransactionTestCase._fixture_teardown
 
 def _flush_retrying_deadlocks(self: TransactionTestCase) -> None:
     # An e2e stack's worker may still be closing a finished test's task (an UPDATE holding a
-    # row lock) when the tables are truncated; PostgreSQL then aborts one side as a deadlock.
-    # The TRUNCATE rolled back as a whole, so running it again is safe.
-    for attempt in range(5):
+    # row lock), or reconciling (its lease comes round every few seconds), when the tables are
+    # truncated; PostgreSQL then aborts one side as a deadlock. The TRUNCATE rolled back as a
+    # whole, so running it again is safe.
+    for attempt in range(12):
         try:
             return _flush(self)
         except OperationalError as exc:
-            if "deadlock" not in str(exc) or attempt == 4:
+            if "deadlock" not in str(exc) or attempt == 11:
                 raise
-            time.sleep(0.2 * (attempt + 1))
+            time.sleep(min(0.2 * (attempt + 1), 1.0))
 
 
 TransactionTestCase._fixture_teardown = _flush_retrying_deadlocks  # type: ignore[method-assign]
