@@ -297,3 +297,13 @@ async def aread_after(task_id: str, after: int) -> list[str] | None:
     if not entries and not await client.exists(meta_key(str(task_id))):
         return None
     return [fields[b"e"].decode() for _, fields in entries]
+
+
+async def aclosed_tail(task_id: str) -> str | None:
+    """The last event of a closed log (its `done`); None while the log is open."""
+    client = async_client()
+    if not await client.hget(meta_key(str(task_id)), "closed"):
+        return None
+    last: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrevrange(  # type: ignore[assignment]
+        stream_key(str(task_id)), count=1)
+    return last[0][1][b"e"].decode() if last else None

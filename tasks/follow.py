@@ -71,6 +71,10 @@ def _after(raws: list[str], after: int) -> list[str]:
     return [raw for raw in raws if events.peek(raw)[0] > after]
 
 
+def _renumbered(raw: str, seq: int) -> str:
+    return f'{{"seq":{seq},' + raw[raw.index(",") + 1:]
+
+
 def synthesized_after(task: Task, after: int) -> list[str]:
     """The synthesized log past `after`. A client resuming beyond its few events (it had
     read further into the expired log) still gets `done`, numbered after its position, so
@@ -78,8 +82,7 @@ def synthesized_after(task: Task, after: int) -> list[str]:
     raws = synthesized_events(task)
     tail = _after(raws, after)
     if raws and not tail:
-        done = raws[-1]
-        tail = [f'{{"seq":{after + 1},' + done[done.index(",") + 1:]]
+        tail = [_renumbered(raws[-1], after + 1)]
     return tail
 
 
@@ -140,7 +143,14 @@ class Follower:
             if task is not None and task.is_terminal:
                 self.done = True
             return taken
-        return self._take(raws)
+        taken = self._take(raws)
+        if not raws and not self.done:
+            tail = await events.aclosed_tail(self.task_id)
+            if tail is not None:
+                # Resumed at or past the end of a finished task: its `done` again, numbered
+                # after the position (as for an expired log), so that every client ends.
+                taken = self._take([_renumbered(tail, self.position + 1)])
+        return taken
 
     async def live(self, raw: str) -> list[str]:
         seq, _ = events.peek(raw)

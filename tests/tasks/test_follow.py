@@ -41,3 +41,13 @@ async def test_duplicate_live_events_do_not_hold_back_the_heartbeat(task_id):
 
     assert events.peek(first) == (1, "status")
     assert after_first is None  # the ping, not starved by the duplicates
+
+
+async def test_resuming_past_the_end_of_a_finished_task_gets_done_and_ends(task_id):
+    events.append(task_id, events.encode("chunk", content="hi"))
+    events.append(task_id, events.encode("done", done=True, status="completed", result={"content": "hi"}),
+                  close=True)
+
+    received = [raw async for raw in follow(task_id, 7, idle_s=0.2) if raw is not None]
+
+    assert [events.peek(raw) for raw in received] == [(8, "done")]
