@@ -90,7 +90,8 @@ def test_the_period_limits_what_is_counted(api, alice, ledger):
     {"from": "yesterday"},
     {"from": "2026-02-30"},
     {"from": "2026-05-02", "to": "2026-05-01"},
-    {"from": "2020-01-01", "to": "2026-01-01"},
+    {"from": ""},
+    {"group_by": ""},
 ])
 def test_bad_parameters_are_a_400_in_the_error_contract(api, alice, params):
     response = get(api, alice, **params)
@@ -101,3 +102,10 @@ def test_bad_parameters_are_a_400_in_the_error_contract(api, alice, params):
 
 def test_usage_needs_a_key(api):
     assert api.get(USAGE).status_code == 401
+
+
+def test_a_long_period_is_answered_with_the_days_that_have_usage(api, alice, ledger):
+    response = get(api, alice, **{"from": "2000-01-01", "group_by": "day"})
+
+    assert response.status_code == 200, response.content
+    assert response.json()["from"] == "2000-01-01"
