@@ -33,6 +33,9 @@ def ops_stack(django_db_setup: None, django_db_blocker: object) -> Iterator[Stac
         "MAGEAGENT_LOG_FORMAT": "json", "MAGEAGENT_QUEUE": queue})
     running.worker_metrics_url = f"http://127.0.0.1:{worker_port}/metrics"  # type: ignore[attr-defined]
     running.start()
+    # /readyz answers on the worker's heartbeat, which starts before Celery's worker_ready (when
+    # the worker opens its metrics port).
+    running.wait_until(lambda: running._answers(running.worker_metrics_url), "the worker's metrics")  # type: ignore[attr-defined]
     try:
         yield running
     finally:
