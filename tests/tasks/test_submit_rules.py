@@ -15,6 +15,7 @@ from routing.budgets import budget_context, budget_usage
 from routing.models import Budget, Model
 from tasks import services
 from tasks.models import Task, TaskStatus
+from tests.conftest import make_persona
 
 TASKS = "/mageagent/api/v1/tasks"
 CHANGELIST = "/admin/tasks/task/"
@@ -52,9 +53,12 @@ def cancel_over(path: str, persona, *frames: dict) -> None:
 
 
 @pytest.fixture
-def budgeted(alice):
-    Budget.objects.create(company_id=alice.tenant.company_id, period="month", limit_usd=Decimal("5.00"))
-    return alice
+def budgeted(db):
+    """Dora's company is new to this run (ids are never reused), so the budget state in Redis is
+    its own: no reservation another test left, nor their expiry, moves what it holds."""
+    dora = make_persona("dora", "dora-and-co", "web")
+    Budget.objects.create(company_id=dora.tenant.company_id, period="month", limit_usd=Decimal("5.00"))
+    return dora
 
 
 @pytest.mark.django_db(transaction=True)
