@@ -142,31 +142,8 @@ async def _stream_openai(deployment: Deployment, body: dict[str, Any],
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if deployment.api_key:
         headers["Authorization"] = f"Bearer {deployment.api_key}"
-    try:
-        async with await _pool().post(f"{base}/chat/completions", orjson.dumps(body), headers) as resp:
-            if resp.status != 200:
-                raise error_for_status(resp.status, await resp.read(), resp.headers.get("retry-after"))
-            events = _SSEEvents()
-            async for data in resp.reads(pace):
-                for delta in _deltas(events.feed(data)):
-                    yield delta
-                if events.done:
-                    break
-            if not events.done:
-                raise ProviderError("provider_stream_interrupted", "the provider closed the stream early",
-                                    retryable=True)
-            async for _ in resp.reads():  # the rest of the body, unpaced, so the connection is reused
-                pass
-    except ProviderError:
-        raise
-    except httpstream.StreamError as exc:
-        code = "provider_stream_interrupted" if exc.answered else "provider_unreachable"
-        raise ProviderError(code, f"stream interrupted: {exc}" if exc.answered else str(exc),
-                            retryable=True) from exc
-    except (TimeoutError, OSError) as exc:
-        raise ProviderError("provider_unreachable", f"{type(exc).__name__}: {exc}", retryable=True) from exc
-    except orjson.JSONDecodeError as exc:
-        raise ProviderError("provider_error", f"malformed stream event: {exc}", retryable=True) from exc
+    async for delta in _stream_direct(f"{base}/chat/completions", body, headers, _OpenAIDeltas(), pace):
+        yield delta
 
 
 class _SSEEvents:
@@ -199,6 +176,20 @@ class _SSEEvents:
             start = end + 2
         self.buf = buf[start:]
         return out
+
+
+class _OpenAIDeltas:
+    """The OpenAI-compatible stream as `_stream_direct` reads it: bytes in, deltas out."""
+
+    def __init__(self) -> None:
+        self.events = _SSEEvents()
+
+    @property
+    def done(self) -> bool:
+        return self.events.done
+
+    def feed(self, data: bytes) -> list[Delta]:
+        return _deltas(self.events.feed(data))
 
 
 def _deltas(objs: list[dict[str, Any]]) -> list[Delta]:
