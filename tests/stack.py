@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ def database_url(settings_dict: dict[str, Any]) -> str:
     host = settings_dict.get("HOST") or "127.0.0.1"
     port = settings_dict.get("PORT") or 5432
     return f"postgres://{user}{password}@{host}:{port}/{settings_dict['NAME']}"
+
+
+def own_queue(name: str) -> str:
+    """A Celery queue for one stack of its own: the session stack's worker, with other settings,
+    must not take its tasks (and it must not take the session stack's)."""
+    return f"{os.environ.get('MAGEAGENT_QUEUE', 'mageagent')}-{name}-{uuid.uuid4().hex[:6]}"
 
 
 class Process:

@@ -4,7 +4,6 @@ after a task ran, and JSON log lines that carry the task's and the request's ids
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients import API, Client, sim, wait_for
 from tests.infra import free_port
-from tests.stack import Stack, database_url
+from tests.stack import Stack, database_url, own_queue
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -27,7 +26,7 @@ def ops_stack(django_db_setup: None, django_db_blocker: object) -> Iterator[Stac
 
     worker_port = free_port()
     # A queue of its own: another stack's worker in the same run must not take its tasks.
-    queue = f"{os.environ.get('MAGEAGENT_QUEUE', 'mageagent')}-ops"
+    queue = own_queue("ops")
     running = Stack(database_url(connection.settings_dict), extra_env={
         "MAGEAGENT_WORKER_METRICS_PORT": str(worker_port), "MAGEAGENT_METRICS_TOKEN": TOKEN,
         "MAGEAGENT_LOG_FORMAT": "json", "MAGEAGENT_QUEUE": queue})

@@ -8,7 +8,6 @@ litellm's provider code for Gemini."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from tests.clients import API, Client, answer_from_chunks, sim, tokens, wait_for
-from tests.stack import Stack
+from tests.stack import Stack, own_queue
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -57,7 +56,7 @@ class FamiliesStack(Stack):
             "MAGEAGENT_ROUTING_REDIS_NAMESPACE": f"ma:e2e:{uuid.uuid4().hex[:8]}",
             # A failed deployment cools down; the next test may need it again.
             "MAGEAGENT_ROUTING_COOLDOWN_S": "1",
-            "MAGEAGENT_QUEUE": f"{os.environ.get('MAGEAGENT_QUEUE', 'mageagent')}-families-{uuid.uuid4().hex[:6]}"})
+            "MAGEAGENT_QUEUE": own_queue("families")})
 
     def env(self) -> dict[str, str]:
         env = super().env()

@@ -4,7 +4,6 @@ limits) instead of the one-gateway override."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 
 from tests.clients import API, Client, answer_from_chunks, sim, tokens
 from tests.conftest import make_persona
-from tests.stack import Stack
+from tests.stack import Stack, own_queue
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -59,7 +58,7 @@ class RoutingStack(Stack):
             "MAGEAGENT_ROUTING_RATE_LIMIT_BURST_S": "1",
             "MAGEAGENT_ROUTING_COOLDOWN_S": "120",
             # Its own queue: the session's stack (gateway mode) must not take these tasks.
-            "MAGEAGENT_QUEUE": f"{os.environ.get('MAGEAGENT_QUEUE', 'mageagent')}-routing-{uuid.uuid4().hex[:6]}"})
+            "MAGEAGENT_QUEUE": own_queue("routing")})
 
     def env(self) -> dict[str, str]:
         env = super().env()

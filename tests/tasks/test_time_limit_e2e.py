@@ -3,7 +3,6 @@ answer, fails the task with `timeout` and closes the provider stream."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from tests.clients import Client, sim, wait_for
-from tests.stack import Stack
+from tests.stack import Stack, own_queue
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -27,7 +26,7 @@ def short_stack(django_db_setup: None, django_db_blocker: Any) -> Iterator[Stack
 
     from tests.stack import database_url
 
-    queue = f"{os.environ.get('MAGEAGENT_QUEUE', 'mageagent')}-timelimit-{uuid.uuid4().hex[:6]}"
+    queue = own_queue("timelimit")
     running = Stack(database_url(connection.settings_dict), extra_env={
         "MAGEAGENT_TASK_SOFT_TIME_LIMIT": "1", "MAGEAGENT_TASK_HARD_TIME_LIMIT": "30",
         "MAGEAGENT_QUEUE": queue}).start()

@@ -5,14 +5,13 @@ S3-compatible store (moto's server, real HTTP), or in one directory both mount (
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.clients import API, Client, sim
-from tests.stack import Stack, database_url
+from tests.stack import Stack, database_url, own_queue
 from tests.tools.conftest import s3_bucket
 
 # Each case starts a stack of its own (its processes' settings differ from the session's).
@@ -35,7 +34,7 @@ def split_stack(request, django_db_setup, tmp_path) -> Iterator[tuple[Stack, str
     else:
         env, web_dir = {}, worker_dir
     # A queue of its own: the session stack's worker (another FILES_DIR) must not take its tasks.
-    queue = f"{os.environ.get('MAGEAGENT_QUEUE', 'mageagent')}-files"
+    queue = own_queue("files")
     stack = Stack(database_url(connection.settings_dict),
                   {**env, "MAGEAGENT_FILES_DIR": str(worker_dir), "MAGEAGENT_QUEUE": queue}).start()
     try:

@@ -4,7 +4,6 @@ simulator asks for the tool calls, the worker runs them, the events show them li
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -112,10 +111,10 @@ def search_stack(django_db_setup, django_db_blocker) -> Iterator[tuple[object, F
     session stack's worker never takes its tasks)."""
     from django.db import connection
 
-    from tests.stack import Stack, database_url
+    from tests.stack import Stack, database_url, own_queue
 
     searxng = FakeServer(providers_app()).start()
-    queue = f"{os.environ.get('MAGEAGENT_QUEUE', 'mageagent')}-search"
+    queue = own_queue("search")
     running = Stack(database_url(connection.settings_dict), extra_env={
         "MAGEAGENT_SEARXNG_URL": f"{searxng.url}/searxng", "MAGEAGENT_QUEUE": queue}).start()
     try:

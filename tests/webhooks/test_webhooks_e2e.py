@@ -4,7 +4,6 @@ same webhook-id, and a delivery whose message was lost is sent by the workers' s
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from tests.clients import API, Client, sim, tokens, wait_for
-from tests.stack import Stack
+from tests.stack import Stack, own_queue
 from tests.webhooks.receiver import Received, Receiver
 from webhooks.models import Delivery, Webhook
 
@@ -28,7 +27,7 @@ def hooks_stack(django_db_setup: None, django_db_blocker: Any) -> Iterator[Stack
 
     from tests.stack import database_url
 
-    queue = f"{os.environ.get('MAGEAGENT_QUEUE', 'mageagent')}-hooks-{uuid.uuid4().hex[:6]}"
+    queue = own_queue("hooks")
     running = Stack(database_url(connection.settings_dict), extra_env={
         "MAGEAGENT_FETCH_ALLOWED_HOSTS": "127.0.0.1", "MAGEAGENT_WEBHOOK_RETRY_SCHEDULE": "0.5,0.5,0.5",
         "MAGEAGENT_WEBHOOK_SWEEP_S": "1", "MAGEAGENT_QUEUE": queue}).start()
