@@ -13,6 +13,10 @@ os.environ.setdefault("MAGEAGENT_ROUTING_BUDGET_CACHE_S", "0")
 # test database and broker queue, so no run's worker takes another run's tasks.
 _run = os.environ.setdefault("MAGEAGENT_TEST_RUN", str(os.getpid()))
 os.environ.setdefault("MAGEAGENT_QUEUE", f"mageagent-test-{_run}")
+# Budgets, cooldowns and rate limits in Redis are keyed by company and deployment ids, which every
+# run's fresh test database numbers from 1 again: a namespace per run keeps one run's holds (an
+# hour's TTL) from being counted, or released on expiry, in the next.
+os.environ.setdefault("MAGEAGENT_ROUTING_REDIS_NAMESPACE", f"ma:llm:test-{_run}")
 if (os.environ.get("DATABASE_URL") or "").startswith("postgres"):
     os.environ.setdefault("MAGEAGENT_TEST_DB_NAME", f"test_mageagent_{_run}")
 else:
