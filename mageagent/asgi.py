@@ -7,10 +7,12 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mageagent.settings")
 django.setup(set_prefix=False)  # what get_asgi_application() does, before consumers import models
 
-from . import bodylimit  # noqa: E402
+from . import bodylimit, tracing  # noqa: E402
 from .handlers import MageAgentASGIHandler  # noqa: E402
 
 bodylimit.install()  # daphne imports this module before it listens: its requests are capped
+# Before the handler loads its middleware: the request span's middleware goes first.
+tracing.configure(service="mageagent-web", web=True)
 
 django_asgi_app = MageAgentASGIHandler()
 

@@ -5,8 +5,11 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, celeryd_init, setup_logging
+from celery.signals import celeryd_after_setup, celeryd_init, setup_logging, worker_shutdown
 from django.conf import settings
+
+from .tracing import configure as tracing_configure
+from .tracing import shutdown as tracing_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mageagent.settings")
 
@@ -30,3 +33,13 @@ def _no_banner_in_json_logs(instance: Any = None, **_: Any) -> None:
     # The start-up banner is printed, not logged: with JSON logs every line must be JSON.
     if settings.LOG_FORMAT == "json" and instance is not None:
         instance.quiet = True
+
+
+@celeryd_init.connect
+def _tracing(**_: Any) -> None:
+    tracing_configure(service="mageagent-worker", worker=True)
+
+
+@worker_shutdown.connect
+def _tracing_flush(**_: Any) -> None:
+    tracing_shutdown()

@@ -17,7 +17,7 @@ from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from mageagent import metrics
+from mageagent import metrics, tracing
 from mageagent.celery import app as celery_app
 from mageagent.errors import Conflict, ValidationFailed
 from mageagent.logging import current_request_id
@@ -189,9 +189,13 @@ def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = 
     # queue is read per call (not once by Celery's config) so that it follows the settings.
     # The request that created (or handed back) the task goes along for the worker's log lines.
     request_id = current_request_id()
-    celery_app.send_task(TASK_EXECUTE_JOB, args=(task_id,), kwargs={"request_id": request_id} if request_id else {},
-                         queue=settings.CELERY_TASK_DEFAULT_QUEUE, priority=9 - priority, countdown=countdown,
-                         ignore_result=True)
+    # The trace goes along in the message's headers: the worker's spans continue the request's.
+    with tracing.span("mageagent.task.enqueue", kind=tracing.SpanKind.PRODUCER, mageagent__task__id=task_id,
+                      messaging__system="celery", messaging__destination__name=settings.CELERY_TASK_DEFAULT_QUEUE):
+        celery_app.send_task(TASK_EXECUTE_JOB, args=(task_id,),
+                             kwargs={"request_id": request_id} if request_id else {},
+                             queue=settings.CELERY_TASK_DEFAULT_QUEUE, priority=9 - priority, countdown=countdown,
+                             ignore_result=True, headers=tracing.enqueue_headers())
 
 
 # --- transitions ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from mageagent import metrics
+from mageagent import metrics, tracing
 from mageagent.errors import DomainError
 from mageagent.logging import log_context_add, log_fields
 from providers.conversation import conversation_messages, sampling_params
@@ -86,11 +86,18 @@ def _execute(task_id: str) -> float | None:
         if task is None or task.status != TaskStatus.QUEUED:
             return None  # cancelled, finished, or running elsewhere: a duplicate delivery
         log_context_add(company=task.company_id, app=task.app_id, attempt=task.attempts)
+        tracing.annotate(mageagent__task__id=task_id, mageagent__company__id=task.company_id,
+                         mageagent__task__attempt=task.attempts)
         context_text, step_events, steps = _context(task)
         budget = budget_context(company_id=task.company_id, app_id=task.app_id)
-        decision = model_select(prompt=task.prompt, model=task.model, tools=task.tools, context_text=context_text,
-                                company_id=task.company_id, budgeted=budget.active, messages=task.messages,
-                                system=task.system, max_tokens=task.max_tokens, client_tools=task.client_tools)
+        with tracing.span("mageagent.task.route", gen_ai__request__model=task.model) as route:
+            decision = model_select(prompt=task.prompt, model=task.model, tools=task.tools,
+                                    context_text=context_text, company_id=task.company_id, budgeted=budget.active,
+                                    messages=task.messages, system=task.system, max_tokens=task.max_tokens,
+                                    client_tools=task.client_tools)
+            if route is not None:
+                route.set_attribute("mageagent.routing.model", decision.model)
+                route.set_attribute("mageagent.routing.reason", decision.reason)
         registry().ensure([d for c in decision.options + decision.larger for d in c.deployments])
         steps += [f"model_selected:{decision.provider}:{decision.model}", "llm_execution"]
         earlier = float((task.routing or {}).get("spent_usd_all_attempts") or 0.0) if task.attempts > 1 else 0.0
@@ -132,6 +139,7 @@ def _execute(task_id: str) -> float | None:
 def _run_attempt(plan: AttemptPlan) -> AttemptOutcome:
     """The attempt on the loop, stopped at TASK_HARD_TIME_LIMIT_S, not counting the time
     it spent waiting for rate limits (which the soft limit does not count either)."""
+    plan.trace_context = tracing.current_context()  # the loop's task continues this thread's trace
     future = asyncio.run_coroutine_threadsafe(run_attempt(plan), runtime.ensure_started())
     deadline = time.monotonic() + settings.MAGEAGENT["TASK_HARD_TIME_LIMIT_S"]
     while True:

@@ -15,6 +15,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from mageagent import tracing
 from mageagent.logging import log_context_add
 from providers.llm import Delta, Deployment, ProviderError, stream_chat, supported_params
 from tasks import events
@@ -55,6 +56,8 @@ class AttemptPlan:
     router: Any = None
     # The ids of the task's log lines (mageagent/logging.py), for the loop's asyncio task.
     log: dict[str, Any] = field(default_factory=dict)
+    # The trace context of the Celery thread that runs the attempt (mageagent/tracing.py).
+    trace_context: Any = None
 
 
 @dataclass
@@ -224,7 +227,11 @@ async def _run_tools(plan: AttemptPlan, calls: list[dict[str, Any]], messages: l
                       complete=routed_complete(plan.company_id))
 
     async def invoke(call: dict[str, Any]) -> ToolResult:
-        result = await tool_invoke(call["name"], call["arguments"], ctx)
+        with tracing.span(f"execute_tool {call['name']}", gen_ai__operation__name="execute_tool",
+                          gen_ai__tool__name=call["name"], gen_ai__tool__call__id=call["id"]) as span:
+            result = await tool_invoke(call["name"], call["arguments"], ctx)
+            if not result.ok:
+                tracing.failed(span, "tool_error")
         # Live: a quick tool's result goes out while a slow one still runs.
         await _append(plan, events.encode("tool_result", id=call["id"], name=call["name"], ok=result.ok,
                                           content=result.content))
@@ -253,17 +260,26 @@ async def _stream_call(deployment: Deployment, messages: list[dict[str, Any]], t
                        usage: dict[str, int], max_tokens: int | None = None,
                        params: dict[str, Any] | None = None) -> None:
     delta: Delta
-    async for delta in stream_chat(deployment, messages, tools=tools, max_tokens=max_tokens, pace=emitter.pace,
-                                   params=params):
-        if delta.content and emitter.add(delta.content):
-            await emitter.flush()
-        if delta.tool_calls:
-            _merge_tool_calls(calls, delta.tool_calls)
-        if delta.finish_reason:
-            outcome.finish_reason = delta.finish_reason
-        if delta.usage:
-            for key in ("prompt_tokens", "completion_tokens"):
-                usage[key] = usage.get(key, 0) + int(delta.usage.get(key) or 0)
+    # One span per call, never per chunk: the loop below is the per-chunk path.
+    with tracing.llm_call(provider=deployment.provider, model=deployment.model, max_tokens=max_tokens,
+                          params=params) as span:
+        try:
+            async for delta in stream_chat(deployment, messages, tools=tools, max_tokens=max_tokens,
+                                           pace=emitter.pace, params=params):
+                if delta.content and emitter.add(delta.content):
+                    await emitter.flush()
+                if delta.tool_calls:
+                    _merge_tool_calls(calls, delta.tool_calls)
+                if delta.finish_reason:
+                    outcome.finish_reason = delta.finish_reason
+                if delta.usage:
+                    for key in ("prompt_tokens", "completion_tokens"):
+                        usage[key] = usage.get(key, 0) + int(delta.usage.get(key) or 0)
+        except ProviderError as exc:
+            tracing.failed(span, exc.code)
+            raise
+        finally:
+            tracing.llm_call_done(span, usage=usage, finish_reason=outcome.finish_reason)
     await emitter.flush()
 
 
@@ -334,6 +350,7 @@ async def run_attempt(plan: AttemptPlan) -> AttemptOutcome:
     this = asyncio.current_task()
     assert this is not None
     log_context_add(**plan.log)  # this asyncio task's own context
+    tracing.attach(plan.trace_context)  # as is its trace's: the Celery thread's task run
     runtime.register(plan.task_id, this)
     outcome = AttemptOutcome(status="completed")
     emitter = ChunkEmitter(plan)
