@@ -16,7 +16,7 @@ schema_view = SpectacularAPIView.as_view(**_PUBLIC)
 swagger_view = SpectacularSwaggerView.as_view(url_name="schema", **_PUBLIC)
 redoc_view = SpectacularRedocView.as_view(url_name="schema", template_name="mageagent/redoc.html", **_PUBLIC)
 
-_LINKS = ("docs", "redoc", "schema", "healthz", "readyz")
+_LINKS = ("docs", "redoc", "schema", "healthz", "readyz", "console")
 
 
 class ApiIndexApi(APIView):

@@ -44,6 +44,12 @@ class AuthenticationFailed(DomainError):
     code, status = "authentication_failed", 401
 
 
+class CsrfFailed(DomainError):
+    """A staff session's unsafe request without the page's CSRF token (a key needs none)."""
+
+    code, status = "csrf_failed", 403
+
+
 class NotFound(DomainError):
     code, status = "not_found", 404
 

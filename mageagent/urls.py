@@ -15,6 +15,7 @@ from tasks.apis import (
     TaskRouteApi,
     UsageApi,
 )
+from tasks.console import ConsoleTaskCancelApi, ConsoleTaskListApi, console_view
 from tasks.streaming import task_stream_view
 from tools.apis import ToolListApi
 
@@ -49,6 +50,10 @@ urlpatterns = [
     # The OpenAI-compatible API: OpenAI(base_url="http://HOST:PORT/v1", api_key=<a MageAgent key>).
     path("v1/", include("openai_api.urls")),
     path("admin/", admin.site.urls),
+    # The live task console: a page of the service's own (a tenant's key or a staff session).
+    path("console/", console_view, name="console"),
+    path("console/tasks", ConsoleTaskListApi.as_view(), name="console-tasks"),
+    path("console/tasks/<str:task_id>/cancel", ConsoleTaskCancelApi.as_view()),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.prometheus),

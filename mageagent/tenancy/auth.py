@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import cast
 
 from django.conf import settings
-from rest_framework.authentication import BaseAuthentication
+from rest_framework import exceptions as drf
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from mageagent.errors import AuthenticationFailed
+from mageagent.errors import AuthenticationFailed, CsrfFailed
 
 from .models import ApiKey
 from .services import key_digest
@@ -114,6 +115,26 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="mageagent"'
+
+
+class StaffSessionAuthentication(SessionAuthentication):
+    """An active staff member signed in to the admin, as the staff tenant (every company).
+    DRF's session authentication: unsafe methods need the CSRF token. For the pages the
+    service serves itself (the task console), never for the public API."""
+
+    def authenticate(self, request: Request) -> tuple[Tenant, None] | None:
+        found = super().authenticate(request)
+        if found is None or not getattr(found[0], "is_staff", False):
+            return None
+        return staff_tenant(), None
+
+    def enforce_csrf(self, request: Request) -> None:
+        # DRF refuses with PermissionDenied, which the error contract renders as a 404 (no
+        # object of another tenant is revealed): a missing token is said as what it is.
+        try:
+            super().enforce_csrf(request)
+        except drf.PermissionDenied as exc:
+            raise CsrfFailed(str(exc.detail)) from None
 
 
 class IsTenant(BasePermission):

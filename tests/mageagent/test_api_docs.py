@@ -23,15 +23,15 @@ def operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return [(path, method, op) for path, methods in schema["paths"].items() for method, op in methods.items()]
 
 
-def test_the_api_root_is_an_index_of_the_docs_the_schema_and_the_health_checks(client):
+def test_the_api_root_is_an_index_of_the_docs_the_schema_the_health_checks_and_the_console(client):
     response = client.get(f"{API}/")
 
     assert response.status_code == 200
     links = response.json()["links"]
     assert links == {"docs": f"http://testserver{API}/docs", "redoc": f"http://testserver{API}/redoc",
                      "schema": f"http://testserver{API}/schema", "healthz": "http://testserver/healthz",
-                     "readyz": "http://testserver/readyz"}
-    for name in ("docs", "redoc", "schema", "healthz"):
+                     "readyz": "http://testserver/readyz", "console": "http://testserver/console/"}
+    for name in ("docs", "redoc", "schema", "healthz", "console"):
         assert client.get(links[name]).status_code == 200, name
 
 
