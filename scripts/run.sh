@@ -290,6 +290,7 @@ MageAgent is running. Ctrl-C stops everything.
   API docs   $API/docs
   Admin      $WEB/admin/   $ADMIN_NOTE
   Queue      $WEB/admin/tasks/task/queue/
+  Console    $WEB/console/   (live tasks: the API key below, or the admin's session)
   Flower     http://$HOST:$FLOWER_PORT/$FLOWER_AUTH_NOTE
   Health     $WEB/healthz   $WEB/readyz   $WEB/metrics
   LLM        $LLM_NOTE
