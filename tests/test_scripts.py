@@ -99,7 +99,7 @@ def test_run_sh_starts_the_service_runs_a_task_and_stops_everything_on_ctrl_c(tm
         assert "LLM SIMULATOR" in out.text  # no provider configured, and it says so
         assert re.search(r"^\s*Tools\s+(all available|OFF: .+)", out.text, re.M)  # which tools are off, and why
         api = f"http://127.0.0.1:{web_port}/mageagent/api/v1"
-        for url in (f"{api}/", f"{api}/docs", f"http://127.0.0.1:{web_port}/admin/",
+        for url in (f"{api}/", f"{api}/docs", f"http://127.0.0.1:{web_port}/admin/", f"http://127.0.0.1:{web_port}/console/",
                     f"http://127.0.0.1:{flower_port}/", f"http://127.0.0.1:{web_port}/healthz"):
             assert url in out.text
         curl = out.wait_for(r"^\s*(curl -sN .+/stream\")$", proc, timeout=5).group(1)
