@@ -100,6 +100,11 @@ def test_a_tenant_lists_follows_a_running_task_to_done_and_cancels_another(stack
     finished = client.wait_terminal(client.create(f"short {sim(tokens=5)}")["id"])
     foreign = other.create(f"theirs {sim(tokens=3)}")["id"]
 
+    sign_in_with_key(browser, stack.web_url, "mk_not-a-key")
+    browser.wait("!document.getElementById('key-error').hidden", "the refused key's message")
+    assert "refused" in browser.text("key-error")
+    assert browser.eval("sessionStorage.length") == 0  # a refused key is not kept
+
     sign_in_with_key(browser, stack.web_url, alice.key)
     cells = wait_for(lambda: browser.row(finished["id"]), "the finished task in the list")
     # created, status, model, cost, duration, follow button
