@@ -1,4 +1,4 @@
-"""The direct stream parsers of providers/llm.py on the families' own bytes, fed in pieces
+"""The direct stream parsers of providers/families.py on the families' own bytes, fed in pieces
 that split events anywhere (what a socket's reads do)."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from providers.llm import ProviderError, _AnthropicEvents, _CohereEvents
+from providers.families import _AnthropicEvents, _CohereEvents
+from providers.wire import ProviderError
 
 
 def feed_in_pieces(parser, data: bytes, size: int) -> list:

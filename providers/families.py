@@ -1,0 +1,239 @@
+"""Anthropic (Messages), Gemini (streamGenerateContent) and Cohere (chat v2) streamed
+directly over providers/httpstream.py, litellm still mapping each request (AnthropicConfig,
+VertexGeminiConfig, CohereV2ChatConfig): through litellm's streaming wrapper a chunk costs
+the worker ~30 times what it costs here (BENCHMARKS.md, "Provider families: CPU per
+chunk"), and litellm's Cohere stream parser reads tool calls and usage where Cohere does not
+put them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from functools import cache
+from typing import Any
+
+import orjson
+
+from . import httpstream
+from .wire import Delta, Deployment, ProviderError, SSEEvents, litellm_error, stream_direct
+
+# --- Anthropic Messages, direct -----------------------------------------------------------
+ANTHROPIC_BASE = "https://api.anthropic.com"
+_ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                     "pause_turn": "stop", "refusal": "content_filter"}
+
+
+@cache
+def _anthropic_config() -> Any:
+    import litellm
+
+    return litellm.AnthropicConfig()
+
+
+def anthropic_request(deployment: Deployment, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The Messages request and headers litellm would send for this OpenAI-shaped body."""
+    config = _anthropic_config()
+    supported = set(config.get_supported_openai_params(deployment.model))
+    given = {k: v for k, v in body.items() if k in supported and k not in ("stream", "model")}
+    given.update({k: v for k, v in deployment.extra.items() if k in supported})
+    optional = config.map_openai_params(given, {}, deployment.model, True)
+    data: dict[str, Any] = config.transform_request(deployment.model, body["messages"], optional, {}, {})
+    data["stream"] = True
+    # A config deployment may leave the key to the environment, as litellm reads it.
+    api_key = deployment.api_key or os.environ.get("ANTHROPIC_API_KEY")
+    headers = config.validate_environment({}, deployment.model, body["messages"], optional, {},
+                                          api_key=api_key, api_base=deployment.api_base)
+    headers["accept"] = "text/event-stream"
+    return data, headers
+
+
+def is_anthropic(deployment: Deployment) -> bool:
+    return deployment.provider == "anthropic"
+
+
+async def stream_anthropic(deployment: Deployment, body: dict[str, Any],
+                            pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
+    base = (deployment.api_base or ANTHROPIC_BASE).rstrip("/")
+    url = base if base.endswith("/v1/messages") else f"{base}/v1/messages"
+    try:
+        payload, headers = anthropic_request(deployment, body)
+    except Exception as exc:  # litellm's mapping refused the request (no key, a bad parameter)
+        raise litellm_error(exc) from exc
+    async for delta in stream_direct(url, payload, headers, _AnthropicEvents(), pace):
+        yield delta
+
+
+class _AnthropicEvents:
+    """The Messages SSE stream fed a read at a time, as deltas; `done` after message_stop.
+    Tool-use blocks become OpenAI tool-call deltas numbered from 0; a read's text deltas
+    become one delta."""
+
+    def __init__(self) -> None:
+        self.sse = SSEEvents()
+        self.done = False
+        self.tools: dict[int, int] = {}  # content block index -> tool call index
+        self.prompt_tokens = 0
+
+    def feed(self, data: bytes) -> list[Delta]:
+        out: list[Delta] = []
+        texts: list[str] = []
+        for obj in self.sse.feed(data):
+            kind = obj.get("type")
+            if kind == "content_block_delta":
+                d = obj["delta"]
+                if d.get("type") == "text_delta":
+                    if d.get("text"):
+                        texts.append(d["text"])
+                    continue
+            delta = self._delta(kind, obj)
+            if delta is None:
+                continue
+            if texts:
+                out.append(Delta(content="".join(texts)))
+                texts.clear()
+            out.append(delta)
+        if texts:
+            out.append(Delta(content="".join(texts)))
+        return out
+
+    def _delta(self, kind: str | None, obj: dict[str, Any]) -> Delta | None:
+        if kind == "message_start":
+            usage = (obj.get("message") or {}).get("usage") or {}
+            self.prompt_tokens = sum(int(usage.get(k) or 0) for k in (
+                "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+        elif kind == "content_block_start":
+            block = obj["content_block"]
+            if block.get("type") == "tool_use":
+                index = self.tools[obj["index"]] = len(self.tools)
+                return Delta(tool_calls=[{"index": index, "id": block.get("id"), "type": "function",
+                                          "function": {"name": block.get("name"), "arguments": ""}}])
+        elif kind == "content_block_delta":
+            d = obj["delta"]
+            if d.get("type") == "input_json_delta" and obj["index"] in self.tools:
+                return Delta(tool_calls=[{"index": self.tools[obj["index"]],
+                                          "function": {"arguments": d.get("partial_json") or ""}}])
+        elif kind == "message_delta":
+            reason = (obj.get("delta") or {}).get("stop_reason")
+            completion = int((obj.get("usage") or {}).get("output_tokens") or 0)
+            usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                     "total_tokens": self.prompt_tokens + completion}
+            return Delta(finish_reason=_ANTHROPIC_FINISH.get(str(reason), "stop"), usage=usage)
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            err = obj.get("error") or {}
+            etype, message = str(err.get("type")), str(err.get("message") or "provider error")[:1000]
+            if etype == "rate_limit_error":
+                raise ProviderError("rate_limited", message, retryable=True)
+            code = "provider_unavailable" if etype in ("overloaded_error", "api_error") else "provider_error"
+            raise ProviderError(code, message, retryable=True)
+        return None
+
+
+# --- Cohere chat v2, direct -------------------------------------------------------------
+COHERE_BASE = "https://api.cohere.com/v2/chat"
+_COHERE_FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls",
+                  "ERROR": "error", "TIMEOUT": "error"}
+
+
+@cache
+def _cohere_config() -> Any:
+    import litellm
+
+    return litellm.CohereV2ChatConfig()
+
+
+def cohere_request(deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+    """The request body litellm would send Cohere for this OpenAI-shaped one (what Cohere
+    does not take is left out, as drop_params does on the litellm path)."""
+    config = _cohere_config()
+    supported = set(config.get_supported_openai_params(deployment.model))
+    given = {k: v for k, v in body.items() if k in supported and k not in ("stream", "model")}
+    given.update({k: v for k, v in deployment.extra.items() if k in supported})
+    optional = config.map_openai_params(given, {}, deployment.model, True)
+    data: dict[str, Any] = config.transform_request(deployment.model, body["messages"], optional, {}, {})
+    data["stream"] = True
+    return data
+
+
+def is_cohere_v2(deployment: Deployment) -> bool:
+    return deployment.provider in ("cohere_chat", "cohere") and not deployment.model.startswith("v1/")
+
+
+async def stream_cohere(deployment: Deployment, body: dict[str, Any],
+                         pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    api_key = deployment.api_key or os.environ.get("COHERE_API_KEY") or os.environ.get("CO_API_KEY")
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    try:
+        payload = cohere_request(deployment, body)
+    except Exception as exc:  # litellm's mapping refused the request
+        raise litellm_error(exc) from exc
+    async for delta in stream_direct(deployment.api_base or COHERE_BASE, payload, headers, _CohereEvents(), pace):
+        yield delta
+
+
+class _CohereEvents:
+    """Cohere's chat v2 stream fed a read at a time, as deltas: SSE (`event:`/`data:`
+    lines) or one JSON object a line, whichever the server sends; `done` after message-end.
+    A read's run of text deltas becomes one delta, as on the OpenAI-compatible path."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> list[Delta]:
+        buf = self.buf + data if self.buf else data
+        lines = buf.split(b"\n")
+        self.buf = lines.pop()
+        out: list[Delta] = []
+        texts: list[str] = []
+        for line in lines:
+            line = line.strip()
+            if line.startswith(b"data:"):
+                line = line[5:].lstrip()
+            elif not line or line.startswith((b"event:", b":", b"id:", b"retry:")):
+                continue
+            obj = orjson.loads(line)
+            kind = obj.get("type")
+            if kind == "content-delta":
+                text = obj["delta"]["message"]["content"].get("text")
+                if text:
+                    texts.append(text)
+                continue
+            delta = self._delta(kind, obj)
+            if delta is None:
+                continue
+            if texts:
+                out.append(Delta(content="".join(texts)))
+                texts.clear()
+            out.append(delta)
+            if self.done:
+                break
+        if texts:
+            out.append(Delta(content="".join(texts)))
+        return out
+
+    def _delta(self, kind: str | None, obj: dict[str, Any]) -> Delta | None:
+        if kind == "tool-call-start":
+            call = obj["delta"]["message"]["tool_calls"]
+            fn = call.get("function") or {}
+            return Delta(tool_calls=[{"index": obj.get("index", 0), "id": call.get("id"), "type": "function",
+                                      "function": {"name": fn.get("name"), "arguments": fn.get("arguments") or ""}}])
+        if kind == "tool-call-delta":
+            args = obj["delta"]["message"]["tool_calls"]["function"].get("arguments") or ""
+            return Delta(tool_calls=[{"index": obj.get("index", 0), "function": {"arguments": args}}])
+        if kind == "message-end":
+            self.done = True
+            end = obj.get("delta") or {}
+            tokens = (end.get("usage") or {}).get("tokens") or {}
+            usage = None
+            if tokens:
+                prompt, completion = int(tokens.get("input_tokens") or 0), int(tokens.get("output_tokens") or 0)
+                usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+            reason = _COHERE_FINISH.get(str(end.get("finish_reason")), "stop")
+            if reason == "error":
+                raise ProviderError("provider_error", "the provider ended the answer with an error", retryable=True)
+            return Delta(finish_reason=reason, usage=usage)
+        return None
