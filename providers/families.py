@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator
 from functools import cache
 from typing import Any
 
-import orjson
-
 from . import httpstream
 from .wire import Delta, Deployment, ProviderError, SSEEvents, litellm_error, stream_direct
 
@@ -23,11 +21,29 @@ _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": 
                      "pause_turn": "stop", "refusal": "content_filter"}
 
 
+# The tool litellm forces for JSON mode on Anthropic (litellm.constants.RESPONSE_FORMAT_TOOL_NAME):
+# its input, streamed as input_json_delta, is the answer.
+JSON_TOOL = "json_tool_call"
+# Anthropic's JSON mode without a schema: a forced tool taking any object
+# (docs.anthropic.com, tool use, "JSON mode"; the tool litellm builds when it has no schema).
+_ANY_OBJECT = {"type": "object", "additionalProperties": True, "properties": {}}
+
+
 @cache
 def _anthropic_config() -> Any:
     import litellm
 
     return litellm.AnthropicConfig()
+
+
+def _json_object_tool(optional: dict[str, Any], user_tools: bool) -> None:
+    """`response_format: json_object` as Anthropic supports it. litellm maps only a JSON
+    schema (a forced tool, or output_format where the model has native structured output)
+    and sends nothing for json_object, so the answer would not be JSON and no one would say
+    so. With the task's own tools the model must call one of them or the JSON tool."""
+    optional["tools"] = [*(optional.get("tools") or ()), {"name": JSON_TOOL, "input_schema": _ANY_OBJECT}]
+    if "thinking" not in optional:  # with extended thinking Anthropic refuses a forced tool
+        optional["tool_choice"] = {"type": "any"} if user_tools else {"type": "tool", "name": JSON_TOOL}
 
 
 def anthropic_request(deployment: Deployment, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -37,12 +53,16 @@ def anthropic_request(deployment: Deployment, body: dict[str, Any]) -> tuple[dic
     given = {k: v for k, v in body.items() if k in supported and k not in ("stream", "model")}
     given.update({k: v for k, v in deployment.extra.items() if k in supported})
     optional = config.map_openai_params(given, {}, deployment.model, True)
-    data: dict[str, Any] = config.transform_request(deployment.model, body["messages"], optional, {}, {})
-    data["stream"] = True
+    if (given.get("response_format") or {}).get("type") == "json_object":
+        _json_object_tool(optional, bool(given.get("tools")))
+    optional.pop("json_mode", None)  # litellm's handler takes it out before the request is built
     # A config deployment may leave the key to the environment, as litellm reads it.
     api_key = deployment.api_key or os.environ.get("ANTHROPIC_API_KEY")
     headers = config.validate_environment({}, deployment.model, body["messages"], optional, {},
                                           api_key=api_key, api_base=deployment.api_base)
+    # transform_request adds the beta headers the request needs (output_format's, ...) to these.
+    data: dict[str, Any] = config.transform_request(deployment.model, body["messages"], optional, {}, headers)
+    data["stream"] = True
     headers["accept"] = "text/event-stream"
     return data, headers
 
@@ -59,19 +79,23 @@ async def stream_anthropic(deployment: Deployment, body: dict[str, Any],
         payload, headers = anthropic_request(deployment, body)
     except Exception as exc:  # litellm's mapping refused the request (no key, a bad parameter)
         raise litellm_error(exc) from exc
-    async for delta in stream_direct(url, payload, headers, _AnthropicEvents(), pace):
+    json_mode = any(t.get("name") == JSON_TOOL for t in payload.get("tools") or ())
+    async for delta in stream_direct(url, payload, headers, _AnthropicEvents(json_mode=json_mode), pace):
         yield delta
 
 
 class _AnthropicEvents:
     """The Messages SSE stream fed a read at a time, as deltas; `done` after message_stop.
     Tool-use blocks become OpenAI tool-call deltas numbered from 0; a read's text deltas
-    become one delta."""
+    become one delta. In JSON mode the JSON tool's input is the answer's text, as litellm
+    gives it, and a turn that called only that tool ends as a stop."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, json_mode: bool = False) -> None:
         self.sse = SSEEvents()
         self.done = False
         self.tools: dict[int, int] = {}  # content block index -> tool call index
+        self.json_mode = json_mode
+        self.json_blocks: set[int] = set()
         self.prompt_tokens = 0
 
     def feed(self, data: bytes) -> list[Delta]:
@@ -84,6 +108,10 @@ class _AnthropicEvents:
                 if d.get("type") == "text_delta":
                     if d.get("text"):
                         texts.append(d["text"])
+                    continue
+                if obj["index"] in self.json_blocks:
+                    if d.get("partial_json"):
+                        texts.append(d["partial_json"])
                     continue
             delta = self._delta(kind, obj)
             if delta is None:
@@ -103,7 +131,9 @@ class _AnthropicEvents:
                 "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
         elif kind == "content_block_start":
             block = obj["content_block"]
-            if block.get("type") == "tool_use":
+            if self.json_mode and block.get("type") == "tool_use" and block.get("name") == JSON_TOOL:
+                self.json_blocks.add(obj["index"])
+            elif block.get("type") == "tool_use":
                 index = self.tools[obj["index"]] = len(self.tools)
                 return Delta(tool_calls=[{"index": index, "id": block.get("id"), "type": "function",
                                           "function": {"name": block.get("name"), "arguments": ""}}])
@@ -114,6 +144,8 @@ class _AnthropicEvents:
                                           "function": {"arguments": d.get("partial_json") or ""}}])
         elif kind == "message_delta":
             reason = (obj.get("delta") or {}).get("stop_reason")
+            if reason == "tool_use" and not self.tools:
+                reason = "end_turn"  # only the JSON tool was called: its input was the answer
             completion = int((obj.get("usage") or {}).get("output_tokens") or 0)
             usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                      "total_tokens": self.prompt_tokens + completion}
@@ -175,27 +207,19 @@ async def stream_cohere(deployment: Deployment, body: dict[str, Any],
 
 
 class _CohereEvents:
-    """Cohere's chat v2 stream fed a read at a time, as deltas: SSE (`event:`/`data:`
-    lines) or one JSON object a line, whichever the server sends; `done` after message-end.
-    A read's run of text deltas becomes one delta, as on the OpenAI-compatible path."""
+    """Cohere's chat v2 stream fed a read at a time, as deltas: SSE, an `event:` line naming
+    the type and a `data:` line holding the event (with its `type` again), as Cohere's v2
+    reference and its SDK's EventSource read it; `done` after message-end. A read's run of
+    text deltas becomes one delta, as on the OpenAI-compatible path."""
 
     def __init__(self) -> None:
-        self.buf = b""
+        self.sse = SSEEvents()
         self.done = False
 
     def feed(self, data: bytes) -> list[Delta]:
-        buf = self.buf + data if self.buf else data
-        lines = buf.split(b"\n")
-        self.buf = lines.pop()
         out: list[Delta] = []
         texts: list[str] = []
-        for line in lines:
-            line = line.strip()
-            if line.startswith(b"data:"):
-                line = line[5:].lstrip()
-            elif not line or line.startswith((b"event:", b":", b"id:", b"retry:")):
-                continue
-            obj = orjson.loads(line)
+        for obj in self.sse.feed(data):
             kind = obj.get("type")
             if kind == "content-delta":
                 text = obj["delta"]["message"]["content"].get("text")

@@ -25,6 +25,10 @@ def merged(deltas: list) -> tuple[str, list, str | None, dict | None]:
     return text, calls, finish, usage
 
 
+def sse(events: list[dict]) -> bytes:
+    return b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e)) for e in events)
+
+
 COHERE_EVENTS = [
     {"type": "message-start", "id": "x", "delta": {"message": {"role": "assistant"}}},
     {"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}},
@@ -43,24 +47,15 @@ COHERE_EVENTS = [
 
 
 @pytest.mark.parametrize("size", [1, 7, 4096])
-@pytest.mark.parametrize("form", ["sse", "lines"])
-def test_cohere_v2_stream_as_sse_or_json_lines(form, size):
-    if form == "sse":
-        data = b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e)) for e in COHERE_EVENTS)
-    else:
-        data = b"".join(orjson.dumps(e) + b"\n" for e in COHERE_EVENTS)
+def test_cohere_v2_stream_read_as_the_sse_cohere_sends(size):
     parser = _CohereEvents()
 
-    text, calls, finish, usage = merged(feed_in_pieces(parser, data, size))
+    text, calls, finish, usage = merged(feed_in_pieces(parser, sse(COHERE_EVENTS), size))
 
     assert parser.done and text == "Hello world" and finish == "tool_calls"
     assert calls[0] == {"index": 0, "id": "c1", "type": "function", "function": {"name": "search", "arguments": ""}}
     assert "".join(c["function"]["arguments"] for c in calls) == "{\"q\": 1}"
     assert usage == {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
-
-
-def sse(events: list[dict]) -> bytes:
-    return b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e)) for e in events)
 
 
 ANTHROPIC_EVENTS = [
@@ -125,3 +120,47 @@ def test_an_anthropic_deployment_without_any_key_fails_as_an_auth_error_not_a_cr
         asyncio.run(first())
 
     assert raised.value.code == "provider_auth_error" and not raised.value.retryable
+
+
+def test_anthropic_json_mode_streams_the_json_tools_input_as_the_answer():
+    events = [ANTHROPIC_EVENTS[0],
+              {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_j",
+                                                                            "name": "json_tool_call", "input": {}}},
+              *({"type": "content_block_delta", "index": 0,
+                 "delta": {"type": "input_json_delta", "partial_json": piece}} for piece in ("{\"a\"", ": 1}")),
+              {"type": "content_block_stop", "index": 0},
+              {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 4}},
+              {"type": "message_stop"}]
+    parser = _AnthropicEvents(json_mode=True)
+
+    text, calls, finish, _ = merged(feed_in_pieces(parser, sse(events), 9))
+
+    assert (text, calls, finish) == ("{\"a\": 1}", [], "stop")
+
+
+def anthropic_request_for(response_format: dict, **fields) -> tuple[dict, dict]:
+    from providers.families import anthropic_request
+    from providers.wire import Deployment
+
+    deployment = Deployment(model="claude-haiku-4-5", provider="anthropic", litellm_model="anthropic/claude-haiku-4-5",
+                            api_key="k")
+    return anthropic_request(deployment, {"messages": [{"role": "user", "content": "JSON please"}],
+                                          "response_format": response_format, **fields})
+
+
+def test_anthropic_json_mode_with_the_tasks_own_tools_lets_the_model_call_any_of_them():
+    tool = {"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {}}}}
+
+    body, _ = anthropic_request_for({"type": "json_object"}, tools=[tool])
+
+    assert [t["name"] for t in body["tools"]] == ["search", "json_tool_call"]
+    assert body["tool_choice"] == {"type": "any"} and "json_mode" not in body
+
+
+def test_an_anthropic_json_schema_is_structured_output_with_its_beta_header():
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+
+    body, headers = anthropic_request_for({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+
+    assert body["output_format"]["schema"]["properties"] == schema["properties"] and "json_mode" not in body
+    assert headers["anthropic-beta"].startswith("structured-outputs-")
