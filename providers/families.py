@@ -1,16 +1,20 @@
 """Anthropic (Messages), Gemini (streamGenerateContent) and Cohere (chat v2) streamed
 directly over providers/httpstream.py, litellm still mapping each request (AnthropicConfig,
-VertexGeminiConfig, CohereV2ChatConfig): through litellm's streaming wrapper a chunk costs
-the worker ~30 times what it costs here (BENCHMARKS.md, "Provider families: CPU per
-chunk"), and litellm's Cohere stream parser reads tool calls and usage where Cohere does not
-put them."""
+GoogleAIStudioGeminiConfig with its transform_request_body, CohereV2ChatConfig): through
+litellm's streaming wrapper a chunk costs the worker ~30 times what it costs here
+(BENCHMARKS.md, "Provider families: CPU per chunk"), and litellm's Cohere stream parser reads
+tool calls and usage where Cohere does not put them."""
 
 from __future__ import annotations
 
+import copy
 import os
+import uuid
 from collections.abc import AsyncIterator
 from functools import cache
 from typing import Any
+
+import orjson
 
 from . import httpstream
 from .wire import Delta, Deployment, ProviderError, SSEEvents, litellm_error, stream_direct
@@ -160,6 +164,144 @@ class _AnthropicEvents:
             code = "provider_unavailable" if etype in ("overloaded_error", "api_error") else "provider_error"
             raise ProviderError(code, message, retryable=True)
         return None
+
+
+# --- Gemini (Google AI Studio), direct ------------------------------------------------------
+GEMINI_BASE = "https://generativelanguage.googleapis.com"
+_GEMINI_FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
+                  "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+                  "IMAGE_SAFETY": "content_filter"}
+# google.rpc status names of a retryable error (an error event mid-stream carries one).
+_GEMINI_RETRYABLE = {"RESOURCE_EXHAUSTED": "rate_limited", "UNAVAILABLE": "provider_unavailable",
+                     "INTERNAL": "provider_unavailable", "DEADLINE_EXCEEDED": "provider_unavailable"}
+
+
+@cache
+def _gemini_config() -> Any:
+    import litellm
+
+    return litellm.GoogleAIStudioGeminiConfig()
+
+
+def gemini_request(deployment: Deployment, body: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """The streamGenerateContent URL, body and headers litellm would send for this
+    OpenAI-shaped body: contents and parts, system_instruction, generationConfig, tools as
+    function_declarations (litellm's mapping, in the API's snake_case field names)."""
+    from litellm.llms.vertex_ai.common_utils import get_gemini_url
+    from litellm.llms.vertex_ai.gemini.transformation import transform_request_body
+
+    config = _gemini_config()
+    supported = set(config.get_supported_openai_params(deployment.model))
+    given = {k: v for k, v in body.items() if k in supported and k not in ("stream", "model")}
+    given.update({k: v for k, v in deployment.extra.items() if k in supported})
+    optional = config.map_openai_params(given, {}, deployment.model, True)
+    # litellm takes the system messages out of the list it is given: a copy, so that a fallback
+    # to another deployment still sends them.
+    messages = copy.deepcopy(body["messages"])
+    data = dict(transform_request_body(messages=messages, model=deployment.model, optional_params=optional,
+                                       custom_llm_provider="gemini", litellm_params={}, cached_content=None))
+    if deployment.api_base:
+        url = f"{deployment.api_base.rstrip('/')}/models/{deployment.model}:streamGenerateContent?alt=sse"
+    else:
+        url, _ = get_gemini_url(mode="chat", model=deployment.model, stream=True)
+    api_key = deployment.api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+    if not api_key:
+        raise ProviderError("provider_auth_error", "no Gemini API key: set GEMINI_API_KEY or the deployment's api_key")
+    # In a header, not the URL's ?key=, so the key stays out of logged URLs (as litellm does).
+    return url, data, {"Content-Type": "application/json", "Accept": "text/event-stream", "x-goog-api-key": api_key}
+
+
+def is_gemini(deployment: Deployment) -> bool:
+    return deployment.provider == "gemini"
+
+
+async def stream_gemini(deployment: Deployment, body: dict[str, Any],
+                        pace: httpstream.Pace | None = None) -> AsyncIterator[Delta]:
+    try:
+        url, payload, headers = gemini_request(deployment, body)
+    except ProviderError:
+        raise
+    except Exception as exc:  # litellm's mapping refused the request
+        raise litellm_error(exc) from exc
+    async for delta in stream_direct(url, payload, headers, _GeminiEvents(), pace):
+        yield delta
+
+
+class _GeminiEvents:
+    """streamGenerateContent with alt=sse fed a read at a time, as deltas: each `data:` is a
+    GenerateContentResponse. functionCall parts (whole in one event) become tool calls,
+    usageMetadata the usage (thinking tokens are billed as output, tool-use prompt tokens as
+    input, as litellm counts them); `done` once a candidate has a finishReason. Thought
+    parts are not the answer and are skipped."""
+
+    def __init__(self) -> None:
+        self.sse = SSEEvents()
+        self.done = False
+        self.calls = 0
+
+    def feed(self, data: bytes) -> list[Delta]:
+        out: list[Delta] = []
+        texts: list[str] = []
+        for obj in self.sse.feed(data):
+            if "error" in obj:
+                raise _gemini_error(obj["error"])
+            candidates = obj.get("candidates")
+            if not candidates:
+                if (obj.get("promptFeedback") or {}).get("blockReason"):  # the prompt itself was refused
+                    self.done = True
+                    out.append(Delta(finish_reason="content_filter", usage=_gemini_usage(obj)))
+                continue
+            candidate = candidates[0]
+            calls = []
+            for part in (candidate.get("content") or {}).get("parts") or ():
+                if "functionCall" in part:
+                    calls.append(self._call(part))
+                elif part.get("text") and not part.get("thought"):
+                    texts.append(part["text"])
+            reason = candidate.get("finishReason")
+            if not calls and reason is None:
+                continue
+            if texts:
+                out.append(Delta(content="".join(texts)))
+                texts.clear()
+            if calls:
+                out.append(Delta(tool_calls=calls))
+            if reason is not None:
+                self.done = True
+                finish = "tool_calls" if self.calls else _GEMINI_FINISH.get(reason, "stop")
+                out.append(Delta(finish_reason=finish, usage=_gemini_usage(obj)))
+                break
+        if texts:
+            out.append(Delta(content="".join(texts)))
+        return out
+
+    def _call(self, part: dict[str, Any]) -> dict[str, Any]:
+        from litellm.litellm_core_utils.prompt_templates.factory import encode_tool_call_id_with_signature
+
+        call = part["functionCall"]
+        # Gemini gives no id before 3.5; litellm makes one, and carries a thought signature in
+        # it so that the next turn can send it back (Gemini 3 refuses a function call without).
+        call_id = call.get("id") or f"call_{uuid.uuid4().hex[:28]}"
+        if part.get("thoughtSignature"):
+            call_id = encode_tool_call_id_with_signature(call_id, part["thoughtSignature"])
+        index, self.calls = self.calls, self.calls + 1
+        return {"index": index, "id": call_id, "type": "function",
+                "function": {"name": call["name"], "arguments": orjson.dumps(call.get("args") or {}).decode()}}
+
+
+def _gemini_usage(obj: dict[str, Any]) -> dict[str, Any] | None:
+    meta = obj.get("usageMetadata")
+    if not meta:
+        return None
+    prompt = int(meta.get("promptTokenCount") or 0) + int(meta.get("toolUsePromptTokenCount") or 0)
+    completion = int(meta.get("candidatesTokenCount") or 0) + int(meta.get("thoughtsTokenCount") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _gemini_error(err: Any) -> ProviderError:
+    err = err if isinstance(err, dict) else {"message": str(err)}
+    message = str(err.get("message") or "provider error")[:1000]
+    return ProviderError(_GEMINI_RETRYABLE.get(str(err.get("status")), "provider_error"), message, retryable=True)
 
 
 # --- Cohere chat v2, direct -------------------------------------------------------------

@@ -8,8 +8,9 @@ goes through litellm.acompletion, which translates Anthropic, Gemini, Cohere, ..
 same deltas, and so are OpenAI-compatible endpoints that the environment sends through a
 proxy (HTTPS_PROXY and friends): the direct client speaks no proxy protocol.
 
-Anthropic (Messages) and Cohere (chat v2) are streamed directly too, over the same client
-(providers/families.py), with litellm still mapping their requests.
+Anthropic (Messages), Gemini (Google AI Studio's streamGenerateContent) and Cohere (chat v2)
+are streamed directly too, over the same client (providers/families.py), with litellm still
+mapping their requests.
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 from . import httpstream
-from .families import ANTHROPIC_BASE, COHERE_BASE, is_anthropic, is_cohere_v2, stream_anthropic, stream_cohere
+from .families import (
+    ANTHROPIC_BASE,
+    COHERE_BASE,
+    GEMINI_BASE,
+    is_anthropic,
+    is_cohere_v2,
+    is_gemini,
+    stream_anthropic,
+    stream_cohere,
+    stream_gemini,
+)
 from .wire import Delta, Deployment, ProviderError, SSEEvents, close_sessions, litellm_error, stream_direct
 
 __all__ = ["Delta", "Deployment", "ProviderError", "close_sessions", "request_body", "stream_chat",
@@ -183,6 +194,8 @@ def stream_chat(deployment: Deployment, messages: list[dict[str, Any]], *,
         return stream_anthropic(deployment, body, pace)
     if is_cohere_v2(deployment) and not _proxied(deployment.api_base or COHERE_BASE):
         return stream_cohere(deployment, body, pace)
+    if is_gemini(deployment) and not _proxied(deployment.api_base or GEMINI_BASE):
+        return stream_gemini(deployment, body, pace)
     return _stream_litellm(deployment, body)
 
 

@@ -59,6 +59,13 @@ class ProviderError(Exception):
         return error
 
 
+# How providers word "the prompt is longer than the model's window": OpenAI-compatible ones,
+# Anthropic, Gemini ("The input token count (...) exceeds the maximum number of tokens allowed"),
+# Cohere ("too many tokens").
+_CONTEXT_PHRASES = ("context length", "prompt is too long", "exceeds the maximum number of tokens",
+                    "too many tokens")
+
+
 def error_for_status(status: int, body: bytes, retry_after: str | None = None) -> ProviderError:
     message, code = f"provider returned HTTP {status}", None
     try:
@@ -69,7 +76,7 @@ def error_for_status(status: int, body: bytes, retry_after: str | None = None) -
     except (orjson.JSONDecodeError, AttributeError):
         pass
     lowered = message.lower()
-    if code == "context_length_exceeded" or "context length" in lowered or "prompt is too long" in lowered:
+    if code == "context_length_exceeded" or any(phrase in lowered for phrase in _CONTEXT_PHRASES):
         return ProviderError("context_window_exceeded", message, status=status)
     if status == 429:
         wait = _float(retry_after)

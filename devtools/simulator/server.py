@@ -837,6 +837,10 @@ class Simulator:
         stats = self.stats
         rec = stats.new(str(d.get("key") or req_id), req_id, model, body["stream"], received)
         rec["family"] = family.name
+        # How the request reached it: the query (Gemini's alt=sse) and the key, in the
+        # family's own header.
+        rec["query"] = request.query_string
+        rec["api_key"] = family.api_key(request)
         try:
             plan = _Plan(self.config, body, messages, d, req_id, model, rec["request_count"])
         except (TypeError, ValueError) as exc:
@@ -1127,6 +1131,10 @@ class Family:
     def stream_error(self) -> bytes:
         return b""
 
+    def api_key(self, request: web.Request) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+
     def complete(self, plan: _Plan, text: str, completion: int) -> dict:
         raise NotImplementedError
 
@@ -1197,6 +1205,9 @@ class Anthropic(Family):
 
     def _call_id(self, call: dict) -> str:
         return "toolu_" + call["id"].removeprefix("call_")
+
+    def api_key(self, request: web.Request) -> str | None:
+        return request.headers.get("x-api-key")
 
     def frames(self, plan: _Plan, texts: list[str], completion: int) -> tuple[bytes, list[bytes], bytes]:
         message = {"id": "msg_" + plan.req_id, "type": "message", "role": "assistant", "model": plan.model,
@@ -1291,6 +1302,9 @@ class Gemini(Family):
         body = {"error": {"code": code, "message": message or f"{kind} (simulated)", "status": kind}}
         return web.Response(status=code, body=orjson.dumps(body), content_type=JSON_CT,
                             headers=self.headers_for(code))
+
+    def api_key(self, request: web.Request) -> str | None:
+        return request.headers.get("x-goog-api-key") or request.query.get("key")
 
     def _chunk(self, plan: _Plan, parts: list[dict], **extra: Any) -> bytes:
         candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}

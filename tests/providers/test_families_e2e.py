@@ -1,9 +1,8 @@
 """Every provider family end to end: daphne, a Celery worker and the LLM simulator as
 processes, with deployments (a LiteLLM-style config) that point an Anthropic, a Gemini, a
 Cohere and an OpenAI-compatible model at the simulator, which answers each in its own wire
-protocol. The worker runs the production code for each: the direct streams for
-OpenAI-compatible endpoints, Anthropic and Cohere (their requests mapped by litellm), and
-litellm's provider code for Gemini."""
+protocol. The worker runs the production code for each: the direct streams
+(providers/llm.py, providers/families.py), their requests mapped by litellm."""
 
 from __future__ import annotations
 
@@ -111,6 +110,10 @@ def test_a_task_streams_the_exact_answer_and_books_the_providers_own_usage(stack
     (record,) = sim_requests(stack_families, key)
     assert record.get("family") == (None if family == "openai" else family)
     assert record["model"] == FAMILIES[family][3] and record["status"] == "completed"
+    if family != "openai":
+        assert record["api_key"] == f"sim-{family}-key"
+    if family == "gemini":
+        assert record["query"] == "alt=sse"
     usage = task["result"]["usage"]
     if family == "openai":
         reported = {"prompt_tokens": record["prompt_tokens"], "completion_tokens": record["tokens_sent"]}

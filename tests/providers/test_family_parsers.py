@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from providers.families import _AnthropicEvents, _CohereEvents
+from providers.families import _AnthropicEvents, _CohereEvents, _GeminiEvents
 from providers.wire import ProviderError
 
 
@@ -164,3 +164,95 @@ def test_an_anthropic_json_schema_is_structured_output_with_its_beta_header():
 
     assert body["output_format"]["schema"]["properties"] == schema["properties"] and "json_mode" not in body
     assert headers["anthropic-beta"].startswith("structured-outputs-")
+
+
+def gemini_sse(events: list[dict]) -> bytes:
+    return b"".join(b"data: %s\r\n\r\n" % orjson.dumps(e) for e in events)
+
+
+def gemini_chunk(parts: list[dict], **extra) -> dict:
+    candidate = {"content": {"role": "model", "parts": parts}, "index": 0}
+    if "finishReason" in extra:
+        candidate["finishReason"] = extra.pop("finishReason")
+    return {"candidates": [candidate], **extra}
+
+
+GEMINI_EVENTS = [
+    gemini_chunk([{"text": "weighing the refund question", "thought": True}]),
+    gemini_chunk([{"text": "Let me "}], usageMetadata={"promptTokenCount": 11}),
+    gemini_chunk([{"text": "look."}]),
+    gemini_chunk([{"functionCall": {"name": "search", "args": {"q": 1}}, "thoughtSignature": "c2ln"}]),
+    gemini_chunk([{"text": ""}], finishReason="STOP", usageMetadata={
+        "promptTokenCount": 11, "candidatesTokenCount": 5, "thoughtsTokenCount": 3, "totalTokenCount": 19}),
+]
+
+
+@pytest.mark.parametrize("size", [1, 6, 4096])
+def test_gemini_stream_with_a_function_call_and_thinking(size):
+    parser = _GeminiEvents()
+
+    text, calls, finish, usage = merged(feed_in_pieces(parser, gemini_sse(GEMINI_EVENTS), size))
+
+    assert parser.done and text == "Let me look." and finish == "tool_calls"
+    [call] = calls
+    assert call["index"] == 0 and call["function"] == {"name": "search", "arguments": "{\"q\":1}"}
+    assert call["id"].startswith("call_") and "c2ln" in call["id"]  # the thought signature goes back next turn
+    # thinking tokens are billed as output
+    assert usage == {"prompt_tokens": 11, "completion_tokens": 8, "total_tokens": 19}
+
+
+@pytest.mark.parametrize(("status", "code"), [("RESOURCE_EXHAUSTED", "rate_limited"),
+                                              ("UNAVAILABLE", "provider_unavailable")])
+def test_a_gemini_error_mid_stream_is_a_retryable_provider_error(status, code):
+    parser = _GeminiEvents()
+    parser.feed(gemini_sse(GEMINI_EVENTS[1:3]))
+
+    with pytest.raises(ProviderError) as raised:
+        parser.feed(gemini_sse([{"error": {"code": 429, "message": "Resource has been exhausted", "status": status}}]))
+
+    assert raised.value.code == code and raised.value.retryable and not parser.done
+
+
+def test_a_gemini_prompt_refused_by_its_safety_filter_ends_as_content_filter():
+    parser = _GeminiEvents()
+
+    _, _, finish, _ = merged(parser.feed(gemini_sse([{"promptFeedback": {"blockReason": "SAFETY"}}])))
+
+    assert parser.done and finish == "content_filter"
+
+
+def test_a_gemini_request_leaves_the_conversation_as_it_was_for_a_fallback():
+    from providers.families import gemini_request
+    from providers.wire import Deployment
+
+    deployment = Deployment(model="gemini-2.5-flash", provider="gemini", litellm_model="gemini/gemini-2.5-flash",
+                            api_key="k", api_base="http://127.0.0.1:9/v1beta")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+
+    url, body, headers = gemini_request(deployment, {"messages": messages, "max_tokens": 7})
+
+    assert url == "http://127.0.0.1:9/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    assert body["system_instruction"] == {"parts": [{"text": "Be brief."}]}
+    assert body["contents"] == [{"role": "user", "parts": [{"text": "hi"}]}]
+    assert body["generationConfig"] == {"max_output_tokens": 7} and headers["x-goog-api-key"] == "k"
+    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+
+
+def test_a_gemini_deployment_without_any_key_fails_as_an_auth_error(monkeypatch):
+    import asyncio
+
+    from providers.llm import Deployment, stream_chat
+
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    deployment = Deployment(model="gemini-2.5-flash", provider="gemini", litellm_model="gemini/gemini-2.5-flash",
+                            api_base="http://127.0.0.1:9/v1beta")
+
+    async def first() -> None:
+        async for _ in stream_chat(deployment, [{"role": "user", "content": "hi"}]):
+            pass
+
+    with pytest.raises(ProviderError) as raised:
+        asyncio.run(first())
+
+    assert raised.value.code == "provider_auth_error" and not raised.value.retryable
