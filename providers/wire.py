@@ -76,7 +76,10 @@ def error_for_status(status: int, body: bytes, retry_after: str | None = None) -
     except (orjson.JSONDecodeError, AttributeError):
         pass
     lowered = message.lower()
-    if code == "context_length_exceeded" or any(phrase in lowered for phrase in _CONTEXT_PHRASES):
+    # Only a refused request (4xx) is about the prompt: a 429 or a 5xx that mentions tokens
+    # is still worth retrying.
+    wordy = 400 <= status < 500 and status != 429 and any(phrase in lowered for phrase in _CONTEXT_PHRASES)
+    if code == "context_length_exceeded" or wordy:
         return ProviderError("context_window_exceeded", message, status=status)
     if status == 429:
         wait = _float(retry_after)

@@ -256,3 +256,20 @@ def test_a_gemini_deployment_without_any_key_fails_as_an_auth_error(monkeypatch)
         asyncio.run(first())
 
     assert raised.value.code == "provider_auth_error" and not raised.value.retryable
+
+
+@pytest.mark.parametrize(("status", "body", "code"), [
+    (400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": (
+        "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).")}},
+     "context_window_exceeded"),
+    (400, {"id": "x", "message": "too many tokens: total number of tokens in the prompt cannot exceed 128000"},
+     "context_window_exceeded"),
+    (429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "too many tokens per minute"}},
+     "rate_limited"),
+])
+def test_each_familys_http_error_is_told_apart(status, body, code):
+    from providers.wire import error_for_status
+
+    error = error_for_status(status, orjson.dumps(body))
+
+    assert error.code == code and error.retryable == (code == "rate_limited")
