@@ -19,6 +19,17 @@ import orjson
 from . import httpstream
 from .wire import Delta, Deployment, ProviderError, SSEEvents, litellm_error, stream_direct
 
+
+def _mapped(config: Any, deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI parameters the family takes (the body's, then the deployment's own), mapped
+    by litellm's config for the family; what it does not take is left out, as drop_params
+    does on the litellm path."""
+    supported = set(config.get_supported_openai_params(deployment.model))
+    given = {k: v for k, v in body.items() if k in supported and k not in ("stream", "model")}
+    given.update({k: v for k, v in deployment.extra.items() if k in supported})
+    return dict(config.map_openai_params(given, {}, deployment.model, True))
+
+
 # --- Anthropic Messages, direct -----------------------------------------------------------
 ANTHROPIC_BASE = "https://api.anthropic.com"
 _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
@@ -53,12 +64,9 @@ def _json_object_tool(optional: dict[str, Any], user_tools: bool) -> None:
 def anthropic_request(deployment: Deployment, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """The Messages request and headers litellm would send for this OpenAI-shaped body."""
     config = _anthropic_config()
-    supported = set(config.get_supported_openai_params(deployment.model))
-    given = {k: v for k, v in body.items() if k in supported and k not in ("stream", "model")}
-    given.update({k: v for k, v in deployment.extra.items() if k in supported})
-    optional = config.map_openai_params(given, {}, deployment.model, True)
-    if (given.get("response_format") or {}).get("type") == "json_object":
-        _json_object_tool(optional, bool(given.get("tools")))
+    optional = _mapped(config, deployment, body)
+    if (body.get("response_format") or {}).get("type") == "json_object":
+        _json_object_tool(optional, bool(body.get("tools")))
     optional.pop("json_mode", None)  # litellm's handler takes it out before the request is built
     # A config deployment may leave the key to the environment, as litellm reads it.
     api_key = deployment.api_key or os.environ.get("ANTHROPIC_API_KEY")
@@ -88,45 +96,66 @@ async def stream_anthropic(deployment: Deployment, body: dict[str, Any],
         yield delta
 
 
-class _AnthropicEvents:
-    """The Messages SSE stream fed a read at a time, as deltas; `done` after message_stop.
-    Tool-use blocks become OpenAI tool-call deltas numbered from 0; a read's text deltas
-    become one delta. In JSON mode the JSON tool's input is the answer's text, as litellm
-    gives it, and a turn that called only that tool ends as a stop."""
+class _TextRuns:
+    """A family's SSE stream fed a read at a time, as deltas: a read's run of text events
+    becomes one delta (the emitter would join them into one chunk anyway, and work per
+    token is most of what a stream costs the worker). `_text` reads a text event (None: not
+    one), `_delta` any other; `done` once the family's last event came."""
 
-    def __init__(self, *, json_mode: bool = False) -> None:
+    def __init__(self) -> None:
         self.sse = SSEEvents()
         self.done = False
-        self.tools: dict[int, int] = {}  # content block index -> tool call index
-        self.json_mode = json_mode
-        self.json_blocks: set[int] = set()
-        self.prompt_tokens = 0
 
     def feed(self, data: bytes) -> list[Delta]:
         out: list[Delta] = []
         texts: list[str] = []
         for obj in self.sse.feed(data):
-            kind = obj.get("type")
-            if kind == "content_block_delta":
-                d = obj["delta"]
-                if d.get("type") == "text_delta":
-                    if d.get("text"):
-                        texts.append(d["text"])
-                    continue
-                if obj["index"] in self.json_blocks:
-                    if d.get("partial_json"):
-                        texts.append(d["partial_json"])
-                    continue
-            delta = self._delta(kind, obj)
+            text = self._text(obj)
+            if text is not None:
+                if text:
+                    texts.append(text)
+                continue
+            delta = self._delta(obj.get("type"), obj)
             if delta is None:
                 continue
             if texts:
                 out.append(Delta(content="".join(texts)))
                 texts.clear()
             out.append(delta)
+            if self.done:
+                break
         if texts:
             out.append(Delta(content="".join(texts)))
         return out
+
+    def _text(self, obj: dict[str, Any]) -> str | None:
+        raise NotImplementedError
+
+    def _delta(self, kind: str | None, obj: dict[str, Any]) -> Delta | None:
+        raise NotImplementedError
+
+
+class _AnthropicEvents(_TextRuns):
+    """The Messages SSE stream; `done` after message_stop. Tool-use blocks become OpenAI
+    tool-call deltas numbered from 0. In JSON mode the JSON tool's input is the answer's text, as litellm
+    gives it, and a turn that called only that tool ends as a stop."""
+
+    def __init__(self, *, json_mode: bool = False) -> None:
+        super().__init__()
+        self.tools: dict[int, int] = {}  # content block index -> tool call index
+        self.json_mode = json_mode
+        self.json_blocks: set[int] = set()
+        self.prompt_tokens = 0
+
+    def _text(self, obj: dict[str, Any]) -> str | None:
+        if obj.get("type") != "content_block_delta":
+            return None
+        d = obj["delta"]
+        if d.get("type") == "text_delta":
+            return str(d.get("text") or "")
+        if obj["index"] in self.json_blocks:
+            return str(d.get("partial_json") or "")
+        return None
 
     def _delta(self, kind: str | None, obj: dict[str, Any]) -> Delta | None:
         if kind == "message_start":
@@ -191,10 +220,7 @@ def gemini_request(deployment: Deployment, body: dict[str, Any]) -> tuple[str, d
     from litellm.llms.vertex_ai.gemini.transformation import transform_request_body
 
     config = _gemini_config()
-    supported = set(config.get_supported_openai_params(deployment.model))
-    given = {k: v for k, v in body.items() if k in supported and k not in ("stream", "model")}
-    given.update({k: v for k, v in deployment.extra.items() if k in supported})
-    optional = config.map_openai_params(given, {}, deployment.model, True)
+    optional = _mapped(config, deployment, body)
     # litellm takes the system messages out of the list it is given: a copy, so that a fallback
     # to another deployment still sends them.
     messages = copy.deepcopy(body["messages"])
@@ -321,10 +347,7 @@ def cohere_request(deployment: Deployment, body: dict[str, Any]) -> dict[str, An
     """The request body litellm would send Cohere for this OpenAI-shaped one (what Cohere
     does not take is left out, as drop_params does on the litellm path)."""
     config = _cohere_config()
-    supported = set(config.get_supported_openai_params(deployment.model))
-    given = {k: v for k, v in body.items() if k in supported and k not in ("stream", "model")}
-    given.update({k: v for k, v in deployment.extra.items() if k in supported})
-    optional = config.map_openai_params(given, {}, deployment.model, True)
+    optional = _mapped(config, deployment, body)
     data: dict[str, Any] = config.transform_request(deployment.model, body["messages"], optional, {}, {})
     data["stream"] = True
     return data
@@ -348,38 +371,15 @@ async def stream_cohere(deployment: Deployment, body: dict[str, Any],
         yield delta
 
 
-class _CohereEvents:
-    """Cohere's chat v2 stream fed a read at a time, as deltas: SSE, an `event:` line naming
-    the type and a `data:` line holding the event (with its `type` again), as Cohere's v2
-    reference and its SDK's EventSource read it; `done` after message-end. A read's run of
-    text deltas becomes one delta, as on the OpenAI-compatible path."""
+class _CohereEvents(_TextRuns):
+    """Cohere's chat v2 stream: SSE, an `event:` line naming the type and a `data:` line
+    holding the event (with its `type` again), as Cohere's v2 reference and its SDK's
+    EventSource read it; `done` after message-end."""
 
-    def __init__(self) -> None:
-        self.sse = SSEEvents()
-        self.done = False
-
-    def feed(self, data: bytes) -> list[Delta]:
-        out: list[Delta] = []
-        texts: list[str] = []
-        for obj in self.sse.feed(data):
-            kind = obj.get("type")
-            if kind == "content-delta":
-                text = obj["delta"]["message"]["content"].get("text")
-                if text:
-                    texts.append(text)
-                continue
-            delta = self._delta(kind, obj)
-            if delta is None:
-                continue
-            if texts:
-                out.append(Delta(content="".join(texts)))
-                texts.clear()
-            out.append(delta)
-            if self.done:
-                break
-        if texts:
-            out.append(Delta(content="".join(texts)))
-        return out
+    def _text(self, obj: dict[str, Any]) -> str | None:
+        if obj.get("type") != "content-delta":
+            return None
+        return str(obj["delta"]["message"]["content"].get("text") or "")
 
     def _delta(self, kind: str | None, obj: dict[str, Any]) -> Delta | None:
         if kind == "tool-call-start":
