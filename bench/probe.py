@@ -29,8 +29,9 @@ application directly; ~0.9 ms per request measured under daphne), and Celery's c
            Celery-thread work per task, which varies, is not in it.
 - families: providers.llm.stream_chat alone (no task, no events), K concurrent calls of
            T=10 and T=200 tokens against the simulator speaking each family's protocol:
-           OpenAI-compatible (direct), Anthropic and Gemini (litellm's provider code),
-           Cohere (direct). Marginal CPU per chunk read from the provider, per family.
+           OpenAI-compatible, Anthropic, Gemini and Cohere (all direct), and Gemini once
+           more through litellm.acompletion (`gemini_litellm`, the path it replaced, for a
+           same-sitting comparison). Marginal CPU per chunk read from the provider.
 """
 
 from __future__ import annotations
@@ -174,14 +175,16 @@ def _family_deployments(sim_url: str) -> dict[str, Any]:
     }
 
 
-async def _calls(deployment: Any, streams: int, tokens: int, duration_ms: int) -> None:
-    from providers.llm import stream_chat
+async def _calls(deployment: Any, streams: int, tokens: int, duration_ms: int, via_litellm: bool = False) -> None:
+    from providers.llm import _stream_litellm, request_body, stream_chat
 
     messages = [{"role": "user", "content": sim_prompt("probe", tokens=tokens, duration_ms=duration_ms)}]
 
     async def one() -> None:
         text = ""
-        async for delta in stream_chat(deployment, messages):
+        deltas = (_stream_litellm(deployment, request_body(deployment, messages, None, None)) if via_litellm
+                  else stream_chat(deployment, messages))
+        async for delta in deltas:
             text += delta.content or ""
         if text.count("tok") != tokens:
             raise RuntimeError(f"{deployment.provider}: {text.count('tok')} of {tokens} tokens arrived")
@@ -196,13 +199,16 @@ def probe_families(streams: int, duration_ms: int, rounds: int) -> dict[str, flo
     loop = asyncio.new_event_loop()
     result: dict[str, float] = {}
     try:
-        for family, deployment in _family_deployments(sim_url).items():
-            loop.run_until_complete(_calls(deployment, streams, 10, min(duration_ms, 500)))  # warm-up
+        deployments = _family_deployments(sim_url)
+        runs = [(family, deployment, False) for family, deployment in deployments.items()]
+        runs.append(("gemini_litellm", deployments["gemini"], True))
+        for family, deployment, via_litellm in runs:
+            loop.run_until_complete(_calls(deployment, streams, 10, min(duration_ms, 500), via_litellm))  # warm-up
             cpu: dict[int, float] = {}
             for tokens in (10, 200):
-                def run(tokens: int = tokens, deployment: Any = deployment) -> None:
+                def run(tokens: int = tokens, deployment: Any = deployment, via_litellm: bool = via_litellm) -> None:
                     for _ in range(rounds):
-                        loop.run_until_complete(_calls(deployment, streams, tokens, duration_ms))
+                        loop.run_until_complete(_calls(deployment, streams, tokens, duration_ms, via_litellm))
                 cpu[tokens] = _cpu_per(streams * rounds, run)
             result[f"{family}_us_per_chunk"] = (cpu[200] - cpu[10]) / 190 * 1e6
         loop.run_until_complete(close_sessions())

@@ -812,8 +812,7 @@ class Simulator:
         return await self._family(request, GEMINI, model=model, stream=method == "streamGenerateContent")
 
     async def cohere_chat(self, request: web.Request) -> web.StreamResponse:
-        sse = "text/event-stream" in request.headers.get("Accept", "")
-        return await self._family(request, COHERE_SSE if sse else COHERE)
+        return await self._family(request, COHERE)
 
     async def _family(self, request: web.Request, family: Family, *, model: str | None = None,
                       stream: bool | None = None) -> web.StreamResponse:
@@ -824,6 +823,9 @@ class Simulator:
                 raise ValueError
         except ValueError:
             return family.error(400, "could not parse the JSON body")
+        unknown = sorted(set(raw) - family.fields) if family.fields else []
+        if unknown:  # as Anthropic's API does: "json_mode: Extra inputs are not permitted"
+            return family.error(400, f"{unknown[0]}: Extra inputs are not permitted")
         body = family.normalize(raw)
         body["stream"] = bool(raw.get("stream")) if stream is None else stream
         messages = body["messages"]
@@ -835,6 +837,10 @@ class Simulator:
         stats = self.stats
         rec = stats.new(str(d.get("key") or req_id), req_id, model, body["stream"], received)
         rec["family"] = family.name
+        # How the request reached it: the query (Gemini's alt=sse) and the key, in the
+        # family's own header.
+        rec["query"] = request.query_string
+        rec["api_key"] = family.api_key(request)
         try:
             plan = _Plan(self.config, body, messages, d, req_id, model, rec["request_count"])
         except (TypeError, ValueError) as exc:
@@ -846,6 +852,13 @@ class Simulator:
             plan.n_content = 1
         texts = plan.pieces_text if plan.pieces_text is not None else [
             plan.pattern.format(i=i) for i in range(plan.n_content)]
+        if body.get("forced_tool") and plan.calls is None:
+            # A forced tool (Anthropic's JSON mode) is called: its input is what the answer
+            # would have been, as an object.
+            text = "".join(texts)
+            args = text if text.startswith("{") else json.dumps({"text": text})
+            plan.calls = [_norm_call(req_id, 0, {"name": body["forced_tool"], "arguments": args})]
+            plan.finish_reason = "tool_calls"
         completion = plan.n_frames() if plan.calls is not None else plan.n_content
         rec.update(prompt_tokens=plan.prompt_tokens, finish_reason=plan.finish_reason,
                    usage={"prompt_tokens": plan.prompt_tokens, "completion_tokens": completion})
@@ -1078,11 +1091,6 @@ def _sse(event: bytes, obj: Any) -> bytes:
     return b"event: %b\ndata: %b\n\n" % (event, orjson.dumps(obj))
 
 
-def _line(event: bytes, obj: Any) -> bytes:
-    """One JSON object a line (the event type is inside it)."""
-    return orjson.dumps(obj) + b"\n"
-
-
 def _part_text(part: Any) -> str:
     if isinstance(part, str):
         return part
@@ -1109,6 +1117,7 @@ class Family:
     name = ""
     finish: dict[str, str] = {}
     content_type = "text/event-stream; charset=utf-8"
+    fields: frozenset[str] = frozenset()  # the request's top-level fields, when the API refuses others
 
     def normalize(self, body: dict) -> dict:
         raise NotImplementedError
@@ -1121,6 +1130,10 @@ class Family:
 
     def stream_error(self) -> bytes:
         return b""
+
+    def api_key(self, request: web.Request) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
 
     def complete(self, plan: _Plan, text: str, completion: int) -> dict:
         raise NotImplementedError
@@ -1145,6 +1158,9 @@ class Anthropic(Family):
     types = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
              404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
              529: "overloaded_error"}
+    fields = frozenset({"model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "stream",
+                        "temperature", "top_k", "top_p", "tools", "tool_choice", "thinking", "output_format",
+                        "output_config", "service_tier", "container", "mcp_servers", "context_management"})
 
     def normalize(self, body: dict) -> dict:
         messages: list[dict] = []
@@ -1173,10 +1189,10 @@ class Anthropic(Family):
                 if calls:
                     msg["tool_calls"] = calls
                 messages.append(msg)
-        choice = body.get("tool_choice") or {}
+        choice: dict = body["tool_choice"] if isinstance(body.get("tool_choice"), dict) else {}
         return {"model": body.get("model"), "messages": messages, "tools": body.get("tools"),
-                "max_tokens": body.get("max_tokens"),
-                "tool_choice": "none" if isinstance(choice, dict) and choice.get("type") == "none" else None}
+                "max_tokens": body.get("max_tokens"), "tool_choice": "none" if choice.get("type") == "none" else None,
+                "forced_tool": choice.get("name") if choice.get("type") == "tool" else None}
 
     def error(self, status: int | str, message: str | None) -> web.Response:
         code = self.status_of(status)
@@ -1189,6 +1205,9 @@ class Anthropic(Family):
 
     def _call_id(self, call: dict) -> str:
         return "toolu_" + call["id"].removeprefix("call_")
+
+    def api_key(self, request: web.Request) -> str | None:
+        return request.headers.get("x-api-key")
 
     def frames(self, plan: _Plan, texts: list[str], completion: int) -> tuple[bytes, list[bytes], bytes]:
         message = {"id": "msg_" + plan.req_id, "type": "message", "role": "assistant", "model": plan.model,
@@ -1284,6 +1303,9 @@ class Gemini(Family):
         return web.Response(status=code, body=orjson.dumps(body), content_type=JSON_CT,
                             headers=self.headers_for(code))
 
+    def api_key(self, request: web.Request) -> str | None:
+        return request.headers.get("x-goog-api-key") or request.query.get("key")
+
     def _chunk(self, plan: _Plan, parts: list[dict], **extra: Any) -> bytes:
         candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if "finishReason" in extra:
@@ -1321,16 +1343,13 @@ class Gemini(Family):
 
 
 class Cohere(Family):
-    """Chat v2. The stream is SSE (`event:` and `data:` lines) for a client that accepts
-    text/event-stream, else one JSON object a line, which is what litellm asks for (it sends
-    `Accept: application/json` and parses each line as JSON)."""
+    """Chat v2. The stream is SSE whatever the client accepts, as Cohere's v2 reference
+    documents it: an `event:` line with the type, a `data:` line with the event (carrying its
+    `type` too); message-end, with the usage, is the last event (no [DONE])."""
 
     name = "cohere"
     finish = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "TOOL_CALL"}
-
-    def __init__(self, sse: bool = False) -> None:
-        self.event = _sse if sse else _line
-        self.content_type = "text/event-stream; charset=utf-8" if sse else "application/stream+json"
+    event = staticmethod(_sse)
 
     def normalize(self, body: dict) -> dict:
         messages = []
@@ -1387,7 +1406,7 @@ class Cohere(Family):
                 "usage": {"billed_units": tokens, "tokens": tokens}}
 
 
-ANTHROPIC, GEMINI, COHERE, COHERE_SSE = Anthropic(), Gemini(), Cohere(), Cohere(sse=True)
+ANTHROPIC, GEMINI, COHERE = Anthropic(), Gemini(), Cohere()
 
 
 # --------------------------------------------------------------------------- running

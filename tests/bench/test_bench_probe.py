@@ -27,7 +27,7 @@ def test_every_probe_runs_the_real_code_path_and_reports_cpu(tmp_path):
                 "stream": {"cpu_ms_per_task_10_tokens", "cpu_ms_per_task_200_tokens", "cpu_us_per_chunk_marginal",
                            "loop_ms_per_task_200_tokens", "loop_us_per_chunk_marginal"},
                 "families": {"openai_us_per_chunk", "anthropic_us_per_chunk", "gemini_us_per_chunk",
-                             "cohere_us_per_chunk"}}
+                             "cohere_us_per_chunk", "gemini_litellm_us_per_chunk"}}
     for probe, keys in expected.items():
         assert set(results[probe][0]) == keys, (probe, results[probe])
         assert all(isinstance(v, float) and v == v for v in results[probe][0].values()), results[probe]

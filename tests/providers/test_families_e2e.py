@@ -1,9 +1,8 @@
 """Every provider family end to end: daphne, a Celery worker and the LLM simulator as
 processes, with deployments (a LiteLLM-style config) that point an Anthropic, a Gemini, a
 Cohere and an OpenAI-compatible model at the simulator, which answers each in its own wire
-protocol. The worker runs the production code for each: the direct streams for
-OpenAI-compatible endpoints, Anthropic and Cohere (their requests mapped by litellm), and
-litellm's provider code for Gemini."""
+protocol. The worker runs the production code for each: the direct streams
+(providers/llm.py, providers/families.py), their requests mapped by litellm."""
 
 from __future__ import annotations
 
@@ -111,6 +110,10 @@ def test_a_task_streams_the_exact_answer_and_books_the_providers_own_usage(stack
     (record,) = sim_requests(stack_families, key)
     assert record.get("family") == (None if family == "openai" else family)
     assert record["model"] == FAMILIES[family][3] and record["status"] == "completed"
+    if family != "openai":
+        assert record["api_key"] == f"sim-{family}-key"
+    if family == "gemini":
+        assert record["query"] == "alt=sse"
     usage = task["result"]["usage"]
     if family == "openai":
         reported = {"prompt_tokens": record["prompt_tokens"], "completion_tokens": record["tokens_sent"]}
@@ -182,12 +185,7 @@ def test_task_parameters_reach_each_family_in_its_own_form(stack_families, alice
     assert received["schema"]["properties"]["query"]["type"] == "string"
 
 
-@pytest.mark.parametrize("family", [
-    "gemini", "cohere", "openai",
-    pytest.param("anthropic", marks=pytest.mark.xfail(strict=True, reason=(
-        "litellm lists response_format for Anthropic but sends a json_object request without any JSON "
-        "instruction, so the task neither gets JSON mode nor a params_dropped note"))),
-])
+@families
 def test_json_mode_reaches_each_family_in_its_own_form_or_is_noted_as_dropped(stack_families, alice, family):
     model = FAMILIES[family][0]
     client = Client(stack_families.web_url, alice.key)
@@ -201,12 +199,29 @@ def test_json_mode_reaches_each_family_in_its_own_form_or_is_noted_as_dropped(st
         assert body["generationConfig"]["response_mime_type"] == "application/json"
     elif family == "openai":
         assert body["response_format"] == {"type": "json_object"}
+    elif family == "anthropic":
+        # Anthropic's JSON mode: a forced tool taking any object, whose input (here the echoed
+        # request) streams back as the answer's text.
+        assert body["tools"] == [{"name": "json_tool_call", "input_schema": {
+            "type": "object", "additionalProperties": True, "properties": {}}}]
+        assert body["tool_choice"] == {"type": "tool", "name": "json_tool_call"}
+        assert not typed(events, "tool_call") and task["result"]["finishReason"] == "stop"
     else:  # litellm maps no JSON mode for Cohere: left out, and the task's events say so
         dropped = [e["detail"] for e in events if e["type"] == "step" and e["name"] == "params_dropped"]
-        if family == "cohere":
-            assert "response_format" not in body and dropped[0]["params"] == ["response_format"]
-        else:
-            assert body.get("response_format") or body.get("output_format") or dropped
+        assert "response_format" not in body and dropped[0]["params"] == ["response_format"]
+
+
+def test_a_json_schema_reaches_anthropic_as_structured_output(stack_families, alice):
+    client = Client(stack_families.web_url, alice.key)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+    task, _ = run(client, f"Where? {sim(echo=True)}", model=FAMILIES["anthropic"][0],
+                  response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})
+
+    assert task["status"] == "completed", task["error"]
+    body = json.loads(task["result"]["content"])
+    assert body["output_format"] == {"type": "json_schema", "schema": {**schema, "additionalProperties": False}}
+    assert "tools" not in body
 
 
 @families

@@ -1,4 +1,5 @@
-"""Tests of the OpenAI-compatible LLM simulator (a dev/test tool; no Django, no DB).
+"""Tests of the LLM simulator (a dev/test tool; no Django, no DB): its OpenAI-compatible
+endpoint, and where the other families' protocols need more than the e2e tests show.
 
 The simulator runs as a real subprocess (``python -m devtools.simulator --port 0``)
 and is exercised with the real ``openai`` SDK and httpx.
@@ -424,3 +425,40 @@ def test_in_process_thread():
             json={"model": "sim", "messages": [{"role": "user", "content": "x"}]},
         )
         assert r.json()["choices"][0]["message"]["content"] == gen_text(3)
+
+
+def test_cohere_v2_streams_sse_whatever_the_client_accepts(http):
+    body = {"model": "command-r7b-12-2024", "stream": True,
+            "messages": [{"role": "user", "content": "hi " + directive(tokens=2)}]}
+
+    r = http.post("/v2/chat", json=body, headers={"Accept": "application/json"})
+
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in r.text.split("\n\n") if b]
+    events = [b.split("\n") for b in blocks]
+    assert all(e[0].startswith("event: ") and e[1].startswith("data: ") for e in events)
+    types = [json.loads(e[1][6:])["type"] for e in events]
+    assert types == ["message-start", "content-start", "content-delta", "content-delta", "content-end", "message-end"]
+
+
+def test_anthropic_refuses_a_field_it_does_not_know_as_anthropic_does(http):
+    body = {"model": "claude-haiku-4-5", "max_tokens": 5, "json_mode": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+
+    r = http.post("/v1/messages", json=body)
+
+    assert r.status_code == 400
+    assert r.json()["error"] == {"type": "invalid_request_error",
+                                 "message": "json_mode: Extra inputs are not permitted"}
+
+
+def test_anthropic_answers_a_forced_tool_with_a_call_to_it(http):
+    body = {"model": "claude-haiku-4-5", "max_tokens": 50, "tool_choice": {"type": "tool", "name": "json_tool_call"},
+            "tools": [{"name": "json_tool_call", "input_schema": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "JSON " + directive(text="ok")}]}
+
+    answer = http.post("/v1/messages", json=body).json()
+
+    assert answer["stop_reason"] == "tool_use"
+    assert [(b["type"], b["name"], b["input"]) for b in answer["content"]] == [
+        ("tool_use", "json_tool_call", {"text": "ok"})]
