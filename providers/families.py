@@ -345,12 +345,31 @@ def _cohere_config() -> Any:
 
 def cohere_request(deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
     """The request body litellm would send Cohere for this OpenAI-shaped one (what Cohere
-    does not take is left out, as drop_params does on the litellm path)."""
+    does not take is left out, as drop_params does on the litellm path), with JSON mode,
+    which litellm does not map for Cohere, in Cohere's own form."""
     config = _cohere_config()
     optional = _mapped(config, deployment, body)
     data: dict[str, Any] = config.transform_request(deployment.model, body["messages"], optional, {}, {})
+    if body.get("response_format"):
+        data["response_format"] = _cohere_format(body["response_format"])
     data["stream"] = True
     return data
+
+
+def cohere_params(*, tools: bool) -> frozenset[str]:
+    """The OpenAI parameters the direct Cohere path maps beyond litellm's list: JSON mode,
+    which Cohere refuses together with tools (docs.cohere.com/reference/chat, response_format:
+    "not supported when used in combination with the documents or tools parameters")."""
+    return frozenset() if tools else frozenset({"response_format"})
+
+
+def _cohere_format(fmt: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's response_format as chat v2's: {"type": "json_object"} with the schema, if any,
+    in `json_schema` (OpenAI nests it as json_schema.schema)."""
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return {"type": "json_object", **({"json_schema": schema} if schema else {})}
+    return {"type": str(fmt.get("type") or "text")}
 
 
 def is_cohere_v2(deployment: Deployment) -> bool:

@@ -28,6 +28,7 @@ from .families import (
     ANTHROPIC_BASE,
     COHERE_BASE,
     GEMINI_BASE,
+    cohere_params,
     is_anthropic,
     is_cohere_v2,
     is_gemini,
@@ -176,9 +177,13 @@ def _supported_params(litellm_model: str) -> frozenset[str] | None:
     return frozenset(names) if names is not None else None
 
 
-def supported_params(deployment: Deployment) -> frozenset[str] | None:
-    """The OpenAI parameters litellm maps for the deployment's provider (None: unknown)."""
-    return _supported_params(deployment.litellm_model)
+def supported_params(deployment: Deployment, *, tools: bool = False) -> frozenset[str] | None:
+    """The OpenAI parameters the deployment's path maps (None: unknown): litellm's list for
+    the provider, and what the direct Cohere path maps itself. `tools`: the call has tools."""
+    names = _supported_params(deployment.litellm_model)
+    if names is not None and is_cohere_v2(deployment):
+        return names | cohere_params(tools=tools)
+    return names
 
 
 def stream_chat(deployment: Deployment, messages: list[dict[str, Any]], *,

@@ -826,6 +826,9 @@ class Simulator:
         unknown = sorted(set(raw) - family.fields) if family.fields else []
         if unknown:  # as Anthropic's API does: "json_mode: Extra inputs are not permitted"
             return family.error(400, f"{unknown[0]}: Extra inputs are not permitted")
+        refused = family.refuse(raw)
+        if refused:
+            return family.error(400, refused)
         body = family.normalize(raw)
         body["stream"] = bool(raw.get("stream")) if stream is None else stream
         messages = body["messages"]
@@ -1122,6 +1125,10 @@ class Family:
     def normalize(self, body: dict) -> dict:
         raise NotImplementedError
 
+    def refuse(self, body: dict) -> str | None:
+        """Why the API would refuse this request (400), beyond unknown fields; None: it takes it."""
+        return None
+
     def error(self, status: int | str, message: str | None) -> web.Response:
         raise NotImplementedError
 
@@ -1350,6 +1357,27 @@ class Cohere(Family):
     name = "cohere"
     finish = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "TOOL_CALL"}
     event = staticmethod(_sse)
+    # The chat v2 request's fields (docs.cohere.com/reference/chat).
+    fields = frozenset({"model", "messages", "stream", "tools", "strict_tools", "documents", "citation_options",
+                        "response_format", "safety_mode", "max_tokens", "stop_sequences", "temperature", "seed",
+                        "frequency_penalty", "presence_penalty", "k", "p", "logprobs", "tool_choice", "thinking",
+                        "priority"})
+
+    def refuse(self, body: dict) -> str | None:
+        fmt = body.get("response_format")
+        if fmt is None:
+            return None
+        # {"type": "text"} or {"type": "json_object", "json_schema": {...}?}, and not with tools
+        # or documents, as the reference says.
+        if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object"):
+            return "response_format: type must be one of 'text', 'json_object'"
+        extra = sorted(set(fmt) - {"type", "json_schema"})
+        if extra or ("json_schema" in fmt and (fmt["type"] != "json_object" or not isinstance(fmt["json_schema"],
+                                                                                              dict))):
+            return f"response_format: invalid field {(extra or ['json_schema'])[0]}"
+        if body.get("tools") or body.get("documents"):
+            return "response_format is not supported with tools or documents"
+        return None
 
     def normalize(self, body: dict) -> dict:
         messages = []

@@ -311,7 +311,7 @@ async def _routed_call(plan: AttemptPlan, messages: list[dict[str, Any]], tools:
             messages, lambda name, detail: _append(plan, events.encode("step", name=name, detail=detail)))
         mark, usage = emitter.mark(), dict[str, int]()
         cap = min(filter(None, (target.max_tokens, plan.max_tokens)), default=None)
-        params = _supported(plan, target.runtime)
+        params = _supported(plan, target.runtime, bool(tools))
         if len(params) < len(plan.params):
             dropped = sorted(set(plan.params) - set(params))
             await _append(plan, events.encode("step", name="params_dropped", detail={
@@ -337,12 +337,12 @@ async def _routed_call(plan: AttemptPlan, messages: list[dict[str, Any]], tools:
         return
 
 
-def _supported(plan: AttemptPlan, deployment: Deployment) -> dict[str, Any]:
-    """The task's parameters this deployment takes: all of them for an OpenAI-compatible
-    endpoint, litellm's list of the provider's OpenAI parameters for the others."""
+def _supported(plan: AttemptPlan, deployment: Deployment, tools: bool) -> dict[str, Any]:
+    """The task's parameters this deployment takes (with or without `tools`): all of them for
+    an OpenAI-compatible endpoint, the provider's path's list for the others."""
     if not plan.params or deployment.openai_compatible:
         return plan.params
-    names = supported_params(deployment)
+    names = supported_params(deployment, tools=tools)
     return plan.params if names is None else {k: v for k, v in plan.params.items() if k in names}
 
 

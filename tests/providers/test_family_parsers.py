@@ -170,6 +170,25 @@ def test_an_anthropic_json_schema_is_structured_output_with_its_beta_header():
     assert headers["anthropic-beta"].startswith("structured-outputs-")
 
 
+@pytest.mark.parametrize(("response_format", "sent"), [
+    ({"type": "json_object"}, {"type": "json_object"}),
+    ({"type": "json_schema", "json_schema": {"name": "place", "schema": {"type": "object", "required": ["city"]}}},
+     {"type": "json_object", "json_schema": {"type": "object", "required": ["city"]}}),
+    ({"type": "text"}, {"type": "text"}),
+])
+def test_cohere_json_mode_is_sent_in_chat_v2s_own_form(response_format, sent):
+    from providers.families import cohere_request
+    from providers.wire import Deployment
+
+    deployment = Deployment(model="command-r7b-12-2024", provider="cohere_chat",
+                            litellm_model="cohere_chat/command-r7b-12-2024", api_key="k")
+
+    body = cohere_request(deployment, {"messages": [{"role": "user", "content": "JSON please"}],
+                                       "response_format": response_format, "temperature": 0.1})
+
+    assert body["response_format"] == sent and body["temperature"] == 0.1
+
+
 def gemini_sse(events: list[dict]) -> bytes:
     return b"".join(b"data: %s\r\n\r\n" % orjson.dumps(e) for e in events)
 

@@ -452,6 +452,23 @@ def test_anthropic_refuses_a_field_it_does_not_know_as_anthropic_does(http):
                                  "message": "json_mode: Extra inputs are not permitted"}
 
 
+@pytest.mark.parametrize(("extra", "refused"), [
+    ({"num_generations": 2}, "num_generations: Extra inputs are not permitted"),
+    ({"response_format": {"type": "json_schema"}}, "response_format: type must be one of 'text', 'json_object'"),
+    ({"response_format": {"type": "json_object", "schema": {}}}, "response_format: invalid field schema"),
+    ({"response_format": {"type": "json_object"}, "tools": [{"type": "function", "function": {"name": "f"}}]},
+     "response_format is not supported with tools or documents"),
+    ({"response_format": {"type": "json_object", "json_schema": {"type": "object"}}}, None),
+])
+def test_cohere_refuses_what_chat_v2_refuses(http, extra, refused):
+    body = {"model": "command-r7b-12-2024", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+    r = http.post("/v2/chat", json=body)
+
+    assert (r.status_code, r.json().get("message") if r.status_code == 400 else None) == (
+        400 if refused else 200, refused)
+
+
 def test_anthropic_answers_a_forced_tool_with_a_call_to_it(http):
     body = {"model": "claude-haiku-4-5", "max_tokens": 50, "tool_choice": {"type": "tool", "name": "json_tool_call"},
             "tools": [{"name": "json_tool_call", "input_schema": {"type": "object"}}],

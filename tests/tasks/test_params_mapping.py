@@ -18,13 +18,22 @@ def test_an_openai_compatible_endpoint_gets_every_parameter():
     gateway = Deployment(model="gpt-4o-mini", provider="openai", litellm_model="openai/gpt-4o-mini",
                          openai_compatible=True)
 
-    assert _supported(plan(gateway), gateway) == PARAMS
+    assert _supported(plan(gateway), gateway, False) == PARAMS
 
 
 def test_a_provider_without_seed_gets_the_others():
     claude = Deployment(model="claude-sonnet-4-5", provider="anthropic", litellm_model="anthropic/claude-sonnet-4-5")
 
-    assert _supported(plan(claude), claude) == {"temperature": 0.2, "response_format": {"type": "json_object"}}
+    assert _supported(plan(claude), claude, False) == {"temperature": 0.2, "response_format": {"type": "json_object"}}
+
+
+def test_cohere_takes_json_mode_unless_the_call_has_tools():
+    cohere = Deployment(model="command-r7b-12-2024", provider="cohere_chat",
+                        litellm_model="cohere_chat/command-r7b-12-2024")
+
+    assert _supported(plan(cohere), cohere, False) == PARAMS
+    # Cohere refuses response_format together with tools: left out, and noted as dropped.
+    assert _supported(plan(cohere), cohere, True) == {"temperature": 0.2, "seed": 7}
 
 
 def test_the_request_body_carries_the_parameters_and_no_tool_choice_without_tools():
