@@ -4,9 +4,10 @@ OpenAI-compatible endpoints (OpenAI, OpenRouter, vLLM, a local gateway, the simu
 streamed directly: providers/httpstream.py reads the body a read at a time and each
 `data:` line is parsed with orjson, a fraction of the CPU per chunk of litellm's streaming
 wrapper or of aiohttp (BENCHMARKS.md, "Figures behind the design"). Every other provider
-goes through litellm.acompletion, which translates Anthropic, Gemini, Cohere, ... into the
-same deltas, and so are OpenAI-compatible endpoints that the environment sends through a
-proxy (HTTPS_PROXY and friends): the direct client speaks no proxy protocol.
+goes through litellm.acompletion, which translates the rest (Vertex AI, Bedrock, ...) into
+the same deltas. An endpoint the environment sends through a proxy (HTTPS_PROXY and friends)
+is streamed by the same code over httpx, which speaks the proxy protocols
+(providers/wire.py, stream_direct).
 
 Anthropic (Messages), Gemini (Google AI Studio's streamGenerateContent) and Cohere (chat v2)
 are streamed directly too, over the same client (providers/families.py), with litellm still
@@ -16,18 +17,12 @@ mapping their requests.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import getproxies, proxy_bypass
 
 from . import httpstream
 from .families import (
-    ANTHROPIC_BASE,
-    COHERE_BASE,
-    GEMINI_BASE,
     cohere_params,
     is_anthropic,
     is_cohere_v2,
@@ -193,32 +188,12 @@ def stream_chat(deployment: Deployment, messages: list[dict[str, Any]], *,
     httpstream.Stream.reads); the litellm path reads as fast as litellm yields. `params`:
     sampling parameters by their OpenAI names (temperature, stop, seed, response_format, ...)."""
     body = request_body(deployment, messages, tools, max_tokens, params)
-    if deployment.openai_compatible and not _proxied(deployment.api_base or OPENAI_BASE):
+    if deployment.openai_compatible:
         return _stream_openai(deployment, body, pace)
-    if is_anthropic(deployment) and not _proxied(deployment.api_base or ANTHROPIC_BASE):
+    if is_anthropic(deployment):
         return stream_anthropic(deployment, body, pace)
-    if is_cohere_v2(deployment) and not _proxied(deployment.api_base or COHERE_BASE):
+    if is_cohere_v2(deployment):
         return stream_cohere(deployment, body, pace)
-    if is_gemini(deployment) and not _proxied(deployment.api_base or GEMINI_BASE):
+    if is_gemini(deployment):
         return stream_gemini(deployment, body, pace)
     return _stream_litellm(deployment, body)
-
-
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-               "NO_PROXY")
-
-
-def _proxied(url: str) -> bool:
-    """Whether the environment sends requests to `url` through a proxy (HTTP_PROXY,
-    HTTPS_PROXY, ALL_PROXY, minus NO_PROXY), as httpx and aiohttp would read it. Once per
-    call: without any proxy variable it reads only those (urllib's getproxies reads the
-    whole environment on every call)."""
-    if not any(map(os.environ.get, _PROXY_VARS)):
-        return False
-    parts = urlsplit(url)
-    proxies = getproxies()
-    if not (proxies.get(parts.scheme) or proxies.get("all")):
-        return False
-    return not proxy_bypass(parts.hostname or "")
-
-

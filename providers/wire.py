@@ -1,16 +1,20 @@
 """What every direct provider stream shares: the deployment, the deltas a stream yields,
-the errors a provider gives, this event loop's connection pool (providers/httpstream.py),
-SSE framing, and `stream_direct`, which posts a request and feeds the body to a family's
-event parser (providers/llm.py for OpenAI-compatible endpoints, providers/families.py for
-Anthropic, Gemini and Cohere)."""
+the errors a provider gives, this event loop's connection pool (providers/httpstream.py) and
+its httpx client for endpoints behind a proxy, SSE framing, and `stream_direct`, which posts
+a request and feeds the body to a family's event parser (providers/llm.py for
+OpenAI-compatible endpoints, providers/families.py for Anthropic, Gemini and Cohere)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
+import httpx
 import orjson
 from django.conf import settings
 
@@ -110,6 +114,75 @@ def pool() -> httpstream.Pool:
     return pool
 
 
+_proxy_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+
+def proxy_client() -> httpx.AsyncClient:
+    """This event loop's client for endpoints the environment proxies: httpx reads
+    HTTP(S)_PROXY, ALL_PROXY and NO_PROXY itself (trust_env), forwarding http:// requests in
+    absolute form and tunnelling https:// ones with CONNECT."""
+    loop = asyncio.get_running_loop()
+    client = _proxy_clients.get(loop)
+    if client is None:
+        opts = settings.MAGEAGENT
+        client = _proxy_clients[loop] = httpx.AsyncClient(
+            trust_env=True, limits=httpx.Limits(max_connections=opts["LLM_MAX_CONNECTIONS"]),
+            timeout=httpx.Timeout(connect=10, read=opts["LLM_TIMEOUT_S"], write=opts["LLM_TIMEOUT_S"], pool=None))
+    return client
+
+
+class ProxiedStream:
+    """An httpx response read as httpstream.Stream is (status, headers, reads, read): the
+    same family parsers run behind a proxy. Closed before its end, httpx drops the
+    connection, and with it the proxy's connection to the provider."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status, self.headers = response.status_code, response.headers
+        self._raw = response.aiter_raw()  # one iterator: a reader may stop and read on (stream_direct does)
+
+    async def __aenter__(self) -> ProxiedStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.response.aclose()
+
+    def reads(self, pace: httpstream.Pace | None = None) -> AsyncIterator[bytes]:
+        return self._raw  # pace: httpx reads as data comes
+
+    async def read(self, limit: int = httpstream.MAX_ERROR_BODY) -> bytes:
+        out = b""
+        async for data in self.reads():
+            out += data
+            if len(out) >= limit:
+                return out[:limit]
+        return out
+
+
+async def post_proxied(url: str, body: bytes, headers: dict[str, str]) -> ProxiedStream:
+    client = proxy_client()
+    request = client.build_request("POST", url, content=body, headers={"Accept-Encoding": "identity", **headers})
+    return ProxiedStream(await client.send(request, stream=True))
+
+
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+               "NO_PROXY")
+
+
+def proxied(url: str) -> bool:
+    """Whether the environment sends requests to `url` through a proxy (HTTP_PROXY,
+    HTTPS_PROXY, ALL_PROXY, minus NO_PROXY), as httpx would read it. Once per call: without
+    any proxy variable it reads only those (urllib's getproxies reads the whole environment
+    on every call)."""
+    if not any(map(os.environ.get, _PROXY_VARS)):
+        return False
+    parts = urlsplit(url)
+    proxies = getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not proxy_bypass(parts.hostname or "")
+
+
 class SSEEvents:
     """The `data:` payloads of an SSE body fed a read at a time, as dicts; `done` once
     [DONE] came. Events may be split across reads and a read may hold many events.
@@ -155,9 +228,13 @@ class EventParser(Protocol):
 
 async def stream_direct(url: str, payload: dict[str, Any], headers: dict[str, str], parser: EventParser,
                          pace: httpstream.Pace | None) -> AsyncIterator[Delta]:
-    """POST `payload` and yield what `parser` (feed(bytes) -> deltas, `done`) makes of the body."""
+    """POST `payload` and yield what `parser` (feed(bytes) -> deltas, `done`) makes of the body:
+    over the lean client, or through httpx when the environment proxies `url` (the lean
+    client speaks no proxy protocol)."""
+    post: Callable[[str, bytes, dict[str, str]], Awaitable[httpstream.Stream | ProxiedStream]]
+    post = post_proxied if proxied(url) else pool().post
     try:
-        async with await pool().post(url, orjson.dumps(payload), headers) as resp:
+        async with await post(url, orjson.dumps(payload), headers) as resp:
             if resp.status != 200:
                 raise error_for_status(resp.status, await resp.read(), resp.headers.get("retry-after"))
             async for data in resp.reads(pace):
@@ -175,6 +252,11 @@ async def stream_direct(url: str, payload: dict[str, Any], headers: dict[str, st
     except httpstream.StreamError as exc:
         code = "provider_stream_interrupted" if exc.answered else "provider_unreachable"
         raise ProviderError(code, f"stream interrupted: {exc}" if exc.answered else str(exc),
+                            retryable=True) from exc
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.UnsupportedProtocol) as exc:
+        raise ProviderError("provider_unreachable", f"{type(exc).__name__}: {exc}", retryable=True) from exc
+    except httpx.TransportError as exc:  # the request went out: a read timeout, a dropped stream
+        raise ProviderError("provider_stream_interrupted", f"stream interrupted: {type(exc).__name__}: {exc}",
                             retryable=True) from exc
     except (TimeoutError, OSError) as exc:
         raise ProviderError("provider_unreachable", f"{type(exc).__name__}: {exc}", retryable=True) from exc
@@ -210,6 +292,10 @@ def litellm_error(exc: Exception) -> ProviderError:
 
 async def close_sessions() -> None:
     """Close this event loop's provider connections (before the loop ends)."""
-    pool = _pools.pop(asyncio.get_running_loop(), None)
+    loop = asyncio.get_running_loop()
+    pool = _pools.pop(loop, None)
     if pool is not None:
         pool.close()
+    client = _proxy_clients.pop(loop, None)
+    if client is not None:
+        await client.aclose()

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from providers import httpstream
-from providers.llm import Deployment, ProviderError, _deltas, _proxied, close_sessions, stream_chat
+from providers.llm import Deployment, ProviderError, _deltas, close_sessions, stream_chat
+from providers.wire import proxied
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -368,14 +369,14 @@ def proxy_env(monkeypatch):
 
 
 def test_only_endpoints_the_environment_proxies_leave_the_direct_client(proxy_env):
-    assert not _proxied("https://api.openai.com/v1")  # no proxy configured
+    assert not proxied("https://api.openai.com/v1")  # no proxy configured
 
     proxy_env.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     proxy_env.setenv("NO_PROXY", "llm.internal,localhost")
 
-    assert _proxied("https://api.openai.com/v1")
-    assert not _proxied("https://llm.internal/v1")  # NO_PROXY
-    assert not _proxied("http://127.0.0.1:8000/v1")  # no proxy for plain http
+    assert proxied("https://api.openai.com/v1")
+    assert not proxied("https://llm.internal/v1")  # NO_PROXY
+    assert not proxied("http://127.0.0.1:8000/v1")  # no proxy for plain http
 
 
 async def test_a_proxied_openai_compatible_endpoint_is_streamed_through_the_proxy(proxy_env, loop_pool):
