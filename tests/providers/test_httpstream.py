@@ -121,14 +121,22 @@ async def test_bodies_with_a_length_or_ended_by_close_are_read_to_their_end(fram
         p.close()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-async def test_https_is_verified_against_the_trusted_certificates(tmp_path: Path):
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1, and a server context presenting it."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
+    return cert, server_tls
+
+
+async def test_https_is_verified_against_the_trusted_certificates(tls):
+    cert, server_tls = tls
 
     async def handler(reader, writer):
         await read_request(reader)
@@ -396,3 +404,38 @@ async def test_a_proxied_openai_compatible_endpoint_is_streamed_through_the_prox
 
     assert text == "Hello"
     assert seen == [b"POST http://llm.example.test:9/v1/chat/completions HTTP/1.1"]  # absolute form: a proxy's
+
+
+async def test_a_proxied_https_endpoint_is_tunnelled_through_the_proxy_with_connect(proxy_env, loop_pool, tls):
+    cert, server_tls = tls
+    seen: list[bytes] = []
+
+    async def endpoint(reader, writer):
+        await read_request(reader)
+        await send(writer, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + SSE)
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                await send(dst, data)
+        finally:
+            dst.close()
+
+    async def proxy(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n")[0])
+        host, port = head.split(b" ")[1].decode().rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        await send(writer, b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async with Server(endpoint, tls=server_tls) as server, Server(proxy) as tunnel:
+        proxy_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{tunnel.port}")
+        proxy_env.setenv("SSL_CERT_FILE", str(cert))  # httpx trusts the endpoint's certificate through it
+        upstream = Deployment(model="m", provider="local", litellm_model="openai/m", api_key="sk-test",
+                              api_base=f"https://127.0.0.1:{server.port}/v1", openai_compatible=True)
+        text = "".join([d.content async for d in stream_chat(upstream, [{"role": "user", "content": "hi"}])
+                        if d.content])
+
+    assert text == "Hello"
+    assert seen == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1".encode()]  # TLS end to end, inside the tunnel
