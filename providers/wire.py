@@ -125,9 +125,12 @@ def proxy_client() -> httpx.AsyncClient:
     client = _proxy_clients.get(loop)
     if client is None:
         opts = settings.MAGEAGENT
-        client = _proxy_clients[loop] = httpx.AsyncClient(
-            trust_env=True, limits=httpx.Limits(max_connections=opts["LLM_MAX_CONNECTIONS"]),
-            timeout=httpx.Timeout(connect=10, read=opts["LLM_TIMEOUT_S"], write=opts["LLM_TIMEOUT_S"], pool=None))
+        try:
+            client = _proxy_clients[loop] = httpx.AsyncClient(
+                trust_env=True, limits=httpx.Limits(max_connections=opts["LLM_MAX_CONNECTIONS"]),
+                timeout=httpx.Timeout(connect=10, read=opts["LLM_TIMEOUT_S"], write=opts["LLM_TIMEOUT_S"], pool=None))
+        except ImportError as exc:  # a socks5:// proxy: httpx needs httpx[socks], not installed
+            raise ProviderError("provider_error", f"unsupported outbound proxy: {exc}") from exc
     return client
 
 

@@ -439,3 +439,14 @@ async def test_a_proxied_https_endpoint_is_tunnelled_through_the_proxy_with_conn
 
     assert text == "Hello"
     assert seen == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1".encode()]  # TLS end to end, inside the tunnel
+
+
+async def test_a_socks_proxy_fails_the_call_with_a_provider_error_that_says_why(proxy_env, loop_pool):
+    proxy_env.setenv("ALL_PROXY", "socks5://127.0.0.1:1")
+    upstream = Deployment(model="m", provider="local", litellm_model="openai/m", api_key="sk-test",
+                          api_base="https://llm.example.test/v1", openai_compatible=True)
+
+    with pytest.raises(ProviderError, match="socksio") as caught:
+        [d async for d in stream_chat(upstream, [{"role": "user", "content": "hi"}])]
+
+    assert (caught.value.code, caught.value.retryable) == ("provider_error", False)
