@@ -1,9 +1,10 @@
 """Anthropic (Messages), Gemini (streamGenerateContent) and Cohere (chat v2) streamed
-directly over providers/httpstream.py, litellm still mapping each request (AnthropicConfig,
-GoogleAIStudioGeminiConfig with its transform_request_body, CohereV2ChatConfig): through
-litellm's streaming wrapper a chunk costs the worker ~30 times what it costs here
-(BENCHMARKS.md, "Provider families: CPU per chunk"), and litellm's Cohere stream parser reads
-tool calls and usage where Cohere does not put them."""
+directly over providers/httpstream.py (over httpx behind a proxy: wire.stream_direct),
+litellm still mapping each request (AnthropicConfig, GoogleAIStudioGeminiConfig with its
+transform_request_body, CohereV2ChatConfig): through litellm's streaming wrapper a chunk
+costs the worker ~30 times what it costs here (BENCHMARKS.md, "Provider families: CPU per
+chunk"), and litellm's Cohere stream parser reads tool calls and usage where Cohere does not
+put them."""
 
 from __future__ import annotations
 
