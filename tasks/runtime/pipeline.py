@@ -153,7 +153,9 @@ class ChunkEmitter:
                 raise Fenced()
             self.sent.append(text)
             if self.first_at is None:
-                self.first_at = self.last_flush
+                # The count's first write is a second into the answer: most answers end sooner,
+                # and a finished task's progress is read from its usage, not from Redis.
+                self.first_at = self.progress_at = self.last_flush
             if self.last_flush - self.progress_at >= PROGRESS_EVERY_S:  # coarse: not per chunk
                 self.progress_at = self.last_flush
                 tokens_set_later(self.task_id, self.tokens)
