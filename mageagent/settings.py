@@ -400,6 +400,9 @@ MAGEAGENT.update({
     "WEBHOOK_COUNTDOWN_MAX_S": env_float("MAGEAGENT_WEBHOOK_COUNTDOWN_MAX_S", 900.0, minimum=0.0),
     "WEBHOOK_ROTATION_GRACE_S": env_int("MAGEAGENT_WEBHOOK_ROTATION_GRACE_S", 86400, minimum=0),
     "WEBHOOK_MAX_PER_APP": env_int("MAGEAGENT_WEBHOOK_MAX_PER_APP", 20, minimum=1),
+    # Each process remembers whether an app has an active webhook this long; a change
+    # reaches every process at once through a version in Redis, this bounds it when Redis fails.
+    "WEBHOOK_CACHE_S": env_float("MAGEAGENT_WEBHOOK_CACHE_S", 5.0, minimum=0.0),
 })
 # --- end Webhooks -------------------------------------------------------------------------
 

@@ -18,36 +18,35 @@ def _function_spec(spec: Any, where: str) -> None:
         raise serializers.ValidationError(f"{where}.parameters must be a JSON schema object")
 
 
-class ChatToolsField(serializers.ListField):
+class _FunctionToolsField(serializers.ListField):
+    """Function tools; each names its function and gives its parameters as a JSON schema object."""
+
+    nested = True  # the function's fields under "function" (chat), or in the tool itself (responses)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=serializers.DictField(), max_length=128, **kwargs)
+
+    def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
+        tools = super().to_internal_value(data)
+        for i, tool in enumerate(tools):
+            if tool.get("type") != "function":
+                raise serializers.ValidationError(f"tools[{i}].type: only function tools are supported "
+                                                  "(the platform's tools: mageagent_tools)")
+            if self.nested:
+                _function_spec(tool.get("function"), f"tools[{i}].function")
+            else:
+                _function_spec(tool, f"tools[{i}]")
+        return tools
+
+
+class ChatToolsField(_FunctionToolsField):
     """OpenAI chat tools: `{"type": "function", "function": {"name", "description", "parameters"}}`."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(child=serializers.DictField(), max_length=128, **kwargs)
 
-    def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
-        tools = super().to_internal_value(data)
-        for i, tool in enumerate(tools):
-            if tool.get("type") != "function":
-                raise serializers.ValidationError(f"tools[{i}].type: only function tools are supported "
-                                                  "(the platform's tools: mageagent_tools)")
-            _function_spec(tool.get("function"), f"tools[{i}].function")
-        return tools
-
-
-class ResponseToolsField(serializers.ListField):
+class ResponseToolsField(_FunctionToolsField):
     """Responses API tools: `{"type": "function", "name", "description", "parameters", "strict"}`."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(child=serializers.DictField(), max_length=128, **kwargs)
-
-    def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
-        tools = super().to_internal_value(data)
-        for i, tool in enumerate(tools):
-            if tool.get("type") != "function":
-                raise serializers.ValidationError(f"tools[{i}].type: only function tools are supported "
-                                                  "(the platform's tools: mageagent_tools)")
-            _function_spec(tool, f"tools[{i}]")
-        return tools
+    nested = False
 
 
 class OpenAIMetadataField(serializers.DictField):

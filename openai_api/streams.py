@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import suppress
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from contextlib import aclosing, suppress
+from typing import Any, TypeVar
 
 import orjson
 from django.conf import settings
@@ -42,6 +42,7 @@ from .services import (
 
 logger = logging.getLogger(__name__)
 PING = b": ping\n\n"
+T = TypeVar("T")
 _cancels: set[asyncio.Future[Any]] = set()
 
 
@@ -131,21 +132,30 @@ class ChatChunks:
         return [*out, b"data: [DONE]\n\n"]
 
 
+async def _translated(task_id: str, feed: Callable[[dict[str, Any]], Iterable[T]],
+                      on_leave: Callable[[str], None] | None) -> AsyncGenerator[T | None, None]:
+    """What `feed` makes of each of the task's events, live to the end; None for a keep-alive.
+    `on_leave`: called with the task id when the client leaves before the end."""
+    finished = False
+    try:
+        async for event in task_events(task_id):
+            if event is None:
+                yield None
+                continue
+            finished = event["type"] == "done"
+            for out in feed(event):
+                yield out
+    finally:
+        if not finished and on_leave is not None:
+            on_leave(task_id)
+
+
 async def chat_stream(task: Task, *, include_usage: bool) -> AsyncIterator[bytes]:
     """A streamed chat completion; a client that leaves before the end cancels the task."""
     chunks = ChatChunks(task, include_usage=include_usage)
-    finished = False
-    try:
-        async for event in task_events(str(task.id)):
-            if event is None:
-                yield PING
-                continue
-            finished = event["type"] == "done"
-            for frame in chunks.feed(event):
-                yield frame
-    finally:
-        if not finished:
-            cancel_in_background(str(task.id))
+    async with aclosing(_translated(str(task.id), chunks.feed, cancel_in_background)) as frames:
+        async for frame in frames:
+            yield PING if frame is None else frame
 
 
 # --- Responses --------------------------------------------------------------------------------
@@ -262,16 +272,9 @@ async def response_stream(task: Task, *, starting_after: int = -1,
     """The response's events with sequence_number > starting_after, live to the end.
     `on_leave`: called with the task id when the client leaves before the end."""
     translator = ResponseEvents(task)
-    finished = False
-    try:
-        async for event in task_events(str(task.id)):
-            if event is None:
+    async with aclosing(_translated(str(task.id), translator.feed, on_leave)) as events:
+        async for out in events:
+            if out is None:
                 yield PING
-                continue
-            finished = event["type"] == "done"
-            for out in translator.feed(event):
-                if out["sequence_number"] > starting_after:
-                    yield _response_frame(out)
-    finally:
-        if not finished and on_leave is not None:
-            on_leave(str(task.id))
+            elif out["sequence_number"] > starting_after:
+                yield _response_frame(out)

@@ -34,7 +34,7 @@ from mageagent.errors import BudgetExceeded
 from mageagent.redis import async_script, sync_client, sync_script
 
 from .models import BudgetPeriod, Spend
-from .selectors import budgets_for, budgets_forget, budgets_version_key, spend_total
+from .selectors import budgets_cache, budgets_for, spend_total
 from .services import model_select
 
 logger = logging.getLogger(__name__)
@@ -278,16 +278,7 @@ def budget_hold(*, tenant: Any, prompt: str, model: str | None, tools: list[str]
 def budgets_changed(**_: Any) -> None:
     """A Budget was saved or deleted (signal receiver, routing/apps.py): this process
     forgets its cached budgets now, every process once the change is committed."""
-    budgets_forget()
-    transaction.on_commit(_budgets_version_bump)
-
-
-def _budgets_version_bump() -> None:
-    budgets_forget()
-    try:
-        sync_client().incr(budgets_version_key())
-    except Exception:  # other processes then see the change within BUDGET_CACHE_S
-        logger.exception("could not announce a budget change to other processes")
+    budgets_cache.changed()
 
 
 # --- the ledger ----------------------------------------------------------------------------

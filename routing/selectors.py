@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q, Sum
 
-from mageagent.redis import sync_client
+from mageagent.versioned import VersionedCache
 
 from . import catalog as catalog_module
 from .catalog import catalog_ensure
@@ -206,41 +206,16 @@ def model_list(*, company_id: int | None = None) -> list[dict[str, Any]]:
 
 
 # --- budgets and spend --------------------------------------------------------------------
-_budgets: dict[tuple[int, int | None], tuple[float, Any, list[Budget]]] = {}
-
-
-def budgets_version_key() -> str:
-    return f"{settings.MAGEAGENT_ROUTING['REDIS_NAMESPACE']}:budgets:version"
-
-
-def budgets_version() -> Any:
-    """A counter every process bumps when it changes a Budget (routing.services)."""
-    try:
-        return sync_client().get(budgets_version_key())
-    except Exception:  # Redis trouble: BUDGET_CACHE_S alone bounds how stale the cache gets
-        return None
-
-
-def budgets_forget() -> None:
-    _budgets.clear()
+budgets_cache: VersionedCache[tuple[int, int | None], list[Budget]] = VersionedCache(
+    "budgets", ttl_s=lambda: settings.MAGEAGENT_ROUTING["BUDGET_CACHE_S"])
 
 
 def budgets_for(*, company_id: int, app_id: int | None) -> list[Budget]:
-    """The budgets that apply to an app, cached per process for BUDGET_CACHE_S: they are
-    read on every enqueue and task. A saved or deleted Budget drops this process's cache
-    at once and bumps a version in Redis that every other process (the workers) checks
-    here, once per call, so a new budget binds the very next task everywhere."""
-    ttl = float(settings.MAGEAGENT_ROUTING["BUDGET_CACHE_S"])
-    version = budgets_version() if ttl > 0 else None
-    now = time.monotonic()
-    hit = _budgets.get((company_id, app_id))
-    if hit is not None and hit[0] > now and hit[1] == version:
-        return hit[2]
-    budgets = list(Budget.objects.filter(Q(app__isnull=True) | Q(app_id=app_id), company_id=company_id, enabled=True))
-    if len(_budgets) > 10_000:
-        _budgets.clear()
-    _budgets[(company_id, app_id)] = (now + ttl, version, budgets)
-    return budgets
+    """The budgets that apply to an app, cached per process for BUDGET_CACHE_S behind a
+    version every process bumps when it changes a Budget (routing.budgets): they are read on
+    every enqueue and task, and a new budget binds the very next task everywhere."""
+    return budgets_cache.get((company_id, app_id), lambda: list(Budget.objects.filter(
+        Q(app__isnull=True) | Q(app_id=app_id), company_id=company_id, enabled=True)))
 
 
 def spend_total(*, company_id: int, app_id: int | None, since: date) -> Decimal:

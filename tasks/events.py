@@ -45,8 +45,9 @@ if m[1] then return -1 end
 if ARGV[1] ~= '*' and (m[2] or '') ~= ARGV[1] then return -2 end
 local ttl = tonumber(ARGV[2])
 local close = ARGV[3] == '1'
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'tokens', ARGV[6]) end
 local seq = 0
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
   local ev = '{"seq":' .. seq .. ',' .. ARGV[i]
   redis.call('XADD', KEYS[1], seq .. '-0', 'e', ev)
@@ -120,7 +121,7 @@ def peek(raw: str | bytes) -> tuple[int, str]:
 def _args(task_id: str, owner: str, bodies: list[bytes], close: bool) -> tuple[list[str], list[Any]]:
     keys = [stream_key(task_id), meta_key(task_id)]
     args: list[Any] = [owner, settings.MAGEAGENT["EVENT_TTL_S"], "1" if close else "0",
-                       _group_channel(task_id), task_id]
+                       _group_channel(task_id), task_id, ""]  # "": no token count to record
     return keys, [*args, *bodies]
 
 
@@ -256,7 +257,7 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _append_command(task_id: str, owner: str, bodies: tuple[bytes, ...], close: bool) -> bytes:
+def _append_command(task_id: str, owner: str, bodies: tuple[bytes, ...], close: bool, tokens: int | None) -> bytes:
     """The append script's EVALSHA call in the Redis protocol (RESP), as redis-py would pack
     it. Everything but the bodies is the same for every append of one attempt, so it is
     packed once (a stream's appends cost little more than their bodies)."""
@@ -264,14 +265,15 @@ def _append_command(task_id: str, owner: str, bodies: tuple[bytes, ...], close: 
     if head is None:
         if len(_heads) > 10_000:
             _heads.clear()
-        # _args: keys (2), then owner, ttl, the close flag, channel, task id; the flag is
-        # the only one that varies between appends.
+        # _args: keys (2), then owner, ttl, the close flag, channel, task id, token count;
+        # the flag and the count are the ones that vary between appends.
         keys, args = _args(task_id, owner, [], close)
         before = b"".join(_bulk(str(a).encode()) for a in (*keys, *args[:2]))
-        after = b"".join(_bulk(str(a).encode()) for a in args[3:])
+        after = b"".join(_bulk(str(a).encode()) for a in args[3:5])
         head = _heads[(task_id, owner)] = (before, after)
-    argc = 3 + 2 + 5 + len(bodies)  # EVALSHA sha numkeys, the keys, the fixed args, the bodies
-    parts = [b"*%d\r\n" % argc, _EVALSHA, head[0], b"$1\r\n1\r\n" if close else b"$1\r\n0\r\n", head[1]]
+    argc = 3 + 2 + 6 + len(bodies)  # EVALSHA sha numkeys, the keys, the fixed args, the bodies
+    parts = [b"*%d\r\n" % argc, _EVALSHA, head[0], b"$1\r\n1\r\n" if close else b"$1\r\n0\r\n", head[1],
+             _bulk(b"%d" % tokens) if tokens is not None else b"$0\r\n\r\n"]
     for body in bodies:
         parts.append(_bulk(body))
     return b"".join(parts)
@@ -280,14 +282,16 @@ def _append_command(task_id: str, owner: str, bodies: tuple[bytes, ...], close: 
 _batchers: dict[asyncio.AbstractEventLoop, _Batcher] = {}
 
 
-def aappend(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False) -> asyncio.Future[int]:
+def aappend(task_id: str, *bodies: bytes, owner: str = ANY_OWNER, close: bool = False,
+            tokens: int | None = None) -> asyncio.Future[int]:
     """The async append: await it for the last seq, SEALED or FENCED. It is the batcher's
-    future itself, not a coroutine around it, so a caller may shield it without a task."""
+    future itself, not a coroutine around it, so a caller may shield it without a task.
+    `tokens`: the answer's token count so far, recorded with the events (tokens_get)."""
     loop = asyncio.get_running_loop()
     batcher = _batchers.get(loop)
     if batcher is None:
         batcher = _batchers[loop] = _Batcher()
-    return batcher.append(_append_command(str(task_id), owner, bodies, close))
+    return batcher.append(_append_command(str(task_id), owner, bodies, close, tokens))
 
 
 async def aread_after(task_id: str, after: int) -> list[str] | None:

@@ -3,21 +3,19 @@ stream, and an estimate of its duration revised as it runs.
 
 Each model's speed (time to first token, tokens per second) is a moving average over its
 recently completed tasks, one small Redis hash per model written when a task completes. A
-running task's token count is a Redis counter the worker sets at most every
-PROGRESS_EVERY_S per stream (never per chunk, never in the database). Both are read when a
-Task is rendered, and only for a task that is processing.
+running task's token count is a field of its event log's hash, which the worker sets with
+the chunk it appends once every PROGRESS_EVERY_S per stream (no call of its own, never in
+the database). Both are read when a Task is rendered, and only for a task that is processing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.utils import timezone
 
 from . import events
@@ -55,10 +53,6 @@ def speed_key(model: str) -> str:
     return f"ma:speed:{model}"
 
 
-def progress_key(task_id: str) -> str:
-    return f"ma:progress:{task_id}"
-
-
 def speed_record(*, model: str, ttft_ms: float, tokens_per_s: float) -> None:
     """Fold one completed task's measurements into the model's moving averages."""
     script = events.sync_script(_EWMA)
@@ -85,25 +79,8 @@ def speed_get(model: str) -> Speed | None:
     return speed
 
 
-def tokens_set_later(task_id: str, tokens: int) -> None:
-    """From the worker's loop: record a running task's token count, not waiting for Redis."""
-    client = events.async_client()
-    write = asyncio.ensure_future(client.set(progress_key(task_id), tokens, ex=settings.MAGEAGENT["EVENT_TTL_S"]))
-    _writes.add(write)
-    write.add_done_callback(_written)
-
-
-_writes: set[asyncio.Future[Any]] = set()
-
-
-def _written(write: asyncio.Future[Any]) -> None:
-    _writes.discard(write)
-    if not write.cancelled() and write.exception() is not None:
-        logger.warning("a task's progress could not be written: %s", write.exception())
-
-
 def tokens_get(task_id: str) -> int:
-    raw = events.sync_client().get(progress_key(task_id))
+    raw = events.sync_client().hget(events.meta_key(task_id), "tokens")
     return int(raw) if raw else 0
 
 

@@ -200,13 +200,14 @@ def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = 
 
 # --- transitions ----------------------------------------------------------------------------
 def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] | None = None,
-                **values: Any) -> bool:
+                app_id: int | None = None, **values: Any) -> bool:
     """Override of the ORM's UPDATE (Django ==5.2.20; tests/tasks/test_transition_sql.py fails if it changes).
 
     UPDATE task SET <values> WHERE id = task_id AND status IN from_ [AND <extra> =]: True
     when it changed the row. The statement is what QuerySet.update() sends, values prepared
     by the fields as the ORM prepares them, written once per shape: the ORM compiles it again
-    on every call, twice per task in the worker (BENCHMARKS.md, issue 17's A/B)."""
+    on every call, twice per task in the worker (BENCHMARKS.md, issue 17's A/B). `app_id`, the
+    task's app when the caller knows it, goes to task_finished's receivers."""
     values["updated_at"] = timezone.now()
     where = extra or {}
     connection = connections[router.db_for_write(Task)]
@@ -223,7 +224,7 @@ def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] |
 
         def finished() -> None:
             metrics.TASKS_FINISHED.labels(status=status).inc()
-            task_finished.send_robust(sender=Task, task_id=task_id, status=status)
+            task_finished.send_robust(sender=Task, task_id=task_id, status=status, app_id=app_id)
 
         transaction.on_commit(finished, using=connection.alias)
     return changed
@@ -255,7 +256,7 @@ def task_start(*, task: Task, worker: str, routing: dict[str, Any] | None, steps
     """queued → processing for the attempt `task` was read at. None when another actor got
     there first (a duplicate delivery, a cancel); otherwise `task`, updated."""
     started = started_at or timezone.now()
-    values = {"status": TaskStatus.PROCESSING, "worker": worker, "started_at": started,
+    values: dict[str, Any] = {"status": TaskStatus.PROCESSING, "worker": worker, "started_at": started,
               "routing": routing, "steps": steps}
     if not _transition(str(task.id), from_=(TaskStatus.QUEUED,), extra={"attempts": task.attempts}, **values):
         return None
@@ -276,10 +277,10 @@ def _log_transition(task_id: str, *bodies: bytes, owner: str, close: bool = Fals
 
 
 def task_complete(*, task_id: str, attempt: int, result: dict[str, Any], steps: list[str],
-                  routing: dict[str, Any] | None, owner: str = events.ANY_OWNER) -> bool:
+                  routing: dict[str, Any] | None, owner: str = events.ANY_OWNER, app_id: int | None = None) -> bool:
     """processing → completed for `attempt`, and its log closed by `done` (written only while
     `owner` holds the log). False when another actor got there first: nothing is written."""
-    if not _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt},
+    if not _transition(task_id, from_=(TaskStatus.PROCESSING,), extra={"attempts": attempt}, app_id=app_id,
                        status=TaskStatus.COMPLETED, result=result, steps=steps, routing=routing,
                        completed_at=timezone.now()):
         return False
@@ -289,7 +290,7 @@ def task_complete(*, task_id: str, attempt: int, result: dict[str, Any], steps: 
 
 def task_fail(*, task_id: str, attempt: int | None, error: dict[str, Any], steps: list[str] | None = None,
               routing: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
-              owner: str = events.ANY_OWNER) -> bool:
+              owner: str = events.ANY_OWNER, app_id: int | None = None) -> bool:
     """queued or processing → failed, and its log closed by `done` with the error (written
     only while `owner` holds the log). False when another actor got there first."""
     extra = {"attempts": attempt} if attempt is not None else None
@@ -300,7 +301,8 @@ def task_fail(*, task_id: str, attempt: int | None, error: dict[str, Any], steps
         values["routing"] = routing
     if result is not None:
         values["result"] = result
-    if not _transition(task_id, from_=(TaskStatus.PROCESSING, TaskStatus.QUEUED), extra=extra, **values):
+    if not _transition(task_id, from_=(TaskStatus.PROCESSING, TaskStatus.QUEUED), extra=extra, app_id=app_id,
+                       **values):
         return False
     _log_transition(task_id, done_event(status=TaskStatus.FAILED, error=error), owner=owner, close=True)
     return True
@@ -336,14 +338,16 @@ def task_cancel(*, task: Task) -> Task:
     if task.status in TERMINAL:
         raise Conflict(f"task is already {task.status}", details={"status": task.status})
     now = timezone.now()
-    if _transition(str(task.id), from_=(TaskStatus.QUEUED,), status=TaskStatus.CANCELLED, completed_at=now):
+    if _transition(str(task.id), from_=(TaskStatus.QUEUED,), app_id=task.app_id, status=TaskStatus.CANCELLED,
+                   completed_at=now):
         metrics.CANCELS.labels(from_status=TaskStatus.QUEUED).inc()
         events.append(str(task.id), events.encode("status", status=TaskStatus.CANCELLED, attempt=task.attempts),
                       done_event(status=TaskStatus.CANCELLED, result=None), close=True)
         if task.started_at is None:  # never ran: nothing spent, so its hold goes back now
             budget_release_task(task_id=task.id, company_id=task.company_id, app_id=task.app_id)
         return Task.objects.get(pk=task.pk)
-    if _transition(str(task.id), from_=(TaskStatus.PROCESSING,), status=TaskStatus.CANCELLED, completed_at=now):
+    if _transition(str(task.id), from_=(TaskStatus.PROCESSING,), app_id=task.app_id, status=TaskStatus.CANCELLED,
+                   completed_at=now):
         metrics.CANCELS.labels(from_status=TaskStatus.PROCESSING).inc()
         events.sync_client().publish(CANCEL_CHANNEL, str(task.id))
         if not events.wait_closed(str(task.id), settings.MAGEAGENT["CANCEL_WAIT_S"]):

@@ -9,6 +9,7 @@ from tests.infra import configure
 configure()
 os.environ.setdefault("MAGEAGENT_API_KEY_CACHE_S", "0")
 os.environ.setdefault("MAGEAGENT_ROUTING_BUDGET_CACHE_S", "0")
+os.environ.setdefault("MAGEAGENT_WEBHOOK_CACHE_S", "0")
 # Runs of the suite may overlap on one machine (several engineers, CI): each gets its own
 # test database and broker queue, so no run's worker takes another run's tasks.
 _run = os.environ.setdefault("MAGEAGENT_TEST_RUN", str(os.getpid()))

@@ -5,8 +5,19 @@ from django.db.models import QuerySet
 
 from mageagent.errors import NotFound
 from mageagent.tenancy.auth import Tenant
+from mageagent.versioned import VersionedCache
 
+from .conf import knob
 from .models import Delivery, Webhook
+
+# Every finished task asks it; most apps have no webhook. Webhook rows announce their changes
+# (webhooks/apps.py connects its signals; services announce their bulk updates).
+active_cache: VersionedCache[int, bool] = VersionedCache("webhooks", ttl_s=lambda: knob("WEBHOOK_CACHE_S"))
+
+
+def webhooks_active(*, app_id: int) -> bool:
+    """Whether the app has an active webhook, cached per process for WEBHOOK_CACHE_S."""
+    return active_cache.get(app_id, lambda: Webhook.objects.filter(app_id=app_id, is_active=True).exists())
 
 
 def webhook_list(*, tenant: Tenant) -> QuerySet[Webhook]:

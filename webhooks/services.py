@@ -31,6 +31,7 @@ from tools import netfetch
 from . import signing
 from .conf import knob
 from .models import Delivery, DeliveryStatus, Webhook
+from .selectors import active_cache, webhooks_active
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +91,17 @@ def _signing_secrets(webhook: Webhook, now: datetime) -> list[str]:
 
 
 # --- deliveries -------------------------------------------------------------------------------
-def deliveries_create_for_task(*, task_id: str, status: str) -> list[str]:
-    """One pending delivery per active endpoint of the task's app subscribed to its event."""
+def deliveries_create_for_task(*, task_id: str, status: str, app_id: int | None = None) -> list[str]:
+    """One pending delivery per active endpoint of the task's app (`app_id`, looked up when
+    None) subscribed to its event."""
     event_type = EVENT_FOR_STATUS.get(status)  # type: ignore[call-overload]
     if event_type is None:
         return []
-    hooks = [w for w in Webhook.objects.filter(is_active=True, app__tasks__id=task_id).only("id", "events")
-             if event_type in w.events]
+    if app_id is not None and not webhooks_active(app_id=app_id):
+        return []
+    found = Webhook.objects.filter(is_active=True).only("id", "events")
+    found = found.filter(app_id=app_id) if app_id is not None else found.filter(app__tasks__id=task_id)
+    hooks = [w for w in found if event_type in w.events]
     if not hooks:
         return []
     now = timezone.now()
@@ -212,6 +217,7 @@ def _disable_if_failing_too_long(webhook: Webhook, now: datetime) -> bool:
         changed = Webhook.objects.filter(pk=webhook.pk, is_active=True).update(
             is_active=False, disabled_at=now, disabled_reason=reason)
         if changed:
+            active_cache.changed()  # an UPDATE sends no post_save
             Delivery.objects.filter(webhook_id=webhook.pk, status=DeliveryStatus.PENDING).update(
                 status=DeliveryStatus.FAILED, next_attempt_at=None, locked_until=None,
                 last_error="the endpoint was disabled")

@@ -221,7 +221,8 @@ def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, An
     task_id = str(task.id)
     error = {"code": "worker_lost", "message": "the attempt lost its event log (Redis failed)"}
     if attempt >= settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
-        _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing)
+        _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing,
+            app_id=task.app_id)
         return
     if not _db(services.task_requeue, task_id=task_id, attempt=attempt, steps=steps, routing=routing, error=error):
         return
@@ -254,7 +255,7 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
     if outcome.status == "completed":
         result = _result(plan, decision, outcome, outcome.finish_reason or "stop")
         if _db(services.task_complete, task_id=task_id, attempt=attempt, result=result, steps=steps,
-               routing=routing, owner=owner):
+               routing=routing, owner=owner, app_id=task.app_id):
             _measure(routing, outcome)
             return None
     elif outcome.status != "cancelled":
@@ -268,7 +269,7 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
                 backoff = settings.MAGEAGENT["RETRY_BACKOFF_S"] * (2 ** (attempt - 1))
                 return max(backoff, err.retry_after or 0.0)
         elif _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing,
-                 owner=owner):
+                 owner=owner, app_id=task.app_id):
             return None
     # Cancelled, or its transition refused because the API cancelled it meanwhile.
     _finish_cancelled(plan, decision, outcome)

@@ -19,7 +19,6 @@ from mageagent import tracing
 from mageagent.logging import log_context_add
 from providers.llm import Delta, Deployment, ProviderError, stream_chat, supported_params
 from tasks import events
-from tasks.progress import tokens_set_later
 from tools.registry import ToolContext, ToolResult, tool_invoke
 
 from .completion import routed_complete
@@ -140,7 +139,12 @@ class ChunkEmitter:
             text = "".join(self.buffer)
             self.buffer.clear()
             self.last_flush = time.monotonic()
-            appended = events.aappend(self.task_id, events.encode("chunk", content=text), owner=self.owner)
+            now = self.last_flush
+            due = now - self.progress_at >= PROGRESS_EVERY_S if self.first_at is not None else False
+            if due:  # coarse: not per chunk, and carried by this append (no call of its own)
+                self.progress_at = now
+            appended = events.aappend(self.task_id, events.encode("chunk", content=text), owner=self.owner,
+                                      tokens=self.tokens if due else None)
             try:
                 seq = await asyncio.shield(appended)
             except asyncio.CancelledError:
@@ -156,10 +160,9 @@ class ChunkEmitter:
                 raise Fenced()
             self.sent.append(text)
             if self.first_at is None:
-                self.first_at = self.last_flush
-            if self.last_flush - self.progress_at >= PROGRESS_EVERY_S:  # coarse: not per chunk
-                self.progress_at = self.last_flush
-                tokens_set_later(self.task_id, self.tokens)
+                # The count's first record is a second into the answer: most answers end sooner,
+                # and a finished task's progress is read from its usage.
+                self.first_at = self.progress_at = self.last_flush
 
     def pace(self) -> float:
         """Seconds until this window ends: the provider's socket need not be read before,

@@ -18,6 +18,7 @@ from routing.budgets import (
     task_reservation_id,
 )
 from routing.models import Budget, Spend
+from routing.selectors import budgets_cache
 from tasks import events
 from tasks.models import Task
 
@@ -206,12 +207,10 @@ def test_cancelling_a_queued_task_frees_what_it_held(api, alice):
 @pytest.fixture
 def budget_cache(settings):
     """Budgets cached as in production (the suite turns the cache off)."""
-    from routing.selectors import budgets_forget
-
     settings.MAGEAGENT_ROUTING = {**settings.MAGEAGENT_ROUTING, "BUDGET_CACHE_S": 60.0}
-    budgets_forget()
+    budgets_cache.forget()
     yield
-    budgets_forget()
+    budgets_cache.forget()
 
 
 def test_a_task_enqueued_right_after_a_budget_is_created_is_reserved(api, alice, budget_cache):
@@ -224,27 +223,23 @@ def test_a_task_enqueued_right_after_a_budget_is_created_is_reserved(api, alice,
 
 
 def test_a_budget_changed_by_another_process_binds_this_processes_next_task(alice, budget_cache):
-    from routing.selectors import budgets_version_key
-
     assert not budget_context(company_id=alice.tenant.company_id, app_id=alice.tenant.app_id).active
     # Another process (the web, the admin) writes the row and, once committed, bumps the
     # version; this process (a worker) still has "no budgets" cached.
     Budget.objects.bulk_create([Budget(company_id=alice.tenant.company_id, period="month", limit_usd=Decimal("1"))])
-    events.sync_client().incr(budgets_version_key())
+    events.sync_client().incr(budgets_cache.version_key())
 
     assert budget_context(company_id=alice.tenant.company_id, app_id=alice.tenant.app_id).active
 
 
 def test_saving_or_deleting_a_budget_announces_it_once_committed(alice, budget_cache,
                                                                  django_capture_on_commit_callbacks):
-    from routing.selectors import budgets_version
-
-    before = budgets_version()
+    before = budgets_cache.version()
     with django_capture_on_commit_callbacks(execute=True):
         budget = make_budget(alice, "1.00")
-    created = budgets_version()
+    created = budgets_cache.version()
     with django_capture_on_commit_callbacks(execute=True):
         budget.delete()
 
-    assert before != created != budgets_version()
+    assert before != created != budgets_cache.version()
     assert not budget_context(company_id=alice.tenant.company_id, app_id=alice.tenant.app_id).active

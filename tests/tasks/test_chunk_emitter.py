@@ -26,7 +26,7 @@ def test_a_chunk_whose_append_lands_after_a_cancel_is_kept_in_the_answer(monkeyp
         landed.extend(bodies)
         return len(landed)
 
-    def append_that_lands_late(task_id, *bodies, owner=events.ANY_OWNER, close=False):
+    def append_that_lands_late(task_id, *bodies, owner=events.ANY_OWNER, close=False, tokens=None):
         # Like the batcher: a future that, once sent, completes whoever stopped waiting for it.
         return asyncio.ensure_future(land_late(bodies))
 
@@ -49,7 +49,7 @@ def test_a_chunk_whose_append_lands_after_a_cancel_is_kept_in_the_answer(monkeyp
 
 
 def test_the_provider_is_read_at_once_until_the_first_chunk_then_at_the_windows_pace(monkeypatch):
-    async def lands(task_id, *bodies, owner=events.ANY_OWNER, close=False):
+    async def lands(task_id, *bodies, owner=events.ANY_OWNER, close=False, tokens=None):
         return 1
 
     monkeypatch.setattr(events, "aappend", lambda *a, **kw: asyncio.ensure_future(lands(*a, **kw)))

@@ -11,7 +11,7 @@ import uuid
 import orjson
 
 from mageagent.redis import async_client_close
-from tasks import events
+from tasks import events, progress
 
 
 def fresh_task() -> str:
@@ -63,6 +63,21 @@ def test_a_fenced_append_fails_alone_in_its_batch():
 
     assert run(main()) == [events.FENCED, 1, 1]
     assert [e["content"] for e in logged(owned)] == ["current"]
+
+
+def test_the_token_count_an_append_carries_is_the_running_tasks_progress():
+    task_id, fenced = fresh_task(), fresh_task()
+    events.claim(fenced, "attempt-2")
+
+    async def main():
+        await events.aappend(task_id, events.encode("chunk", content="a"), tokens=7)
+        await events.aappend(task_id, events.encode("chunk", content="b"))  # none this time: 7 stays
+        return await events.aappend(fenced, events.encode("chunk", content="zombie"), owner="attempt-1", tokens=5)
+
+    assert run(main()) == events.FENCED
+    assert progress.tokens_get(task_id) == 7
+    assert [e["content"] for e in logged(task_id)] == ["a", "b"]
+    assert progress.tokens_get(fenced) == 0  # a refused append records nothing
 
 
 def test_appends_go_on_after_redis_forgets_the_script():

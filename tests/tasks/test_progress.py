@@ -46,11 +46,11 @@ def test_a_running_task_shows_its_tokens_and_a_revised_estimate(api, alice, mode
     Task.objects.filter(pk=task.pk).update(created_at=now - timedelta(seconds=1))
 
     before = api.get(f"{API}/tasks/{task.id}", headers=alice.headers).json()
-    events.sync_client().set(progress.progress_key(str(task.id)), 200, ex=60)
+    events.sync_client().hset(events.meta_key(str(task.id)), "tokens", 200)
     during = api.get(f"{API}/tasks/{task.id}", headers=alice.headers).json()
-    events.sync_client().set(progress.progress_key(str(task.id)), 600, ex=60)
+    events.sync_client().hset(events.meta_key(str(task.id)), "tokens", 600)
     past_expected = api.get(f"{API}/tasks/{task.id}", headers=alice.headers).json()
-    events.sync_client().delete(progress.progress_key(str(task.id)))
+    events.sync_client().delete(events.meta_key(str(task.id)))
 
     assert before["progress"] == {"tokens": 0, "expected_tokens": 500}
     assert during["progress"] == {"tokens": 200, "expected_tokens": 500}
