@@ -265,8 +265,9 @@ def fair_window_older_than(seconds: float) -> list[str]:
     return [_text(v) for v in ids]
 
 
-def fair_window_drop(task_id: str) -> None:
-    sync_client().zrem(f"{prefix()}win", task_id)
+def fair_window_ids() -> list[str]:
+    """Sent and not yet taken, oldest first."""
+    return [_text(v) for v in cast(list[bytes], sync_client().zrange(f"{prefix()}win", 0, -1))]
 
 
 def fair_in_flight_ids() -> list[str]:
