@@ -222,3 +222,18 @@ def test_many_pumps_at_once_never_send_a_task_twice(window):
                      for t in batch]
 
     assert sorted(sent) == sorted(ids)
+
+
+def test_late_tenants_go_before_the_rest_of_a_flood_whether_another_company_or_another_app(window):
+    first = admit("a1", ACME_WEB)[0]
+    for i in range(2, 7):
+        admit(f"a{i}", ACME_WEB)
+    fair.fair_started(task_id="a1")  # a2 sent
+    for i in (1, 2):
+        admit(f"b{i}", ACME_BATCH)
+    for i in (1, 2):
+        admit(f"g{i}", GLOBEX_WEB)
+
+    # Globex and acme's batch app start at the current virtual time, half of acme's web app's.
+    assert run_in_turn("a2", 8) == ["a2", "g1", "b1", "g2", "a3", "b2", "a4", "a5"]
+    assert first == "a1"
