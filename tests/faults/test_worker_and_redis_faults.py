@@ -97,14 +97,16 @@ def test_a_redis_restart_with_its_data_loses_and_repeats_nothing(workers_running
         assert seqs == list(range(1, len(seqs) + 1)) and follower.events[-1]["type"] == "done"
 
 
-def test_a_redis_restarted_empty_loses_no_accepted_task(workers_running, private_redis, alice):
+def test_a_redis_restarted_empty_loses_no_accepted_task(workers_running, private_redis, alice, charlie):
     stack, client = workers_running, Client(workers_running.web_url, alice.key)
-    # Two threads: two tasks stream while three wait in the broker's queue.
+    other = Client(workers_running.web_url, charlie.key)
+    # Two threads: two tasks stream while the others wait, the fair window's (8) in the
+    # broker's queue and the rest in the fair queues (tasks/fair.py).
     stack.stop_process("worker")
     stack.start_worker("worker", concurrency=2)
     try:
         running = streaming(client, "empty", 2)
-        waiting = [client.create(f"waiting {i} {sim(tokens=10)}")["id"] for i in range(3)]
+        waiting = [c.create(f"waiting {i} {sim(tokens=10)}")["id"] for i in range(6) for c in (client, other)]
 
         private_redis.restart(down_s=3, empty=True)
         record_recovery("Redis restarted empty (3 s down)", client, running + waiting, time.monotonic())
@@ -113,8 +115,8 @@ def test_a_redis_restarted_empty_loses_no_accepted_task(workers_running, private
         # database's ledger runs every one of them again.
         for task_id in running:
             assert assert_ended_once(client, task_id, tokens(60))["status"] == "completed"
-        for task_id in waiting:
-            assert assert_ended_once(client, task_id, tokens(10))["status"] == "completed"
+        for i, task_id in enumerate(waiting):
+            assert assert_ended_once((client, other)[i % 2], task_id, tokens(10))["status"] == "completed"
     finally:
         stack.stop_process("worker")
         stack.start_worker("worker")
