@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.clients import API, Client, parse_sse, sim, tokens, wait_for
-from tests.faults.checks import assert_ended_once, record_recovery
+from tests.faults.checks import assert_ended_once, record_recovery, wait_terminal
 
 # A shared 2-core machine may run these several times slower than a quiet one.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -106,17 +106,20 @@ def test_a_redis_restarted_empty_loses_no_accepted_task(workers_running, private
     stack.start_worker("worker", concurrency=2)
     try:
         running = streaming(client, "empty", 2)
-        waiting = [c.create(f"waiting {i} {sim(tokens=10)}")["id"] for i in range(6) for c in (client, other)]
+        waiting = [(c, c.create(f"waiting {i} {sim(tokens=10)}")["id"]) for i in range(6) for c in (client, other)]
 
         private_redis.restart(down_s=3, empty=True)
-        record_recovery("Redis restarted empty (3 s down)", client, running + waiting, time.monotonic())
+        ended_at = time.monotonic()
+        for owner, task_id in waiting:
+            wait_terminal(owner, task_id)
+        record_recovery("Redis restarted empty (3 s down)", client, running, ended_at)
 
-        # The streaming tasks lost their logs and the waiting ones their messages; the
-        # database's ledger runs every one of them again.
+        # The streaming tasks lost their logs and the waiting ones their messages (and their
+        # places in the fair queues); the database's ledger runs every one of them again.
         for task_id in running:
             assert assert_ended_once(client, task_id, tokens(60))["status"] == "completed"
-        for i, task_id in enumerate(waiting):
-            assert assert_ended_once((client, other)[i % 2], task_id, tokens(10))["status"] == "completed"
+        for owner, task_id in waiting:
+            assert assert_ended_once(owner, task_id, tokens(10))["status"] == "completed"
     finally:
         stack.stop_process("worker")
         stack.start_worker("worker")
