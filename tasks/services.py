@@ -103,7 +103,13 @@ def _backlog_check(*, app_id: int) -> None:
     limit = fair.fair_config(app_id=app_id).app_max_backlog
     if not limit:
         return
-    waiting = fair.fair_backlog(app_id=app_id)
+    try:
+        waiting = fair.fair_backlog(app_id=app_id)
+    except RedisError:
+        # As the rate limits: a limit that protects capacity is not worth refusing tasks for
+        # while Redis is away (the task is accepted; the reconciler sends it later).
+        logger.warning("app %s: its backlog could not be checked (Redis); accepting the task", app_id, exc_info=True)
+        return
     if waiting >= limit:
         retry_after = settings.MAGEAGENT["FAIR_QUEUE_FULL_RETRY_AFTER_S"]
         raise QueueFull(f"this app already has {waiting} tasks waiting (its limit is {limit}); retry later",

@@ -223,3 +223,16 @@ def test_queue_metrics_show_the_callers_waiting_running_and_share_per_app(api, a
     assert (apps["web"]["waiting"], apps["web"]["running"]) == (1, 1)
     assert (apps["mobile"]["waiting"], apps["mobile"]["running"]) == (2, 0)
     assert "waiting" in body and "workers" in body  # the fields it always had
+
+
+def test_a_backlog_limit_lets_tasks_in_while_redis_does_not_answer(api, alice, fair_knobs, monkeypatch):
+    import redis
+
+    App.objects.filter(pk=alice.tenant.app_id).update(max_backlog=1)
+
+    def redis_down(**_: object) -> int:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(fair, "fair_backlog", redis_down)
+
+    assert post(api, alice, {"prompt": "accepted; the reconciler sends it"}).status_code == 202
