@@ -15,6 +15,7 @@ Keys live under the deployment's queue name (test runs sharing a Redis stay apar
   m           HASH  waiting id -> "cid aid cost priority"
   r           HASH  in-flight id (sent until it ends) -> "cid aid cost"
   win         ZSET  ids sent to the broker and not yet taken by a worker, by send ms
+  wn          HASH  company id -> how many of its tasks are in `win`
   if:c:<cid>, if:a:<aid>  SET  in-flight ids per company and app (their max_in_flight)
   vt          HASH  c:<cid>, a:<aid>: virtual times; V, V:<cid>: the last pick's start times
   cfg         HASH  wc:/lc:<cid>, wa:/la:<aid>: weights and in-flight limits
@@ -67,6 +68,14 @@ local function drop_in_flight(id)
   return t
 end
 
+local function leave_window(id)
+  if redis.call('ZREM', P .. 'win', id) == 0 then return end
+  local r = redis.call('HGET', P .. 'r', id)
+  if r and tonumber(redis.call('HINCRBY', P .. 'wn', words(r)[1], -1)) <= 0 then
+    redis.call('HDEL', P .. 'wn', words(r)[1])
+  end
+end
+
 local function under(limit_field, set_key)
   local limit = cfg(limit_field, 0)
   return limit <= 0 or redis.call('SCARD', set_key) < limit
@@ -97,12 +106,18 @@ local function send(cid, aid, id, t, out)
   charge(cid, aid, tonumber(t[3]))
   redis.call('HDEL', P .. 'm', id)
   unqueue(cid, aid, id)
+  -- A company with nothing in the window while others have tasks there: its task goes to
+  -- the head of the broker's queue (the top priority), not behind the others' (FIFO), so
+  -- a newcomer starts at the next pickup however large the window.
+  local others = redis.call('ZCARD', P .. 'win')
+  local priority = t[4]
+  if tonumber(redis.call('HINCRBY', P .. 'wn', cid, 1)) == 1 and others > 0 then priority = '9' end
   redis.call('ZADD', P .. 'win', now, id)
   redis.call('HSET', P .. 'r', id, cid .. ' ' .. aid .. ' ' .. t[3])
   redis.call('SADD', P .. 'if:c:' .. cid, id)
   redis.call('SADD', P .. 'if:a:' .. aid, id)
   out[#out + 1] = id
-  out[#out + 1] = t[4]
+  out[#out + 1] = priority
 end
 
 local function pump()
@@ -135,7 +150,7 @@ if op == 'admit' then
   redis.call('HSETNX', P .. 'cfg', 'lc:' .. cid, ARGV[12])
   redis.call('HSETNX', P .. 'cfg', 'wa:' .. aid, ARGV[13])
   redis.call('HSETNX', P .. 'cfg', 'la:' .. aid, ARGV[14])
-  if ARGV[15] == '1' then redis.call('ZREM', P .. 'win', id) end
+  if ARGV[15] == '1' then leave_window(id) end
   -- Already waiting, or sent and not yet taken: admitting it again would send it twice.
   if redis.call('HEXISTS', P .. 'm', id) == 0 and not redis.call('ZSCORE', P .. 'win', id) then
     drop_in_flight(id)  -- handed back: it waits again
@@ -145,11 +160,11 @@ if op == 'admit' then
     redis.call('ZADD', P .. 'q:' .. aid, score, id)
   end
 elseif op == 'started' then
-  redis.call('ZREM', P .. 'win', ARGV[5])
+  leave_window(ARGV[5])
 elseif op == 'finished' then
   local id, actual = ARGV[5], tonumber(ARGV[6])
   drop_waiting(id)
-  redis.call('ZREM', P .. 'win', id)
+  leave_window(id)
   local t = drop_in_flight(id)
   if t and actual >= 0 then charge(t[1], t[2], actual - tonumber(t[3])) end
 elseif op == 'config' then

@@ -237,3 +237,21 @@ def test_late_tenants_go_before_the_rest_of_a_flood_whether_another_company_or_a
     # Globex and acme's batch app start at the current virtual time, half of acme's web app's.
     assert run_in_turn("a2", 8) == ["a2", "g1", "b1", "g2", "a3", "b2", "a4", "a5"]
     assert first == "a1"
+
+
+def test_a_company_with_nothing_in_the_window_goes_to_the_head_of_the_brokers_queue(window):
+    window(8)
+    flood = [fair.fair_admit(task_id=f"a{i}", company_id=ACME, app_id=ACME_WEB, cost=100, priority=0,
+                             since_ms=next(_clock), config=fair.FairConfig()) for i in range(3)]
+    late = fair.fair_admit(task_id="g0", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
+                           since_ms=next(_clock), config=fair.FairConfig())
+    second = fair.fair_admit(task_id="g1", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
+                             since_ms=next(_clock), config=fair.FairConfig())
+
+    # Sent at their own priority, except globex's first while acme's wait in the broker: the top.
+    assert [p for batch in flood for _, p in batch] == [0, 0, 0]
+    assert late == [("g0", 9)] and second == [("g1", 0)]
+    fair.fair_started(task_id="g0")
+    fair.fair_started(task_id="g1")
+    assert fair.fair_admit(task_id="g2", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
+                           since_ms=next(_clock), config=fair.FairConfig()) == [("g2", 9)]
