@@ -23,12 +23,13 @@ from .stack import CONFIGS, ROOT, BenchStack, base_env, db_fresh, infra_setup, t
 
 SCENARIOS = ("enqueue", "overhead", "capacity", "inflight", "cancel", "fanout", "openai", "fairness")
 # Scenario 7 (issue 20): a 3,000-task flood of 10 s tasks, then 5 one-line tasks of another
-# tenant; and two tenants keeping a backlog, one with tasks ten times longer (the shares
-# phase needs the workers' slots to be the limit: run it with a worker concurrency the
-# machine can stream, e.g. --env MAGEAGENT_WORKER_CONCURRENCY=100).
+# tenant; and two tenants keeping a backlog, one with tasks ten times longer. The shares
+# phase needs the workers' slots to be the limit, and both backlogs to outlast the posting
+# and the window: run it with few slots, --env MAGEAGENT_WORKER_CONCURRENCY=20 (with 100,
+# the 400 long tasks were all served while the short ones were still being posted).
 FAIRNESS = {"flood_n": 3000, "flood_llm": {"ttft_ms": 500, "tokens": 100, "duration_ms": 10000}, "late_n": 5,
-            "long_n": 400, "long_llm": {"ttft_ms": 100, "tokens": 200, "duration_ms": 10000},
-            "short_n": 4000, "short_llm": {"ttft_ms": 100, "tokens": 20, "duration_ms": 1000}, "window_s": 60}
+            "long_n": 300, "long_llm": {"ttft_ms": 100, "tokens": 200, "duration_ms": 10000},
+            "short_n": 1500, "short_llm": {"ttft_ms": 100, "tokens": 20, "duration_ms": 1000}, "window_s": 60}
 # Scenario 6's streamed tasks: 20 tokens over 1 s, the same on the native path and on /v1.
 OPENAI_LLM = {"ttft_ms": 100, "tokens": 20, "duration_ms": 1000}
 
