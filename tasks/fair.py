@@ -106,12 +106,12 @@ local function send(cid, aid, id, t, out)
   charge(cid, aid, tonumber(t[3]))
   redis.call('HDEL', P .. 'm', id)
   unqueue(cid, aid, id)
-  -- A company with nothing in the window while others have tasks there: its task goes to
-  -- the head of the broker's queue (the top priority), not behind the others' (FIFO), so
-  -- a newcomer starts at the next pickup however large the window.
-  local others = redis.call('ZCARD', P .. 'win')
+  -- A company holding fewer of the window's tasks than the other companies together: its
+  -- task goes to the head of the broker's queue (the top priority), not behind theirs
+  -- (FIFO), so a newcomer's tasks start at the next pickups however large the window.
+  local own = tonumber(redis.call('HINCRBY', P .. 'wn', cid, 1)) - 1
   local priority = t[4]
-  if tonumber(redis.call('HINCRBY', P .. 'wn', cid, 1)) == 1 and others > 0 then priority = '9' end
+  if own < redis.call('ZCARD', P .. 'win') - own then priority = '9' end
   redis.call('ZADD', P .. 'win', now, id)
   redis.call('HSET', P .. 'r', id, cid .. ' ' .. aid .. ' ' .. t[3])
   redis.call('SADD', P .. 'if:c:' .. cid, id)

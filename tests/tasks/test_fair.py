@@ -248,10 +248,16 @@ def test_a_company_with_nothing_in_the_window_goes_to_the_head_of_the_brokers_qu
     second = fair.fair_admit(task_id="g1", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
                              since_ms=next(_clock), config=fair.FairConfig())
 
-    # Sent at their own priority, except globex's first while acme's wait in the broker: the top.
+    # Sent at their own priority, except globex's while it holds fewer of the window's tasks
+    # than acme: the top. Once it holds as many, its next goes at its own priority.
     assert [p for batch in flood for _, p in batch] == [0, 0, 0]
-    assert late == [("g0", 9)] and second == [("g1", 0)]
-    fair.fair_started(task_id="g0")
-    fair.fair_started(task_id="g1")
-    assert fair.fair_admit(task_id="g2", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
-                           since_ms=next(_clock), config=fair.FairConfig()) == [("g2", 9)]
+    assert late == [("g0", 9)] and second == [("g1", 9)]
+    third = fair.fair_admit(task_id="g2", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
+                            since_ms=next(_clock), config=fair.FairConfig())
+    fourth = fair.fair_admit(task_id="g3", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
+                             since_ms=next(_clock), config=fair.FairConfig())
+    assert third == [("g2", 9)] and fourth == [("g3", 0)]  # three of globex's against acme's three
+    for task_id in ("a0", "a1", "a2"):
+        fair.fair_started(task_id=task_id)
+    assert fair.fair_admit(task_id="a3", company_id=ACME, app_id=ACME_WEB, cost=100, priority=0,
+                           since_ms=next(_clock), config=fair.FairConfig()) == [("a3", 9)]

@@ -37,8 +37,11 @@ def fair_knobs(settings, private_queue):
 
 
 def make_task(persona, prompt: str = "Summarise the report", priority: int = 0) -> Task:
-    # Inside the test transaction on_commit never fires: the test dispatches.
+    # Inside the test transaction on_commit never fires: the test dispatches. Tasks created
+    # within one millisecond tie in their app's queue (then the ids decide): a millisecond
+    # apart, they keep the order the test made them in.
     task, _ = services.task_create(tenant=persona.tenant, prompt=prompt, priority=priority)
+    time.sleep(0.002)
     return task
 
 
