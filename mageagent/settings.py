@@ -277,7 +277,9 @@ MAGEAGENT: dict[str, Any] = {
     # Fair scheduling (tasks/fair.py, README "Fair scheduling"): tasks wait in per-app queues
     # in Redis and at most FAIR_WINDOW of them sit in the broker, sent but not yet taken by a
     # worker; each slot that frees goes to the tenant the fair order picks next.
+    # The window is a quarter of the tasks in flight, within [FAIR_WINDOW_MIN, FAIR_WINDOW].
     "FAIR_WINDOW": env_int("MAGEAGENT_FAIR_WINDOW", 64, minimum=1),
+    "FAIR_WINDOW_MIN": env_int("MAGEAGENT_FAIR_WINDOW_MIN", 8, minimum=1),
     # Within an app a task of priority p goes before tasks queued up to p * this much earlier.
     "FAIR_PRIORITY_AGING_MS": env_int("MAGEAGENT_FAIR_PRIORITY_AGING_MS", 60_000, minimum=0),
     # The answer's length a task is charged at its dispatch when it sets no max_tokens (its

@@ -35,7 +35,8 @@ from mageagent.tenancy.models import App, Company
 # An idle tenant starts again at the current virtual time (max of its own and the last
 # pick's), so time spent idle banks no credit against the tenants that kept working.
 _SCRIPT = """
-local P, now, window, op = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local P, now, op = ARGV[1], tonumber(ARGV[2]), ARGV[4]
+local wmin, wmax = string.match(ARGV[3], '(%d+):(%d+)')
 
 local function num(v, default) return tonumber(v) or default end
 local function cfg(field, default) return num(redis.call('HGET', P .. 'cfg', field), default) end
@@ -120,9 +121,18 @@ local function send(cid, aid, id, t, out)
   out[#out + 1] = priority
 end
 
+-- The window follows the load: a quarter of the tasks in flight, within [min, max]. Large
+-- enough that the workers' pickups never wait for a send, small enough that the fair order
+-- decides what starts next rather than a backlog already in the broker.
+local function window()
+  local w = math.floor(redis.call('HLEN', P .. 'r') / 4)
+  return math.max(tonumber(wmin), math.min(tonumber(wmax), w))
+end
+
 local function pump()
   local out = {}
-  while redis.call('ZCARD', P .. 'win') < window do
+  local limit = window()
+  while redis.call('ZCARD', P .. 'win') < limit do
     local cid, aid = pick()
     if not cid then break end
     local id = redis.call('ZRANGE', P .. 'q:' .. aid, 0, 0)[1]
@@ -192,7 +202,8 @@ def prefix() -> str:
 
 def _run(op: str, *args: Any) -> Picked:
     cfg = settings.MAGEAGENT
-    reply = sync_script(_SCRIPT)(args=[prefix(), int(time.time() * 1000), cfg["FAIR_WINDOW"], op, *args])
+    window = f"{min(cfg['FAIR_WINDOW_MIN'], cfg['FAIR_WINDOW'])}:{cfg['FAIR_WINDOW']}"
+    reply = sync_script(_SCRIPT)(args=[prefix(), int(time.time() * 1000), window, op, *args])
     return [(_text(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
 

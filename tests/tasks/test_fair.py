@@ -20,7 +20,7 @@ def window(settings, private_queue):
     """Fair keys of this test's own (they live under its queue); returns a setter of the window."""
 
     def set_(size: int) -> None:
-        settings.MAGEAGENT = {**settings.MAGEAGENT, "FAIR_WINDOW": size}
+        settings.MAGEAGENT = {**settings.MAGEAGENT, "FAIR_WINDOW": size, "FAIR_WINDOW_MIN": size}
 
     set_(1)
     return set_
@@ -261,3 +261,17 @@ def test_a_company_with_nothing_in_the_window_goes_to_the_head_of_the_brokers_qu
         fair.fair_started(task_id=task_id)
     assert fair.fair_admit(task_id="a3", company_id=ACME, app_id=ACME_WEB, cost=100, priority=0,
                            since_ms=next(_clock), config=fair.FairConfig()) == [("a3", 9)]
+
+
+def test_the_window_grows_with_the_tasks_in_flight_between_its_bounds(window, settings):
+    settings.MAGEAGENT = {**settings.MAGEAGENT, "FAIR_WINDOW": 6, "FAIR_WINDOW_MIN": 2}
+    sent = [t for i in range(100) for t in admit(f"a{i}", ACME_WEB)]
+    assert sent == ["a0", "a1"]  # nothing in flight: the minimum
+    sizes = []
+    while len(fair.fair_in_flight_ids()) < 40:
+        for task_id in fair.fair_window_ids():
+            fair.fair_started(task_id=task_id)  # started: still in flight, out of the window
+        sizes.append(len(fair.fair_window_ids()))
+
+    # A quarter of the tasks in flight, never below 2 nor above 6.
+    assert sizes[0] == 2 and sizes[-1] == 6 and sizes == sorted(sizes)

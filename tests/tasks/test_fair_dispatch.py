@@ -30,6 +30,8 @@ def fair_knobs(settings, private_queue):
     """This test's own queue (so its own fair keys) and a setter of fair settings."""
 
     def set_(**values: object) -> None:
+        if "WINDOW" in values:  # a fixed window: the tests count what it holds
+            values["WINDOW_MIN"] = values["WINDOW"]
         settings.MAGEAGENT = {**settings.MAGEAGENT, **{f"FAIR_{k}": v for k, v in values.items()}}
 
     set_(WINDOW=1, CONFIG_CACHE_S=0.0)
