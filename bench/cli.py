@@ -21,7 +21,15 @@ from . import report, soak
 from .profiling import py_spy, summarize
 from .stack import CONFIGS, ROOT, BenchStack, base_env, db_fresh, infra_setup, template_prepare
 
-SCENARIOS = ("enqueue", "overhead", "capacity", "inflight", "cancel", "fanout", "openai")
+SCENARIOS = ("enqueue", "overhead", "capacity", "inflight", "cancel", "fanout", "openai", "fairness")
+# Scenario 7 (issue 20): a 3,000-task flood of 10 s tasks, then 5 one-line tasks of another
+# tenant; and two tenants keeping a backlog, one with tasks ten times longer. The shares
+# phase needs the workers' slots to be the limit, and both backlogs to outlast the posting
+# and the window: run it with few slots, --env MAGEAGENT_WORKER_CONCURRENCY=20 (with 100,
+# the 400 long tasks were all served while the short ones were still being posted).
+FAIRNESS = {"flood_n": 3000, "flood_llm": {"ttft_ms": 500, "tokens": 100, "duration_ms": 10000}, "late_n": 5,
+            "long_n": 300, "long_llm": {"ttft_ms": 100, "tokens": 200, "duration_ms": 10000},
+            "short_n": 1500, "short_llm": {"ttft_ms": 100, "tokens": 20, "duration_ms": 1000}, "window_s": 60}
 # Scenario 6's streamed tasks: 20 tokens over 1 s, the same on the native path and on /v1.
 OPENAI_LLM = {"ttft_ms": 100, "tokens": 20, "duration_ms": 1000}
 
@@ -48,6 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fanout": {"subscribers": 500, "connect_concurrency": 50,
                    "llm": {"ttft_ms": 8000, "tokens": 50, "interval_ms": 40}},
         "openai": {"llm": OPENAI_LLM, "rate": 20, "step_s": 10.0},
+        "fairness": FAIRNESS,
     },
     "quick": {
         "runs": 1,
@@ -65,6 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fanout": {"subscribers": 500, "connect_concurrency": 50,
                    "llm": {"ttft_ms": 4500, "tokens": 50, "interval_ms": 40}},
         "openai": {"llm": OPENAI_LLM, "rate": 15, "step_s": 8.0},
+        "fairness": {**FAIRNESS, "flood_n": 1000, "long_n": 150, "short_n": 1500, "window_s": 30},
     },
     # A few tasks per scenario: the test suite's smoke test of the harness itself.
     "smoke": {
@@ -82,6 +92,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fanout": {"subscribers": 6, "connect_concurrency": 6,
                    "llm": {"ttft_ms": 2500, "tokens": 5, "interval_ms": 20}},
         "openai": {"llm": {"ttft_ms": 50, "tokens": 5, "duration_ms": 200}, "rate": 4, "step_s": 0.5},
+        "fairness": {"flood_n": 20, "flood_llm": {"ttft_ms": 50, "tokens": 5, "duration_ms": 500}, "late_n": 2,
+                     "long_n": 4, "long_llm": {"ttft_ms": 50, "tokens": 20, "duration_ms": 1000},
+                     "short_n": 20, "short_llm": {"ttft_ms": 50, "tokens": 2, "duration_ms": 100}, "window_s": 2,
+                     "drain_s": 20},
     },
 }
 
@@ -97,6 +111,7 @@ def _log(msg: str) -> None:
 def run_scenario(stack: BenchStack, *, scenario: str, params: dict[str, Any], key: str, workdir: Path,
                  tag: str, profile: dict[str, Any] | None = None, timeout: float = 900) -> dict[str, Any]:
     spec = {"scenario": scenario, "params": params, "web": stack.web_url, "sim": stack.sim_url, "key": key,
+            "keys": [stack.infra.other_key],
             "nonce": uuid.uuid4().hex[:8], "pids": stack.pids(), "config": stack.config.name,
             "postgres": ({"url": stack.infra.admin_url, "db": stack.infra.db_name}
                          if stack.infra.db_kind == "postgres" else None),
@@ -133,7 +148,8 @@ def run_scenario(stack: BenchStack, *, scenario: str, params: dict[str, Any], ke
 def run_order(scenarios: list[str]) -> list[str]:
     """Capacity runs last in a stack's life: whatever an overloaded configuration leaves
     behind (queued backlog, open streams) then disturbs no other scenario."""
-    return [s for s in ("enqueue", "overhead", "cancel", "fanout", "openai", "inflight", "capacity") if s in scenarios]
+    return [s for s in ("enqueue", "overhead", "cancel", "fanout", "openai", "fairness", "inflight", "capacity")
+            if s in scenarios]
 
 
 def start_stack(stack: BenchStack, key: str, workdir: Path, tag: str) -> None:

@@ -839,6 +839,92 @@ async def scenario_openai(ctx: Ctx) -> dict[str, Any]:
     return {"summary": summary, "phases": phases}
 
 
+# --- 7. fairness (issue 20) --------------------------------------------------------------------------
+async def _post_all(api: Api, prompts: list[str], concurrency: int) -> list[Created]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(prompt: str) -> Created:
+        async with sem:
+            return await api.create(prompt)
+
+    return await asyncio.gather(*(one(p) for p in prompts))
+
+
+async def _finished(api: Api, ids: list[str], timeout: float) -> list[dict[str, Any]]:
+    """The tasks once every one ended (or the timeout passed: then as they are)."""
+    deadline = time.time() + timeout
+    while True:
+        tasks = [t for t in await asyncio.gather(*(api.get_task(i) for i in ids)) if t]
+        if time.time() > deadline or all(t["status"] in ("completed", "failed", "cancelled") for t in tasks):
+            return tasks
+        await asyncio.sleep(0.25)
+
+
+def _pickup_ms(task: dict[str, Any]) -> float | None:
+    started, created = parse_ts(task.get("started_at")), parse_ts(task.get("created_at"))
+    return (started - created) * 1000 if started and created else None
+
+
+async def _flood(ctx: Ctx, other: Api, p: dict[str, Any]) -> dict[str, Any]:
+    """One tenant posts a flood of long tasks; another then posts a few one-line tasks:
+    how long the latecomers wait to start."""
+    t0 = time.time()
+    flood = await _post_all(ctx.api, [sim_prompt(f"flood {i}", **p["flood_llm"]) for i in range(p["flood_n"])],
+                            p.get("post_concurrency", 50))
+    posted_s = time.time() - t0
+    await asyncio.sleep(p.get("gap_s", 1.0))
+    late = await _post_all(other, [sim_prompt(f"late {i}", tokens=1) for i in range(p["late_n"])], p["late_n"])
+    done = await _finished(other, [c.task_id for c in late if c.ok], p.get("late_timeout_s", 120))
+    pickups = [ms for ms in map(_pickup_ms, done) if ms is not None]
+    m = await ctx.api.queue_metrics()
+    cancelled = await cancel_backlog(ctx.api, created_after=t0 - 1)
+    await drain(ctx.api, p.get("drain_s", 60))
+    return {"flood_posted": sum(c.ok for c in flood), "flood_post_errors": sum(not c.ok for c in flood),
+            "flood_post_s": round(posted_s, 1), "late_completed": sum(t["status"] == "completed" for t in done),
+            "late_pickup_ms": pcts(pickups), "late_pickup_max_ms": round(max(pickups), 1) if pickups else None,
+            "flood_waiting_then": m.get("waiting"), "flood_fair_then": m.get("fair"), "flood_cancelled": cancelled}
+
+
+async def _shares(ctx: Ctx, other: Api, p: dict[str, Any]) -> dict[str, Any]:
+    """Two tenants at equal weights keep a backlog, one of tasks `ratio` times longer: the
+    tokens each is served over the window (tasks that completed in it)."""
+    t0 = time.time()
+    long_llm, short_llm = p["long_llm"], p["short_llm"]
+    long_p = [sim_prompt(f"long {i}", **long_llm) for i in range(p["long_n"])]
+    short_p = [sim_prompt(f"short {i}", **short_llm) for i in range(p["short_n"])]
+    posted = await asyncio.gather(_post_all(ctx.api, long_p, 25), _post_all(other, short_p, 25))
+    t_open = time.time()
+    await asyncio.sleep(p["window_s"])
+    t_close = time.time()
+    served: dict[str, dict[str, float]] = {}
+    for name, api in (("long", ctx.api), ("short", other)):
+        tasks = await api.list_tasks(created_after=t0 - 1, status="completed")
+        inside = [t for t in tasks if t_open <= (parse_ts(t.get("completed_at")) or 0) < t_close]
+        served[name] = {"tasks": len(inside),
+                        "tokens": sum((t.get("result") or {}).get("tokensUsed") or 0 for t in inside)}
+        await cancel_backlog(api, created_after=t0 - 1)
+    await drain(ctx.api, p.get("drain_s", 60))
+    await drain(other, p.get("drain_s", 60))
+    lo, hi = sorted(served[k]["tokens"] for k in served)
+    return {"posted": [sum(c.ok for c in batch) for batch in posted], "window_s": p["window_s"], "served": served,
+            "token_ratio": round(hi / lo, 3) if lo else None}
+
+
+async def scenario_fairness(ctx: Ctx) -> dict[str, Any]:
+    p = ctx.params
+    async with Api(ctx.spec["web"], ctx.spec["sim"], ctx.spec["keys"][0]) as other:
+        out: dict[str, Any] = {}
+        if "flood" in p.get("phases", ("flood", "shares")):
+            out["flood"] = await _flood(ctx, other, p)
+        if "shares" in p.get("phases", ("flood", "shares")):
+            out["shares"] = await _shares(ctx, other, p)
+    flood, shares = out.get("flood", {}), out.get("shares", {})
+    out["summary"] = {"late_pickup_p50_ms": flood.get("late_pickup_ms", {}).get("p50"),
+                      "late_pickup_p99_ms": flood.get("late_pickup_ms", {}).get("p99"),
+                      "token_ratio": shares.get("token_ratio")}
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "warmup": scenario_warmup,
     "enqueue": scenario_enqueue,
@@ -849,6 +935,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "cancel": scenario_cancel,
     "fanout": scenario_fanout,
     "openai": scenario_openai,
+    "fairness": scenario_fairness,
 }
 
 

@@ -54,11 +54,11 @@ from .stack import Proc, _get, base_env, db_fresh, infra_setup, template_prepare
 PROBES = ("post", "execute", "stream", "families")
 
 
-def _setup() -> tuple[Any, Proc, str]:
+def _setup(db_name: str = "mageagent_probe", redis_db: int = 13) -> tuple[Any, Proc, str]:
     """A fresh probe database and Redis db, the simulator, Django configured on them."""
     from devtools.infra import free_port
 
-    infra = infra_setup(db_name="mageagent_probe", redis_db=13)
+    infra = infra_setup(db_name=db_name, redis_db=redis_db)
     env = base_env()
     key = template_prepare(infra, env, infra.workdir / "probe.log")
     db_url = db_fresh(infra)
@@ -228,9 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run each probe this many times")
     parser.add_argument("--warmup", type=int, default=200, help="post/execute: unmeasured calls first (default 200)")
     parser.add_argument("--json", type=Path, help="also write every result to this file")
+    # Several people probing one machine at once need a database and a Redis db each (the
+    # Redis db is flushed at the start).
+    parser.add_argument("--db-name", default="mageagent_probe", help="PostgreSQL database (default mageagent_probe)")
+    parser.add_argument("--redis-db", type=int, default=13, help="Redis database number, flushed (default 13)")
     args = parser.parse_args(argv)
 
-    infra, sim, key = _setup()
+    infra, sim, key = _setup(args.db_name, args.redis_db)
     try:
         from mageagent.tenancy.auth import tenant_for_key
 

@@ -74,6 +74,7 @@ class Infra:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mageagent-bench-")))
     flush_redis: bool = True
     keep_template: bool = False  # keep the migrated template for the next invocation
+    other_key: str = ""  # another company's key (the fairness scenario)
 
     @property
     def template(self) -> str:
@@ -184,9 +185,10 @@ def template_prepare(infra: Infra, env: dict[str, str], log: Path) -> str:
         with psycopg.connect(_pg(infra.admin_url), autocommit=True) as conn:
             row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                                (infra.template,)).fetchone()
-            if row and row[0] and row[0].startswith(f"bench {stamp} "):
+            if row and row[0] and row[0].startswith(f"bench {stamp} ") and len(row[0].split()) == 4:
                 infra.keep_template = True
-                return row[0].split(" ", 2)[2]
+                key, infra.other_key = row[0].split()[2:]
+                return key
             conn.execute(f'DROP DATABASE IF EXISTS "{infra.template}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{infra.template}"')
     else:
@@ -195,18 +197,23 @@ def template_prepare(infra: Infra, env: dict[str, str], log: Path) -> str:
     with open(log, "ab") as out:
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env,
                        stdout=out, stderr=subprocess.STDOUT, check=True)
-        made = subprocess.run([sys.executable, "manage.py", "create_api_key", "--company", "bench", "--app", "bench"],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=out, check=True, text=True)
-    lines = [line.strip() for line in made.stdout.splitlines() if line.strip()]
-    if not lines:
-        raise RuntimeError("create_api_key printed no key")
-    key = lines[-1]
+        # The benchmark's key, and another company's for the fairness scenario.
+        key, infra.other_key = (_api_key_create(env, out, company) for company in ("bench", "bench-other"))
     if infra.db_kind == "postgres" and infra.keep_template:
         import psycopg
 
         with psycopg.connect(_pg(infra.admin_url), autocommit=True) as conn:
-            conn.execute(f"COMMENT ON DATABASE \"{infra.template}\" IS 'bench {stamp} {key}'")
+            conn.execute(f"COMMENT ON DATABASE \"{infra.template}\" IS 'bench {stamp} {key} {infra.other_key}'")
     return key
+
+
+def _api_key_create(env: dict[str, str], log: Any, company: str) -> str:
+    made = subprocess.run([sys.executable, "manage.py", "create_api_key", "--company", company, "--app", "bench"],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, check=True, text=True)
+    lines = [line.strip() for line in made.stdout.splitlines() if line.strip()]
+    if not lines:
+        raise RuntimeError("create_api_key printed no key")
+    return lines[-1]
 
 
 def db_fresh(infra: Infra) -> str:

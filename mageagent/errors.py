@@ -70,6 +70,10 @@ class RateLimited(DomainError):
     code, status = "rate_limited", 429
 
 
+class QueueFull(DomainError):
+    code, status = "queue_full", 429
+
+
 class BudgetExceeded(DomainError):
     code, status = "budget_exceeded", 402
 

@@ -10,12 +10,14 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mageagent.redis import sync_client
+from tasks.fair import fair_totals
 from tasks.runtime.heartbeat import live_workers
 
 from . import broker, metrics
 from .errors import error_response
 
 metrics.queue_collector_register(broker.queue_length)
+metrics.fair_collector_register(fair_totals)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

@@ -86,5 +86,47 @@ def queue_collector_register(lengths: Callable[[], int]) -> None:
         REGISTRY.register(_queue_collector)
 
 
+_FAIR_GAUGES = {
+    "waiting": ("mageagent_fair_waiting", "Tasks waiting in the fair queues, every tenant together"),
+    "window": ("mageagent_fair_window", "Tasks sent to the broker by the fair dispatch and not yet taken"),
+    "in_flight": ("mageagent_fair_in_flight", "Tasks handed to workers (sent or running) and not ended"),
+    "companies_waiting": ("mageagent_fair_companies_waiting", "Companies with tasks in the fair queues"),
+}
+
+
+class FairCollector(Collector):
+    """Fair scheduling totals, read at scrape time with one pipelined round trip. Per-tenant
+    numbers are in GET /queue/metrics and the admin's queue page, not here: a label per
+    company is unbounded."""
+
+    def __init__(self, totals: Callable[[], dict[str, int]]) -> None:
+        self.totals = totals
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            values = self.totals()
+        except Exception:  # Redis down: the series are absent rather than the scrape failing
+            return []
+        families = []
+        for key, (name, doc) in _FAIR_GAUGES.items():
+            family = GaugeMetricFamily(name, doc)
+            family.add_metric([], float(values[key]))
+            families.append(family)
+        return families
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, doc) for name, doc in _FAIR_GAUGES.values()]
+
+
+_fair_collector: FairCollector | None = None
+
+
+def fair_collector_register(totals: Callable[[], dict[str, int]]) -> None:
+    global _fair_collector
+    if _fair_collector is None:
+        _fair_collector = FairCollector(totals)
+        REGISTRY.register(_fair_collector)
+
+
 def running_gauge_bind(count: Callable[[], int]) -> None:
     TASKS_RUNNING.set_function(count)

@@ -274,6 +274,22 @@ MAGEAGENT: dict[str, Any] = {
     # when a token is set; each worker process serves its metrics on this port (0: off).
     "METRICS_TOKEN": env_str("MAGEAGENT_METRICS_TOKEN", ""),
     "WORKER_METRICS_PORT": env_int("MAGEAGENT_WORKER_METRICS_PORT", 0, minimum=0),
+    # Fair scheduling (tasks/fair.py, README "Fair scheduling"): tasks wait in per-app queues
+    # in Redis and at most FAIR_WINDOW of them sit in the broker, sent but not yet taken by a
+    # worker; each slot that frees goes to the tenant the fair order picks next.
+    # The window is a quarter of the tasks in flight, within [FAIR_WINDOW_MIN, FAIR_WINDOW].
+    "FAIR_WINDOW": env_int("MAGEAGENT_FAIR_WINDOW", 64, minimum=1),
+    "FAIR_WINDOW_MIN": env_int("MAGEAGENT_FAIR_WINDOW_MIN", 8, minimum=1),
+    # Within an app a task of priority p goes before tasks queued up to p * this much earlier.
+    "FAIR_PRIORITY_AGING_MS": env_int("MAGEAGENT_FAIR_PRIORITY_AGING_MS", 60_000, minimum=0),
+    # The answer's length a task is charged at its dispatch when it sets no max_tokens (its
+    # actual tokens are charged when it ends).
+    "FAIR_DEFAULT_OUTPUT_TOKENS": env_int("MAGEAGENT_FAIR_DEFAULT_OUTPUT_TOKENS", 500, minimum=1),
+    "FAIR_QUEUE_FULL_RETRY_AFTER_S": env_int("MAGEAGENT_FAIR_QUEUE_FULL_RETRY_AFTER_S", 5, minimum=1),
+    # A task sent to the broker but not taken this long, no longer in the broker: its sender
+    # died between the pick and the send; the reconciler queues it again.
+    "FAIR_LOST_AFTER_S": env_float("MAGEAGENT_FAIR_LOST_AFTER_S", 30.0, minimum=1.0),
+    "FAIR_CONFIG_CACHE_S": env_float("MAGEAGENT_FAIR_CONFIG_CACHE_S", 5.0, minimum=0.0),
 }
 
 # plain: text lines; json: one JSON object a line, with the ids it is about (mageagent/logging.py).

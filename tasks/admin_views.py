@@ -14,17 +14,21 @@ from django.template.response import TemplateResponse
 
 from .models import Task, TaskStatus
 from .runtime.heartbeat import live_workers
-from .selectors import queue_metrics
+from .selectors import fair_share, queue_metrics
 
 RECENT_FAILURES = 20
 
 
 def _per_company() -> list[dict[str, Any]]:
-    counts: dict[str, dict[str, int]] = defaultdict(dict)
-    for row in Task.objects.values("company__slug", "status").annotate(n=Count("id")).order_by():
-        counts[row["company__slug"]][row["status"]] = row["n"]
-    return [{"company": slug, **{s: by_status.get(s, 0) for s in TaskStatus.values}}
-            for slug, by_status in sorted(counts.items())]
+    counts: dict[tuple[int, str], dict[str, int]] = defaultdict(dict)
+    for row in Task.objects.values("company_id", "company__slug", "status").annotate(n=Count("id")).order_by():
+        counts[(row["company_id"], row["company__slug"])][row["status"]] = row["n"]
+    try:
+        shares = fair_share(company_ids=[cid for cid, _ in counts])
+    except Exception:  # Redis down: the counts the database has
+        shares = {}
+    return [{"company": slug, **{s: by_status.get(s, 0) for s in TaskStatus.values}, "fair": shares.get(cid)}
+            for (cid, slug), by_status in sorted(counts.items(), key=lambda item: item[0][1])]
 
 
 def queue_view(request: HttpRequest) -> HttpResponse:

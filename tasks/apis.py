@@ -160,11 +160,22 @@ def _usage_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return totals
 
 
+_FAIR_COUNTS: dict[str, serializers.Field[Any, Any, Any, Any]] = {
+    "weight": serializers.IntegerField(help_text="fair scheduling weight (admin)"),
+    "waiting": serializers.IntegerField(help_text="tasks waiting in the fair queues for a worker"),
+    "running": serializers.IntegerField(help_text="tasks handed to a worker (sent or running) and not ended"),
+    "share": serializers.FloatField(help_text="this tenant's fraction of every tenant's running tasks"),
+}
+FairShare = inline_serializer("FairShare", {**_FAIR_COUNTS, "apps": serializers.ListField(
+    child=inline_serializer("AppFairShare", {"app_id": serializers.CharField(), **_FAIR_COUNTS}))})
+
+
 class QueueMetricsApi(APIView):
     @extend_schema(responses=inline_serializer("QueueMetrics", {
-        name: serializers.FloatField(allow_null=True) for name in (
+        **{name: serializers.FloatField(allow_null=True) for name in (
             "waiting", "active", "completed", "failed", "cancelled", "delayed", "avg_processing_ms",
-            "p95_processing_ms", "throughput_per_min", "workers")}), summary="Queue metrics for the caller's company")
+            "p95_processing_ms", "throughput_per_min", "workers")},
+        "fair": FairShare}), summary="Queue metrics for the caller's company")
     def get(self, request: Request) -> Response:
         return Response(selectors.queue_metrics(company_id=request_tenant(request).company_id))
 

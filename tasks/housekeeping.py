@@ -3,10 +3,13 @@ closing logs a crash left open, and pruning old tasks as the seed's queue did.""
 
 from __future__ import annotations
 
+import base64
 import logging
+from contextlib import suppress
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
@@ -15,8 +18,8 @@ from mageagent.celery import app
 from mageagent.redis import sync_client
 from tools.services import files_prune
 
-from . import events, services
-from .models import Task, TaskStatus
+from . import events, fair, services
+from .models import TERMINAL, Task, TaskStatus
 from .runtime.heartbeat import held_by
 
 logger = logging.getLogger(__name__)
@@ -28,12 +31,17 @@ logger = logging.getLogger(__name__)
 BROKER_MARK_KEY = "ma:broker-mark"
 
 
+def _queue_names() -> list[str]:
+    """The broker's lists of the task queue, one per priority."""
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    sep = settings.CELERY_BROKER_TRANSPORT_OPTIONS["sep"]
+    return [queue] + [f"{queue}{sep}{p}" for p in settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"][1:]]
+
+
 def _broker_state() -> tuple[int, bool]:
     """(messages waiting in the task queue at any priority, True when the broker's Redis
     lost its data since the last run)."""
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    sep = settings.CELERY_BROKER_TRANSPORT_OPTIONS["sep"]
-    names = [queue] + [f"{queue}{sep}{p}" for p in settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"][1:]]
+    names = _queue_names()
     with app.connection_for_write() as conn:
         client = conn.default_channel.client
         backlog = sum(int(client.llen(name)) for name in names)
@@ -58,9 +66,62 @@ def _requeue_lost(task: Task) -> str:
         return "skipped"
     if services.task_requeue(task_id=str(task.id), attempt=task.attempts, steps=task.steps, routing=task.routing,
                              error=error, owner="reconciler"):
-        services.task_dispatch(task_id=str(task.id), priority=task.priority)
+        services.task_dispatch(task=task)
         return "requeued"
     return "skipped"
+
+
+# What task_dispatch reads of a row: its tenant, its place in the queue and its cost.
+DISPATCH_FIELDS = ("id", "company_id", "app_id", "priority", "created_at", "prompt", "system", "messages",
+                   "max_tokens")
+
+
+def _broker_task_ids() -> set[str]:
+    """The task ids of the messages waiting in the broker's queue (a few: at most the fair
+    window, plus messages sent around it)."""
+    names = _queue_names()
+    ids: set[str] = set()
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        for name in names:
+            for raw in client.lrange(name, 0, -1):
+                with suppress(ValueError, KeyError, IndexError, TypeError):
+                    ids.add(str(orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))[0][0]))
+    return ids
+
+
+def _fair_window_sweep() -> int:
+    """Tasks sent to the broker long ago and never taken: a worker whose pickup could not
+    tell Redis (the row moved on: the slot is freed), or a sender that died between the fair
+    pick and the send (the row is queued and no message holds it: queued again)."""
+    old = fair.fair_window_older_than(settings.MAGEAGENT["FAIR_LOST_AFTER_S"])
+    if not old:
+        return 0
+    queued = {str(t.id): t for t in Task.objects.filter(pk__in=old, status=TaskStatus.QUEUED).only(*DISPATCH_FIELDS)}
+    in_broker = _broker_task_ids() if queued else set()
+    resent = 0
+    for task_id in old:
+        task = queued.get(task_id)
+        if task is None:
+            services.task_picked(task_id=task_id)
+        elif task_id not in in_broker:
+            services.task_dispatch(task=task, again=True)
+            resent += 1
+    return resent
+
+
+def _fair_in_flight_prune() -> int:
+    """In-flight ids whose tasks ended without the fair queues hearing of it (Redis failed
+    at that moment, or the task's row was deleted): they hold no slot any longer."""
+    ids = fair.fair_in_flight_ids()
+    if not ids:
+        return 0
+    alive = {str(pk) for pk in Task.objects.filter(pk__in=ids).exclude(status__in=TERMINAL)
+             .values_list("pk", flat=True)}
+    ended = [task_id for task_id in ids if task_id not in alive]
+    for task_id in ended:
+        services.task_fair_release(task_id=task_id)
+    return len(ended)
 
 
 def _log_exists(task_id: str) -> bool:
@@ -75,7 +136,7 @@ def tasks_reconcile(*, after_outage: bool = False) -> dict[str, Any]:
     counts = {"requeued": 0, "failed": 0, "redispatched": 0, "closed": 0}
     grace = timedelta(seconds=settings.MAGEAGENT["WORKER_HEARTBEAT_S"] * 3)
     processing = list(Task.objects.filter(status=TaskStatus.PROCESSING, updated_at__lt=now - grace)
-                      .only("id", "status", "worker", "attempts", "steps", "routing", "priority"))
+                      .only("id", "status", "worker", "attempts", "steps", "routing", *DISPATCH_FIELDS))
     held = held_by({task.worker for task in processing})
     for task in processing:
         # A dead worker, or a live one that dropped the task (its Redis or database calls
@@ -87,13 +148,19 @@ def tasks_reconcile(*, after_outage: bool = False) -> dict[str, Any]:
     broker_lost = broker_lost or after_outage
     stale = now - timedelta(seconds=settings.MAGEAGENT["RECONCILE_QUEUED_AFTER_S"])
     queued = Task.objects.filter(status=TaskStatus.QUEUED, updated_at__lt=now if broker_lost else stale)
-    # When the broker lost its data, every queued row's message is gone; otherwise only when
-    # the broker holds nothing is an old queued row lost (its dispatch failed), not merely
-    # waiting behind others. A message sent twice is harmless: the start is guarded.
+    # When the broker lost its data, every queued row's message is gone (and the fair queues
+    # with it, in the same Redis); otherwise only when the broker holds nothing is an old
+    # queued row that no fair queue holds lost (its dispatch failed), not merely waiting.
+    # A message sent twice is harmless: the start is guarded.
     if (broker_lost or backlog == 0) and queued.exists():
-        for task in queued.order_by("created_at").only("id", "priority")[:5000]:
-            services.task_dispatch(task_id=str(task.id), priority=task.priority)
-            counts["redispatched"] += 1
+        rows = list(queued.order_by("created_at").only(*DISPATCH_FIELDS)[:5000])
+        holding = fair.fair_holding([str(task.id) for task in rows])
+        for task in rows:
+            if str(task.id) not in holding:
+                services.task_dispatch(task=task)
+                counts["redispatched"] += 1
+    counts["fair_resent"] = _fair_window_sweep()
+    counts["fair_pruned"] = _fair_in_flight_prune()
     recent = Task.objects.filter(status__in=(TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED),
                                  updated_at__gte=now - timedelta(hours=1), updated_at__lt=now - grace)
     for task in recent.iterator():

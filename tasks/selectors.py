@@ -16,8 +16,10 @@ from django.db.models.functions import Coalesce, TruncDate
 from mageagent.errors import NotFound
 from mageagent.queries import CompiledSelect
 from mageagent.tenancy.auth import Tenant
+from mageagent.tenancy.models import App
 from routing.models import Spend
 
+from . import fair
 from .models import Task, TaskStatus
 from .runtime.heartbeat import live_workers
 
@@ -111,7 +113,24 @@ def queue_metrics(*, company_id: int | None) -> dict[str, Any]:
         "p95_processing_ms": round(durations[math.ceil(0.95 * len(durations)) - 1], 1) if durations else None,
         "throughput_per_min": throughput,
         "workers": len(live_workers()),
+        **({"fair": fair_share(company_ids=[company_id])[company_id]} if company_id is not None else {}),
     }
+
+
+def fair_share(*, company_ids: list[int] | None) -> dict[int, dict[str, Any]]:
+    """Per company (all when None): its fair scheduling weight, tasks waiting in its fair
+    queues, tasks in flight (sent to a worker or running) and its share of all in flight;
+    `apps` the same per app (by slug)."""
+    apps = App.objects.all() if company_ids is None else App.objects.filter(company_id__in=company_ids)
+    rows = list(apps.values_list("id", "slug", "company_id").order_by("slug"))
+    stats = fair.fair_tenants({aid: cid for aid, _, cid in rows})
+    out: dict[int, dict[str, Any]] = {}
+    for cid in company_ids if company_ids is not None else stats["companies"]:
+        out[cid] = {**stats["companies"].get(cid, {"waiting": 0, "running": 0, "share": 0.0, "weight": 1}),
+                    "apps": []}
+    for aid, slug, cid in rows:
+        out[cid]["apps"].append({"app_id": slug, **stats["apps"][aid]})
+    return out
 
 
 _estimates: dict[int, tuple[float, int]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from contextlib import nullcontext, suppress
 from datetime import datetime, timedelta
 from functools import cache
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError
 
 from mageagent import metrics, tracing
 from mageagent.celery import app as celery_app
-from mageagent.errors import Conflict, ValidationFailed
+from mageagent.errors import Conflict, QueueFull, ValidationFailed
 from mageagent.logging import current_request_id
 from mageagent.tenancy.auth import Tenant
 from mageagent.tenancy.models import App, Company
@@ -28,7 +29,7 @@ from routing.budgets import budget_context, budget_hold, budget_release_task
 from routing.services import RoutingDecision, model_select, model_validate
 from tools.registry import tools_validate_requested
 
-from . import events, selectors
+from . import events, fair, selectors
 from .events import CANCEL_CHANNEL
 from .models import TERMINAL, Task, TaskStatus
 from .signals import task_finished
@@ -85,6 +86,7 @@ def task_submit(*, tenant: Tenant, idempotency_key: str | None = None, **fields:
     task = task_idempotent_replay(tenant=tenant, idempotency_key=idempotency_key, **fields)
     if task is not None:
         return task, False
+    _backlog_check(app_id=tenant.app_ids[1])
     model_validate(tenant=tenant, model=fields.get("model"), images=has_images(fields.get("messages")))
     tools_validate_requested(tenant=tenant, names=fields.get("tools") or [])
     with budget_hold(tenant=tenant, **fields) as hold:
@@ -93,6 +95,26 @@ def task_submit(*, tenant: Tenant, idempotency_key: str | None = None, **fields:
             estimated_duration_ms=selectors.estimated_duration_ms(company_id=tenant.app_ids[0]), **fields)
         hold.bind(task_id=task.id, created=created)
     return task, created
+
+
+def _backlog_check(*, app_id: int) -> None:
+    """QueueFull (429) when the app's max_backlog tasks already wait. Checked before the
+    task exists, so concurrent requests may pass it a few over the limit."""
+    limit = fair.fair_config(app_id=app_id).app_max_backlog
+    if not limit:
+        return
+    try:
+        waiting = fair.fair_backlog(app_id=app_id)
+    except RedisError:
+        # As the rate limits: a limit that protects capacity is not worth refusing tasks for
+        # while Redis is away (the task is accepted; the reconciler sends it later).
+        logger.warning("app %s: its backlog could not be checked (Redis); accepting the task", app_id, exc_info=True)
+        return
+    if waiting >= limit:
+        retry_after = settings.MAGEAGENT["FAIR_QUEUE_FULL_RETRY_AFTER_S"]
+        raise QueueFull(f"this app already has {waiting} tasks waiting (its limit is {limit}); retry later",
+                        details={"waiting": waiting, "max_backlog": limit, "retry_after_s": retry_after},
+                        headers={"Retry-After": str(retry_after)})
 
 
 def task_route_preview(*, tenant: Tenant, prompt: str = "", model: str | None = None, tools: list[str] | None = None,
@@ -169,33 +191,83 @@ def _enqueue(task: Task) -> None:
     # Runs after the row is committed: the task is accepted whatever happens here. Raising
     # would answer 500 for a task that exists, and the client's retry would create a second
     # one. The row is the ledger: the reconciler (tasks/housekeeping.py) dispatches queued
-    # rows the broker does not hold once Redis answers again. The log begins before the
-    # message is sent, so no worker takes the task before its `queued` event.
+    # rows the fair queues and the broker do not hold once Redis answers again. The log
+    # begins before the task is queued, so no worker takes it before its `queued` event.
     task_id = str(task.id)
     try:
         events.append(task_id, events.encode("status", status=TaskStatus.QUEUED, attempt=task.attempts))
     except Exception:
         logger.exception("task %s: its queued event could not be logged", task_id)
     try:
-        task_dispatch(task_id=task_id, priority=task.priority)
+        task_dispatch(task=task)
     except Exception:
         logger.exception("task %s is queued but could not be handed to the broker; "
                          "the reconciler will dispatch it", task_id)
 
 
-def task_dispatch(*, task_id: str, priority: int = 0, countdown: float | None = None) -> None:
-    """Hand a task to the broker by its Celery name (tasks/tasks.py registers it)."""
+def task_dispatch(*, task: Task, again: bool = False) -> None:
+    """Queue a task for its tenant in the fair queues (tasks/fair.py) and send the broker
+    whatever the fair order picks now: usually this task itself, when nothing waits.
+    `again`: the reconciler found it sent and lost. Needs the row's company, app, priority,
+    created_at and the inputs its cost is estimated from."""
+    cost = fair.fair_cost(prompt=task.prompt, system=task.system, messages=task.messages, max_tokens=task.max_tokens)
+    since_ms = int(task.created_at.timestamp() * 1000) if task.created_at else int(time.time() * 1000)
+    picked = fair.fair_admit(task_id=str(task.id), company_id=task.company_id, app_id=task.app_id, cost=cost,
+                             priority=task.priority, since_ms=since_ms, config=fair.fair_config(app_id=task.app_id),
+                             again=again)
+    _send_picked(picked, request_for=str(task.id))
+
+
+def task_picked(*, task_id: str) -> None:
+    """A worker took the task's message: its place in the fair window goes to the next task."""
+    _send_picked(fair.fair_started(task_id=task_id))
+
+
+def task_fair_release(*, task_id: str, tokens: int | None = None) -> None:
+    """The task ended (or was cancelled, or deleted): it leaves the fair queues, its tenant is
+    charged its actual `tokens` instead of its estimate, and what that frees is sent."""
+    _send_picked(fair.fair_finished(task_id=task_id, tokens=tokens))
+
+
+def tenant_fair_settings_apply(*, tenant: Company | App) -> None:
+    """A company's or app's weight or limits were saved: the next pick uses them."""
+    _send_picked(fair.fair_config_store(tenant=tenant))
+
+
+def _fair_finished(task_id: str, tokens: int | None) -> None:
+    try:
+        task_fair_release(task_id=task_id, tokens=tokens)
+    except Exception:
+        # The reconciler prunes the in-flight ids of ended tasks.
+        logger.warning("task %s ended but the fair queues could not be told now", task_id, exc_info=True)
+
+
+def _send_picked(picked: fair.Picked, request_for: str = "") -> None:
+    # A send that fails leaves the rest in the fair window: the reconciler queues them again
+    # after FAIR_LOST_AFTER_S.
+    for task_id, priority in picked:
+        task_send(task_id=task_id, priority=priority, with_request=task_id == request_for)
+
+
+def task_send(*, task_id: str, priority: int = 0, countdown: float | None = None, with_request: bool = False) -> None:
+    """Hand a task to the broker by its Celery name (tasks/tasks.py registers it). Only the
+    fair dispatch calls it: a direct send would skip the queue of every other tenant."""
     # The Redis transport serves priority 0 first; the API's scale is "higher first". The
     # queue is read per call (not once by Celery's config) so that it follows the settings.
     # The request that created (or handed back) the task goes along for the worker's log lines.
-    request_id = current_request_id()
+    request_id = current_request_id() if with_request else None
+    send = {"args": (task_id,), "kwargs": {"request_id": request_id} if request_id else {},
+            "queue": settings.CELERY_TASK_DEFAULT_QUEUE, "priority": 9 - priority, "countdown": countdown,
+            "ignore_result": True}
+    if not with_request:
+        # Another task's pickup (or the reconciler) sends this one: the trace in context is not
+        # this task's, so the worker starts a trace of its own.
+        celery_app.send_task(TASK_EXECUTE_JOB, **send)
+        return
     # The trace goes along in the message's headers: the worker's spans continue the request's.
     with tracing.span("mageagent.task.enqueue", kind=tracing.SpanKind.PRODUCER, mageagent__task__id=task_id,
                       messaging__system="celery", messaging__destination__name=settings.CELERY_TASK_DEFAULT_QUEUE):
-        celery_app.send_task(TASK_EXECUTE_JOB, args=(task_id,),
-                             kwargs={"request_id": request_id} if request_id else {},
-                             queue=settings.CELERY_TASK_DEFAULT_QUEUE, priority=9 - priority, countdown=countdown,
-                             ignore_result=True, headers=tracing.enqueue_headers())
+        celery_app.send_task(TASK_EXECUTE_JOB, headers=tracing.enqueue_headers(), **send)
 
 
 # --- transitions ----------------------------------------------------------------------------
@@ -222,8 +294,12 @@ def _transition(task_id: str, *, from_: tuple[str, ...], extra: dict[str, Any] |
     if changed and values.get("status") in TERMINAL:
         status = str(values["status"])
 
+        result = values.get("result")
+        tokens = result.get("tokensUsed") if isinstance(result, dict) else None
+
         def finished() -> None:
             metrics.TASKS_FINISHED.labels(status=status).inc()
+            _fair_finished(task_id, tokens if isinstance(tokens, int) else None)
             task_finished.send_robust(sender=Task, task_id=task_id, status=status, app_id=app_id)
 
         transaction.on_commit(finished, using=connection.alias)

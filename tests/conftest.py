@@ -30,7 +30,12 @@ def _drop_parked_queue() -> Iterator[None]:
     from mageagent.celery import app
 
     with app.connection_for_write() as conn:
-        conn.default_channel.client.delete(PARKED_QUEUE, *[f"{PARKED_QUEUE}:{p}" for p in range(10)])
+        client = conn.default_channel.client
+        client.delete(PARKED_QUEUE, *[f"{PARKED_QUEUE}:{p}" for p in range(10)])
+        # The parked queue's fair queues (tasks/fair.py): its window is never freed.
+        fair_keys = list(client.scan_iter(match=f"ma:fair:{PARKED_QUEUE}:*", count=1000))
+        if fair_keys:
+            client.delete(*fair_keys)
 
 
 _flush = TransactionTestCase._fixture_teardown

@@ -19,14 +19,15 @@ from .services import api_key_create, api_key_revoke
 class AppInline(admin.TabularInline):
     model = App
     extra = 0
-    fields = ("slug", "name", "is_active", "requests_per_minute", "created_at")
+    fields = ("slug", "name", "is_active", "requests_per_minute", "fair_weight", "max_in_flight", "max_backlog",
+              "created_at")
     readonly_fields = ("created_at",)
     show_change_link = True
 
 
 @admin.register(Company)
 class CompanyAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "is_active", "created_at")
+    list_display = ("slug", "name", "is_active", "fair_weight", "max_in_flight", "created_at")
     list_filter = ("is_active",)
     search_fields = ("slug", "name")
     readonly_fields = ("created_at",)
@@ -48,7 +49,8 @@ class ApiKeyInline(admin.TabularInline):
 
 @admin.register(App)
 class AppAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "company", "slug", "name", "is_active", "requests_per_minute", "created_at")
+    list_display = ("__str__", "company", "slug", "name", "is_active", "requests_per_minute", "fair_weight",
+                    "max_in_flight", "max_backlog", "created_at")
     list_filter = ("is_active", "company")
     list_select_related = ("company",)
     search_fields = ("slug", "name", "company__slug")

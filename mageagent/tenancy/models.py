@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.core.validators import MinValueValidator
 from django.db import models
 
 
@@ -7,6 +8,13 @@ class Company(models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200, blank=True)
     is_active = models.BooleanField(default=True)
+    # Fair scheduling (README, "Fair scheduling"): read at the next dispatch after a save.
+    fair_weight = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)],
+        help_text="This company's share of the workers against the other companies with waiting tasks "
+                  "(charged by tokens). 2 gets twice the share of 1.")
+    max_in_flight = models.PositiveIntegerField(
+        default=0, help_text="Tasks of this company dispatched or running at once; 0: no limit.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -26,6 +34,14 @@ class App(models.Model):
         null=True, blank=True,
         help_text="API requests per minute for this app's keys together (429 past it). Empty: the "
                   "MAGEAGENT_API_RATE_PER_MIN default; 0: no limit.")
+    fair_weight = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)],
+        help_text="This app's share of its company's workers against the company's other apps with waiting tasks.")
+    max_in_flight = models.PositiveIntegerField(
+        default=0, help_text="Tasks of this app dispatched or running at once; 0: no limit.")
+    max_backlog = models.PositiveIntegerField(
+        default=0, help_text="Tasks of this app waiting for a worker past which new tasks are refused "
+                             "(429 queue_full); 0: no limit.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -72,10 +72,21 @@ def execute(task_id: str) -> float | None:
     raises, a task still `processing` under this worker is the reconciler's to run again."""
     held.add(task_id)
     try:
+        _picked(task_id)
         return _execute(task_id)
     finally:
         held.discard(task_id)
         connection.close()  # hundreds of threads share a pool of a few connections
+
+
+def _picked(task_id: str) -> None:
+    # Its slot in the fair window frees as the worker takes it, whatever the task's state (a
+    # duplicate or a cancelled task's message frees it too); the next fair pick is sent now.
+    try:
+        services.task_picked(task_id=task_id)
+    except Exception:
+        # Redis or the broker is down: the reconciler frees the slot of a task gone from the queue.
+        logger.warning("task %s: the fair window could not be told of its pickup", task_id, exc_info=True)
 
 
 def _execute(task_id: str) -> float | None:
@@ -233,7 +244,7 @@ def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, An
     deadline = time.monotonic() + settings.MAGEAGENT["DEPENDENCY_WAIT_S"]
     while True:
         try:
-            services.task_dispatch(task_id=task_id, priority=task.priority)
+            services.task_dispatch(task=task)
             return
         except Exception:
             if time.monotonic() > deadline:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("enqueue", "overhead", "capacity", "inflight", "cancel", "fanout", "openai")
+SCENARIOS = ("enqueue", "overhead", "capacity", "inflight", "cancel", "fanout", "openai", "fairness")
 NUMERIC = {
     "enqueue": ("best_rate", "p50_ms_at_ref", "p99_ms_at_ref", "sustained_best_rate", "sustained_p99_ms_at_ref"),
     "overhead": ("pickup_p50_ms", "pickup_p99_ms", "ttft_p50_ms_at_ref", "end_p50_ms"),
@@ -23,6 +23,7 @@ NUMERIC = {
     "cancel": ("p50_ms", "p99_ms"),
     "fanout": ("p50_ms", "p99_ms", "subscribers"),
     "openai": ("native_cpu_ms_per_task", "v1_cpu_ms_per_task", "v1_cpu_pct_of_native"),
+    "fairness": ("late_pickup_p50_ms", "late_pickup_p99_ms"),
 }
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.clients import API, Client, parse_sse, sim, tokens, wait_for
-from tests.faults.checks import assert_ended_once, record_recovery
+from tests.faults.checks import assert_ended_once, record_recovery, wait_terminal
 
 # A shared 2-core machine may run these several times slower than a quiet one.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -97,24 +97,29 @@ def test_a_redis_restart_with_its_data_loses_and_repeats_nothing(workers_running
         assert seqs == list(range(1, len(seqs) + 1)) and follower.events[-1]["type"] == "done"
 
 
-def test_a_redis_restarted_empty_loses_no_accepted_task(workers_running, private_redis, alice):
+def test_a_redis_restarted_empty_loses_no_accepted_task(workers_running, private_redis, alice, charlie):
     stack, client = workers_running, Client(workers_running.web_url, alice.key)
-    # Two threads: two tasks stream while three wait in the broker's queue.
+    other = Client(workers_running.web_url, charlie.key)
+    # Two threads: two tasks stream while the others wait, the fair window's (8) in the
+    # broker's queue and the rest in the fair queues (tasks/fair.py).
     stack.stop_process("worker")
     stack.start_worker("worker", concurrency=2)
     try:
         running = streaming(client, "empty", 2)
-        waiting = [client.create(f"waiting {i} {sim(tokens=10)}")["id"] for i in range(3)]
+        waiting = [(c, c.create(f"waiting {i} {sim(tokens=10)}")["id"]) for i in range(6) for c in (client, other)]
 
         private_redis.restart(down_s=3, empty=True)
-        record_recovery("Redis restarted empty (3 s down)", client, running + waiting, time.monotonic())
+        ended_at = time.monotonic()
+        for owner, task_id in waiting:
+            wait_terminal(owner, task_id)
+        record_recovery("Redis restarted empty (3 s down)", client, running, ended_at)
 
-        # The streaming tasks lost their logs and the waiting ones their messages; the
-        # database's ledger runs every one of them again.
+        # The streaming tasks lost their logs and the waiting ones their messages (and their
+        # places in the fair queues); the database's ledger runs every one of them again.
         for task_id in running:
             assert assert_ended_once(client, task_id, tokens(60))["status"] == "completed"
-        for task_id in waiting:
-            assert assert_ended_once(client, task_id, tokens(10))["status"] == "completed"
+        for owner, task_id in waiting:
+            assert assert_ended_once(owner, task_id, tokens(10))["status"] == "completed"
     finally:
         stack.stop_process("worker")
         stack.start_worker("worker")

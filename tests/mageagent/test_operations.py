@@ -60,11 +60,11 @@ def test_metrics_need_the_token_when_one_is_set(client, settings):
 
 def test_the_queue_gauge_counts_the_brokers_waiting_messages(client):
     from mageagent import broker
-    from tasks.services import task_dispatch
+    from tasks.services import task_send
 
     before = broker.queue_length()
-    task_dispatch(task_id="00000000-0000-0000-0000-000000000001", priority=0)
-    task_dispatch(task_id="00000000-0000-0000-0000-000000000002", priority=7)
+    task_send(task_id="00000000-0000-0000-0000-000000000001", priority=0)
+    task_send(task_id="00000000-0000-0000-0000-000000000002", priority=7)
 
     assert broker.queue_length() == before + 2
     assert f"mageagent_tasks_waiting {before + 2:.1f}".encode() in client.get("/metrics").content

@@ -16,3 +16,6 @@ def private_queue(settings):
         client = conn.default_channel.client
         yield name, client
         client.delete(name, *[f"{name}:{p}" for p in range(10)])
+        fair_keys = list(client.scan_iter(match=f"ma:fair:{name}:*", count=1000))
+        if fair_keys:
+            client.delete(*fair_keys)

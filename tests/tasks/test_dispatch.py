@@ -25,8 +25,8 @@ def test_a_dispatched_task_is_a_celery_message_for_the_executor_at_its_priority(
     name, client = private_queue
     task_id = str(uuid.uuid4())
 
-    services.task_dispatch(task_id=task_id, priority=9)  # the API's highest: the transport's 0
-    services.task_dispatch(task_id="other", priority=2)
+    services.task_send(task_id=task_id, priority=9)  # the API's highest: the transport's 0
+    services.task_send(task_id="other", priority=2)
 
     message, body = message_on(client, name)
     assert message["headers"]["task"] == "mageagent.task.execute"
@@ -39,7 +39,7 @@ def test_a_dispatched_task_is_a_celery_message_for_the_executor_at_its_priority(
 
 def test_a_countdown_is_the_messages_eta(private_queue):
     name, client = private_queue
-    services.task_dispatch(task_id="later", priority=0, countdown=30)
+    services.task_send(task_id="later", priority=0, countdown=30)
 
     message, _ = message_on(client, f"{name}:9")
     assert message["headers"]["eta"]

@@ -76,7 +76,7 @@ def dispatched(monkeypatch) -> list[str]:
     """Task ids the reconciler sends to the broker. Recorded, not sent: a worker of the e2e
     stack may be consuming the shared test queue and would take the message first."""
     sent: list[str] = []
-    monkeypatch.setattr(services, "task_dispatch", lambda *, task_id, priority=0, countdown=None: sent.append(task_id))
+    monkeypatch.setattr(services, "task_dispatch", lambda *, task, again=False: sent.append(str(task.id)))
     return sent
 
 

@@ -240,7 +240,7 @@ def test_a_queued_task_that_is_cancelled_never_runs(client, stack, alice):
 
     response = client.http.post(f"/mageagent/api/v1/tasks/{task_id}/cancel")
     again = client.http.post(f"/mageagent/api/v1/tasks/{task_id}/cancel")
-    services.task_dispatch(task_id=task_id, priority=9)  # a late or duplicate delivery
+    services.task_send(task_id=task_id, priority=9)  # a late or duplicate delivery
     client.wait_terminal(client.create(f"after it {sim(tokens=1)}", priority=0)["id"])
 
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
