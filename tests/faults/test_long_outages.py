@@ -46,19 +46,10 @@ def cluster() -> Iterator[PrivatePostgres]:
 
 
 @pytest.fixture(scope="module")
-def long_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis(persist=True).start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def long_stack(cluster: PrivatePostgres, long_redis: PrivateRedis) -> Iterator[tuple[Stack, str]]:
+def long_stack(cluster: PrivatePostgres, private_redis: PrivateRedis) -> Iterator[tuple[Stack, str]]:
     """A stack on the private cluster, and an API key made there."""
     stack = Stack(cluster.create_database("mageagent_outage"),
-                  {"REDIS_URL": long_redis.url, "MAGEAGENT_SSE_PING_S": str(PING_S)})
+                  {"REDIS_URL": private_redis.url, "MAGEAGENT_SSE_PING_S": str(PING_S)})
     env = stack.env()
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=300)
     made = subprocess.run([sys.executable, "manage.py", "create_api_key", "--company", "outage", "--app", "web"],
@@ -134,7 +125,7 @@ def test_the_database_stopped_for_30_s_is_503_and_loses_nothing(long_stack, clus
         assert follower.statuses == [200]
 
 
-def test_redis_down_for_40_s_past_the_followers_patience_loses_nothing(long_stack, long_redis):
+def test_redis_down_for_40_s_past_the_followers_patience_loses_nothing(long_stack, private_redis):
     stack, key = long_stack
     client = Client(stack.web_url, key)
     running = streaming(client, "through the Redis outage", 3, seconds=5)
@@ -144,14 +135,14 @@ def test_redis_down_for_40_s_past_the_followers_patience_loses_nothing(long_stac
     socket.start()
     wait_for(lambda: sse.events and socket.frames, "the followers to see events")
 
-    long_redis.kill()
+    private_redis.kill()
     down_at = time.monotonic()
     # POST /tasks still answers 202 (the row is the ledger; the broker gets it when Redis is
     # back) or 503; never a 500.
     accepted, answers = post_for(client, 5, "during the Redis outage")
     while time.monotonic() - down_at < REDIS_DOWN_S:
         time.sleep(0.2)
-    long_redis.start()
+    private_redis.start()
     up_at = time.monotonic()
     record_recovery(f"Redis killed ({REDIS_DOWN_S:.0f} s down, AOF)", client, running + accepted, up_at)
 
