@@ -9,7 +9,8 @@ LEASE_RENEW_S (the owner renews it, compare-and-expire in one script) and reconc
 RECONCILE_EVERY_S while it holds it. Another worker therefore takes over within
 LEASE_TTL_S + LEASE_RENEW_S of a SIGKILLed owner's death (before: three reconciling
 periods, 30 s), and at its next try after a warm shutdown, which releases the lease. A new
-owner reconciles at once: its predecessor may have died mid-period.
+owner reconciles at once (its predecessor may have died mid-period) and again once a dead
+predecessor's heartbeat has expired, when its tasks can be told orphaned.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from django.db import close_old_connections, connection
 from mageagent.redis import sync_script
 from tasks import housekeeping
 
-from .heartbeat import WORKER_ID
+from .heartbeat import WORKER_ID, heartbeat_ttl
 from .loop import runtime
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,10 @@ class Reconciler:
             began = time.monotonic()
             if held_before and began < self.next_run:
                 return
-            # A failed run is tried again a period later, not at every renewal.
-            self.next_run = began + every
+            # A failed run is tried again a period later, not at every renewal. A new holder's
+            # predecessor may have just died: its heartbeat outlives it by up to
+            # heartbeat_ttl(), after which the next run finds its tasks.
+            self.next_run = began + (every if held_before else min(every, heartbeat_ttl() + LEASE_RENEW_S))
             close_old_connections()
             # Redis was unreachable since the last run (this process's heartbeat failed).
             outage = 0 < self.last_run <= runtime.redis_failed_at
