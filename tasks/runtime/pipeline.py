@@ -55,6 +55,9 @@ class AttemptPlan:
     router: Any = None
     # The ids of the task's log lines (mageagent/logging.py), for the loop's asyncio task.
     log: dict[str, Any] = field(default_factory=dict)
+    # The last seq this attempt wrote into the task's log: where a log that Redis lost (an
+    # empty restart) continues, so that its followers' positions stay valid (_hand_back).
+    written: int = 0
 
 
 @dataclass
@@ -91,6 +94,7 @@ class ChunkEmitter:
     attempt through `_after_background_flush`."""
 
     def __init__(self, plan: AttemptPlan) -> None:
+        self.plan = plan
         self.task_id, self.owner, self.window = plan.task_id, plan.owner, plan.coalesce_s
         self.attempt = plan.attempt
         self.buffer: list[str] = []
@@ -151,6 +155,7 @@ class ChunkEmitter:
                 raise
             if seq < 0:
                 raise Fenced()
+            self.plan.written = seq
             self.sent.append(text)
             if self.first_at is None:
                 self.first_at = self.last_flush
@@ -196,8 +201,10 @@ class ChunkEmitter:
 
 
 async def _append(plan: AttemptPlan, *bodies: bytes) -> None:
-    if await events.aappend(plan.task_id, *bodies, owner=plan.owner) < 0:
+    seq = await events.aappend(plan.task_id, *bodies, owner=plan.owner)
+    if seq < 0:
         raise Fenced()
+    plan.written = seq
 
 
 def _merge_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
