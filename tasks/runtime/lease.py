@@ -106,8 +106,10 @@ class Reconciler:
             # heartbeat_ttl(), after which the next run finds its tasks.
             self.next_run = began + (every if held_before else min(every, heartbeat_ttl() + LEASE_RENEW_S))
             close_old_connections()
-            # Redis was unreachable since the last run (this process's heartbeat failed).
-            outage = 0 < self.last_run <= runtime.redis_failed_at
+            # Redis was unreachable since this process's last run (its heartbeat failed), or
+            # ever, for a first run: the lease expires in any outage longer than LEASE_TTL_S, and
+            # the worker taking it next may never have run before.
+            outage = runtime.redis_failed_at > self.last_run
             housekeeping.tasks_reconcile(after_outage=outage)
             self.last_run = began
             self.runs += 1

@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 
-from tasks import events
+from tasks import events, housekeeping
 from tasks.runtime.lease import Reconciler, lease_key, lease_release, lease_take
+from tasks.runtime.loop import runtime
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +57,17 @@ def test_a_worker_shutting_down_hands_the_lease_over_and_reconciles_no_more(tran
     assert lease_take(staying, 60)
     stopping.tick(every=0)
     assert stopping.runs == 1 and events.sync_client().get(lease_key()).decode() == staying
+
+
+def test_a_worker_taking_the_lease_first_after_an_outage_reconciles_as_after_an_outage(transactional_db,
+                                                                                         monkeypatch):
+    # Queued tasks whose messages the outage lost are re-sent at once, not after
+    # MAGEAGENT_RECONCILE_QUEUED_AFTER, whichever worker holds the lease when Redis is back.
+    runs: list[bool] = []
+    monkeypatch.setattr(housekeeping, "tasks_reconcile", lambda *, after_outage: runs.append(after_outage) or {})
+    monkeypatch.setattr(runtime, "redis_failed_at", 0.0)
+    Reconciler().tick(every=60)
+    monkeypatch.setattr(runtime, "redis_failed_at", time.monotonic())
+    events.sync_client().delete(lease_key())
+    Reconciler().tick(every=60)
+    assert runs == [False, True]
