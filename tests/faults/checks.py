@@ -59,7 +59,7 @@ def assert_ended_once(client: Client, task_id: str, content: str | None = None, 
     middle = seqs[len(whole) // 2 - 1] if len(whole) > 1 else first - 1
     rest = [s for s in seqs if s > middle]
     resumed = client.sse(task_id, last_event_id=middle, timeout=30)
-    assert [e.data["seq"] for e in resumed.events] == rest
+    assert [e.data["seq"] for e in resumed.events] == rest, ([e.data["seq"] for e in resumed.events], rest)
     frames = client.ws_task(task_id, after=middle, timeout=30)
-    assert [f["seq"] for f in frames] == rest
+    assert [f["seq"] for f in frames] == rest, ([f["seq"] for f in frames], rest)
     return task
