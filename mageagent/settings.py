@@ -83,7 +83,10 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     _db.setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("MAGEAGENT_DB_POOL_MIN", 2, minimum=0),
         "max_size": env_int("MAGEAGENT_DB_POOL_MAX", 20, minimum=1),
-        "timeout": env_float("MAGEAGENT_DB_POOL_TIMEOUT", 30.0, minimum=0.1),
+        # How long a thread waits for a connection. With the database down the pool cannot
+        # make one, and every request waited this long for its 503 (30 s, psycopg_pool's
+        # default, outlasted clients' timeouts); busy connections are lent for milliseconds.
+        "timeout": env_float("MAGEAGENT_DB_POOL_TIMEOUT", 5.0, minimum=0.1),
     }
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web, worker and beat processes read while one writes.

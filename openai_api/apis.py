@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mageagent.handlers import DeferredResponse, stream_db
+from mageagent.openapi import ERRORS
 from mageagent.tenancy.auth import request_tenant
 from tasks import selectors
 from tasks.models import Task, TaskStatus
@@ -26,6 +27,20 @@ from .errors import OpenAIErrorSerializer, openai_error, openai_error_response, 
 from .serializers import ChatCompletionInputSerializer, ResponseCreateInputSerializer, ResponseStreamQuerySerializer
 
 OPENAI_TAG = ["OpenAI-compatible (/v1)"]
+
+
+# Before OpenAPI 3.2 (itemSchema), a text/event-stream schema describes one event of the stream.
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object", "required": ["data"],
+    "properties": {"event": {"type": "string", "description": "the event's `type` (Responses API)"},
+                   "data": {"type": "string", "description": "the event object as JSON, or `[DONE]`"},
+                   "id": {"type": "string"}}}
+
+
+def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    """Errors only some operations answer, in OpenAI's error shape."""
+    descriptions = {**ERRORS, 502: "the task failed at the provider (`provider_error`, ...)"}
+    return {status: OpenApiResponse(OpenAIErrorSerializer, description=descriptions[status]) for status in statuses}
 # A finished task's error as an HTTP status: the request was fine, the run was not.
 _FAILED_STATUS = {"budget_exceeded": 402, "context_window_exceeded": 400, "rate_limited": 429}
 
@@ -95,9 +110,13 @@ class ModelDetailOpenAIApi(OpenAIApiView):
 
 class ChatCompletionsApi(OpenAIApiView):
     @extend_schema(tags=OPENAI_TAG, request=ChatCompletionInputSerializer,
-                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT,
-                                                   description="chat.completion, or with stream: true an SSE "
-                                                               "stream of chat.completion.chunk ending in [DONE]")},
+                   responses={(200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT,
+                                                                         description="a chat.completion"),
+                              (200, "text/event-stream"): OpenApiResponse(
+                                  _SSE_EVENT, description="with stream: true, chat.completion.chunk "
+                                                                "events ending in [DONE]"),
+                              # 409: the same Idempotency-Key with another body, or the task cancelled
+                              **_errors(402, 409, 502)},
                    parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
                    summary="Create a chat completion (a task of the key's app)")
     def post(self, request: Request) -> HttpResponseBase:
@@ -120,9 +139,12 @@ class ChatCompletionsApi(OpenAIApiView):
 
 class ResponseCreateApi(OpenAIApiView):
     @extend_schema(tags=OPENAI_TAG, request=ResponseCreateInputSerializer,
-                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT,
-                                                   description="a response object, or with stream: true an SSE "
-                                                               "stream of response events")},
+                   responses={(200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT,
+                                                                         description="a response object"),
+                              (200, "text/event-stream"): OpenApiResponse(
+                                  _SSE_EVENT, description="with stream: true, the response's events"),
+                              # 404: no such previous_response_id
+                              **_errors(402, 404, 409, 502)},
                    parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
                    summary="Create a response (background, streamed or plain; a task of the key's app)")
     def post(self, request: Request) -> HttpResponseBase:
@@ -145,8 +167,10 @@ class ResponseCreateApi(OpenAIApiView):
 
 class ResponseDetailApi(OpenAIApiView):
     @extend_schema(tags=OPENAI_TAG, parameters=[ResponseStreamQuerySerializer],
-                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="the response object, or with "
-                                                   "stream=true its events after starting_after (SSE)")},
+                   responses={(200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT,
+                                                                         description="the response object"),
+                              (200, "text/event-stream"): OpenApiResponse(
+                                  _SSE_EVENT, description="with stream=true, its events after starting_after")},
                    summary="Get a response; stream=true&starting_after=N resumes its event stream exactly")
     def get(self, request: Request, response_id: str) -> HttpResponseBase:
         query = ResponseStreamQuerySerializer(data=request.query_params)
@@ -156,7 +180,10 @@ class ResponseDetailApi(OpenAIApiView):
             return _event_stream(streams.response_stream(task, starting_after=query.validated_data["starting_after"]))
         return _json(services.response_object(task))
 
-    @extend_schema(tags=OPENAI_TAG, responses=OpenApiTypes.OBJECT, summary="Delete a response (cancels it if running)")
+    # drf-spectacular documents a DELETE as 204; OpenAI (and this view) answer 200 with a body.
+    @extend_schema(tags=OPENAI_TAG, responses={200: OpenApiResponse(OpenApiTypes.OBJECT,
+                                                                     description="{id, object, deleted: true}")},
+                   summary="Delete a response (cancels it if running)")
     def delete(self, request: Request, response_id: str) -> HttpResponseBase:
         task = services.response_task(tenant=request_tenant(request), raw_id=response_id)
         task_delete(task=task)
@@ -166,7 +193,10 @@ class ResponseDetailApi(OpenAIApiView):
 class ResponseCancelApi(OpenAIApiView):
     throttle_classes: list[type] = []  # a cancel stops spend, as on the native API
 
-    @extend_schema(tags=OPENAI_TAG, request=None, responses=OpenApiTypes.OBJECT, summary="Cancel a response")
+    @extend_schema(tags=OPENAI_TAG, request=None,
+                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="the response object"),
+                              **_errors(409)},  # it already completed or failed
+                   summary="Cancel a response")
     def post(self, request: Request, response_id: str) -> HttpResponseBase:
         task = services.response_task(tenant=request_tenant(request), raw_id=response_id)
         return _json(services.response_object(task_cancel(task=task)))

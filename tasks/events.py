@@ -72,6 +72,16 @@ return 1
 """
 
 
+# A log that is gone (Redis restarted empty) begins again after ARGV[1]; one that exists
+# keeps its numbering.
+_REOPEN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'seq', ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+
 def stream_key(task_id: str) -> str:
     return f"ma:ev:{task_id}"
 
@@ -140,6 +150,15 @@ def claim(task_id: str, owner: str, *, unless_owned_by_other_than: str | None = 
     if unless_owned_by_other_than is not None:
         args.append(unless_owned_by_other_than)
     return int(sync_script(_CLAIM)(keys=[meta_key(str(task_id))], args=args))
+
+
+def reopen(task_id: str, after: int) -> bool:
+    """Number a lost log's next events after `after`, the last seq its attempt wrote: a
+    follower connected across an empty Redis restart keeps a valid position. True when the
+    log was gone; nothing changes when it exists (it kept its data, or a newer attempt began
+    it again first)."""
+    args = [after, settings.MAGEAGENT["EVENT_TTL_S"]]
+    return bool(sync_script(_REOPEN)(keys=[meta_key(str(task_id))], args=args))
 
 
 def is_closed(task_id: str) -> bool:

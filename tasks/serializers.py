@@ -81,6 +81,31 @@ def _check_message(message: Any, i: int) -> None:
         raise _invalid(f"{where}: an assistant message needs content or tool_calls")
 
 
+_TEXT_PART = {"type": "object", "required": ["type", "text"], "additionalProperties": False,
+              "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}
+_IMAGE_PART = {"type": "object", "required": ["type", "image_url"], "properties": {
+    "type": {"type": "string", "enum": ["image_url"]},
+    "image_url": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}}}
+_TOOL_CALL = {"type": "object", "required": ["id", "function"], "properties": {
+    "id": {"type": "string"}, "type": {"type": "string", "enum": ["function"]},
+    "function": {"type": "object", "required": ["name", "arguments"], "properties": {
+        "name": {"type": "string"}, "arguments": {"type": "string"}}}}}
+
+
+# What each message may hold, so that the schema is no looser than the checks below; the rules
+# across fields (content or tool_calls on an assistant message, tool_call_id on a tool message,
+# image parts from users only) are in the description: OpenAPI 3.0 cannot state them.
+@extend_schema_field({
+    "type": "array", "maxItems": 1000,
+    "description": "OpenAI chat messages. A tool message needs `tool_call_id`; an assistant message needs "
+                   "`content` or `tool_calls` (assistant messages only); `image_url` parts come from users only.",
+    "items": {"type": "object", "required": ["role"], "additionalProperties": False, "properties": {
+        "role": {"type": "string", "enum": list(ROLES)},
+        "content": {"nullable": True, "oneOf": [
+            {"type": "string"}, {"type": "array", "minItems": 1, "items": {"oneOf": [_TEXT_PART, _IMAGE_PART]}}]},
+        "name": {"type": "string"}, "refusal": {"type": "string", "nullable": True},
+        "tool_call_id": {"type": "string"},
+        "tool_calls": {"type": "array", "items": _TOOL_CALL}}}})
 class ChatMessagesField(serializers.ListField):
     """OpenAI chat messages: system/developer, user (text and image parts), assistant (with
     tool_calls), tool (tool_call_id). Checked by hand: a long conversation through nested

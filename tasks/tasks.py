@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Task as CeleryTask
 from celery import shared_task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 from django.conf import settings
 from prometheus_client import start_http_server
 
@@ -52,6 +52,11 @@ def _start_runtime(**_: Any) -> None:
     reconciler.ensure_started()
     warn_if_redis_evicts()
     _serve_metrics()
+
+
+@worker_shutting_down.connect
+def _hand_over_the_reconcile_lease(**_: Any) -> None:
+    reconciler.stop()
 
 
 _metrics_served = False

@@ -225,12 +225,15 @@ def _db(transition: Callable[..., bool], **kwargs: Any) -> bool:
             pause = min(pause * 2, 2.0)
 
 
-def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, Any] | None) -> None:
+def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, Any] | None,
+               written: int = 0) -> None:
     """An attempt whose log was lost or unwritable: run the task again (a new attempt, as
     for a dead worker), or fail it when it is out of attempts. Nothing happens when another
-    actor (a cancel, the reconciler) already moved the task on."""
+    actor (a cancel, the reconciler) already moved the task on. `written`: the last seq the
+    attempt wrote, after which a log Redis lost continues."""
     task_id = str(task.id)
     error = {"code": "worker_lost", "message": "the attempt lost its event log (Redis failed)"}
+    reopened = _reopen(task_id, written)
     if attempt >= settings.MAGEAGENT["TASK_MAX_ATTEMPTS"]:
         _db(services.task_fail, task_id=task_id, attempt=attempt, error=error, steps=steps, routing=routing,
             app_id=task.app_id)
@@ -244,6 +247,8 @@ def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, An
     deadline = time.monotonic() + settings.MAGEAGENT["DEPENDENCY_WAIT_S"]
     while True:
         try:
+            # Redis was down at the hand back: the log it comes back without continues too.
+            reopened = reopened or _reopen(task_id, written)
             services.task_dispatch(task=task)
             return
         except Exception:
@@ -251,6 +256,17 @@ def _hand_back(task: Task, attempt: int, steps: list[str], routing: dict[str, An
                 logger.warning("task %s is queued but the broker did not take it; the reconciler will", task_id)
                 return
             time.sleep(0.5)
+
+
+def _reopen(task_id: str, written: int) -> bool:
+    """True once the log is known to continue after `written` (or there is nothing to keep)."""
+    if not written:
+        return True
+    try:
+        events.reopen(task_id, written)
+        return True
+    except RedisError:
+        return False
 
 
 def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: AttemptOutcome) -> float | None:
@@ -261,7 +277,7 @@ def _finish(task: Task, plan: AttemptPlan, decision: RoutingDecision, outcome: A
         # Fenced: another actor owns the log; if the row is still this attempt's, nobody
         # does (Redis restarted empty and the log's owner went with it). Lost: Redis failed.
         # Either way the task goes back to the queue unless another actor already moved it.
-        _hand_back(task, attempt, steps, routing)
+        _hand_back(task, attempt, steps, routing, plan.written)
         return None
     if outcome.status == "completed":
         result = _result(plan, decision, outcome, outcome.finish_reason or "stop")

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import uuid
+from collections import Counter
 
 from django.conf import settings
 
@@ -20,19 +21,26 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 class HeldTasks:
     """The tasks this process runs, from just before their start transition until their
-    attempt ended (its final transition made, or given up)."""
+    attempt ended (its final transition made, or given up).
+
+    Counted per task: a duplicate message (the reconciler re-sends a queued row after an
+    outage while the hand-back sends it too) enters the executor beside the running attempt
+    and leaves at once when its start transition finds the task taken; a set would then drop
+    the running attempt from the heartbeat, and the reconciler ran it again as dropped."""
 
     def __init__(self) -> None:
-        self._ids: set[str] = set()
+        self._ids: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def add(self, task_id: str) -> None:
         with self._lock:
-            self._ids.add(task_id)
+            self._ids[task_id] += 1
 
     def discard(self, task_id: str) -> None:
         with self._lock:
-            self._ids.discard(task_id)
+            self._ids[task_id] -= 1
+            if self._ids[task_id] <= 0:
+                del self._ids[task_id]
 
     def snapshot(self) -> str:
         with self._lock:

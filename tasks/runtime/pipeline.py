@@ -57,6 +57,9 @@ class AttemptPlan:
     log: dict[str, Any] = field(default_factory=dict)
     # The trace context of the Celery thread that runs the attempt (mageagent/tracing.py).
     trace_context: Any = None
+    # The last seq this attempt wrote into the task's log: where a log that Redis lost (an
+    # empty restart) continues, so that its followers' positions stay valid (_hand_back).
+    written: int = 0
 
 
 @dataclass
@@ -93,6 +96,7 @@ class ChunkEmitter:
     attempt through `_after_background_flush`."""
 
     def __init__(self, plan: AttemptPlan) -> None:
+        self.plan = plan
         self.task_id, self.owner, self.window = plan.task_id, plan.owner, plan.coalesce_s
         self.attempt = plan.attempt
         self.buffer: list[str] = []
@@ -158,6 +162,7 @@ class ChunkEmitter:
                 raise
             if seq < 0:
                 raise Fenced()
+            self.plan.written = seq
             self.sent.append(text)
             if self.first_at is None:
                 # The count's first record is a second into the answer: most answers end sooner,
@@ -202,8 +207,10 @@ class ChunkEmitter:
 
 
 async def _append(plan: AttemptPlan, *bodies: bytes) -> None:
-    if await events.aappend(plan.task_id, *bodies, owner=plan.owner) < 0:
+    seq = await events.aappend(plan.task_id, *bodies, owner=plan.owner)
+    if seq < 0:
         raise Fenced()
+    plan.written = seq
 
 
 def _merge_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:

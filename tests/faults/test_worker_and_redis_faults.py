@@ -12,9 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
-from tests.clients import API, Client, parse_sse, sim, tokens, wait_for
+from tasks.models import Task
+from tasks.runtime.lease import lease_key
+from tests.clients import API, Client, answer_from_chunks, parse_sse, sim, tokens, wait_for
 from tests.faults.checks import assert_ended_once, record_recovery, wait_terminal
+from tests.faults.test_web_outages import SocketFollower
 
 # A shared 2-core machine may run these several times slower than a quiet one.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -107,6 +111,10 @@ def test_a_redis_restarted_empty_loses_no_accepted_task(workers_running, private
     try:
         running = streaming(client, "empty", 2)
         waiting = [(c, c.create(f"waiting {i} {sim(tokens=10)}")["id"]) for i in range(6) for c in (client, other)]
+        sse, socket = Follower(client, running[0]), SocketFollower(workers_running.web_url, alice.key, running[1])
+        sse.start()
+        socket.start()
+        wait_for(lambda: sse.events and socket.frames, "the followers to see events")
 
         private_redis.restart(down_s=3, empty=True)
         ended_at = time.monotonic()
@@ -115,11 +123,20 @@ def test_a_redis_restarted_empty_loses_no_accepted_task(workers_running, private
         record_recovery("Redis restarted empty (3 s down)", client, running, ended_at)
 
         # The streaming tasks lost their logs and the waiting ones their messages (and their
-        # places in the fair queues); the database's ledger runs every one of them again.
+        # places in the fair queues); the database's ledger runs every one of them again. A
+        # running task's log continues after the last event its attempt wrote.
         for task_id in running:
-            assert assert_ended_once(client, task_id, tokens(60))["status"] == "completed"
+            assert assert_ended_once(client, task_id, tokens(60), rebuilt=True)["status"] == "completed"
         for owner, task_id in waiting:
             assert assert_ended_once(owner, task_id, tokens(10))["status"] == "completed"
+        # Followers connected across the restart keep their positions: each event once, in
+        # order, then `done`; the new attempt's `reset` drops the lost attempt's chunks.
+        sse.join(60)
+        socket.done.wait(60)
+        for task_id, seen in ((running[0], sse.events), (running[1], [f for f in socket.frames if "seq" in f])):
+            seqs = [e["seq"] for e in seen]
+            assert seqs == sorted(set(seqs)) and seen[-1]["type"] == "done", seqs
+            assert answer_from_chunks(seen) == tokens(60) == client.get(task_id)["result"]["content"]
     finally:
         stack.stop_process("worker")
         stack.start_worker("worker")
@@ -174,3 +191,31 @@ def test_provider_storms_drops_and_stalls_end_every_task_once(workers_running, a
         assert assert_ended_once(client, task["id"])["status"] == "completed"
     ended = assert_ended_once(client, stalled["id"])
     assert ended["status"] == "failed" and ended["attempts"] == 3
+
+
+def test_a_sigkilled_reconcile_lease_holder_hands_reconciling_to_the_other_worker(workers_running, private_redis,
+                                                                                  alice):
+    stack, client = workers_running, Client(workers_running.web_url, alice.key)
+    stack.start_worker("other")
+    broker = redis.Redis.from_url(private_redis.url)
+    try:
+        ids = [client.create(f"lease {i} {sim(tokens=60, interval_ms=50)}")["id"] for i in range(8)]
+        wait_for(lambda: all(client.get(i)["status"] == "processing" for i in ids), "the tasks to stream")
+        holder = wait_for(lambda: broker.get(lease_key()), "a worker to hold the reconcile lease").decode()
+        by_pid = {str(p.proc.pid): name for name, p in stack.processes.items() if name in ("worker", "other")}
+        doomed = by_pid[holder.split(":")[1]]
+        survivor = stack.processes["other" if doomed == "worker" else "worker"]
+        orphans = list(Task.objects.filter(pk__in=ids, worker=holder).values_list("pk", flat=True))
+
+        stack.processes[doomed].proc.send_signal(signal.SIGKILL)
+        stack.processes[doomed].proc.wait(10)
+        record_recovery("the reconcile lease holder SIGKILLed (one of two)", client, ids, time.monotonic())
+
+        # The survivor took the lease over and ran the dead holder's tasks again.
+        assert broker.get(lease_key()).decode().split(":")[1] == str(survivor.proc.pid)
+        for task_id in ids:
+            assert assert_ended_once(client, task_id, tokens(60))["status"] == "completed"
+        assert orphans and all(client.get(str(i))["attempts"] == 2 for i in orphans)
+    finally:
+        # A dead "worker" is started again by the workers_running fixture.
+        stack.stop_process("other")

@@ -13,6 +13,10 @@ CATALOG_MODEL = "gpt-4o-mini"
 KNOWN_MODELS = {CATALOG_MODEL, "gpt-4.1-mini"}
 # The operations whose body is a task's (TaskInput).
 TASK_BODIES = {"/mageagent/api/v1/tasks", "/mageagent/api/v1/route"}
+# OpenAI's: a chat needs a user message, and so does a response's `input` (list) (their
+# descriptions say so; OpenAPI 3.0 has no `contains`).
+CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
 # `tools` must name tools of GET /tools that are available here (no web search provider in tests).
 AVAILABLE_TOOLS = {"code_execution", "file_processing", "graphrag_search"}
 
@@ -49,6 +53,11 @@ def before_call(ctx: Any, case: Any, kwargs: dict[str, Any]) -> None:
     messages = body.get("messages")
     # (Only a list of objects, what the schema documents: any other value is a negative case.)
     schema_valid = isinstance(messages, list) and all(isinstance(m, dict) for m in messages)
+    if case.operation.path == CHAT and schema_valid:
+        body["messages"] = messages = [{"role": "user", "content": "hello"}]
+    if case.operation.path == RESPONSES and isinstance(body.get("input"), list) and body["input"] \
+            and all(isinstance(item, dict) for item in body["input"]):
+        body["input"] = [{"role": "user", "content": "hello"}]
     if case.operation.path in TASK_BODIES and schema_valid:
         body["messages"] = messages = [{"role": "user", "content": "hello"}] if messages else []
     has_user_message = isinstance(messages, list) and any(
@@ -57,5 +66,8 @@ def before_call(ctx: Any, case: Any, kwargs: dict[str, Any]) -> None:
         body["prompt"] = "hello"
     if isinstance(body.get("model"), str) and body["model"] not in KNOWN_MODELS:
         body["model"] = CATALOG_MODEL
+    if isinstance(body.get("mageagent_tools"), list):  # /v1's name for a task's `tools`
+        body["mageagent_tools"] = [name for name in body["mageagent_tools"]
+                                   if not isinstance(name, str) or name in AVAILABLE_TOOLS]
     if isinstance(body.get("tools"), list):
         body["tools"] = [name for name in body["tools"] if not isinstance(name, str) or name in AVAILABLE_TOOLS]

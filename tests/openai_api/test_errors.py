@@ -35,3 +35,22 @@ def test_a_malformed_chat_request_names_the_parameter(api, alice):
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "validation_error" and error["param"]
+
+
+@pytest.mark.parametrize("field", [{"top_p": False}, {"temperature": "1"}, {"stream": 0}, {"max_tokens": 10**10},
+                                   {"tool_choice": []}, {"stream_options": {"include_usage": 1}}])
+def test_a_chat_parameter_of_another_json_type_or_past_its_limit_is_a_400_naming_it(api, alice, field):
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **field}
+    response = api.post("/v1/chat/completions", body, format="json", HTTP_AUTHORIZATION=f"Bearer {alice.key}")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"].startswith(next(iter(field)))
+
+
+@pytest.mark.parametrize("value", [None, "", "  ", [], ["text"]])
+def test_a_response_input_that_is_not_text_or_items_is_a_400(api, alice, value):
+    response = api.post("/v1/responses", {"model": "gpt-4o-mini", "input": value}, format="json",
+                        HTTP_AUTHORIZATION=f"Bearer {alice.key}")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "input"

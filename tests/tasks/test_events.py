@@ -113,3 +113,14 @@ def test_event_timestamps_are_utc_with_milliseconds_and_now():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
     parsed_ms = round(dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
     assert int(before * 1000) <= parsed_ms <= int(after * 1000)  # whole ms, no float edge
+
+
+def test_a_log_redis_lost_is_numbered_on_after_the_last_event_its_attempt_wrote():
+    lost, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    # Redis restarted empty: `lost` has no log any more; `kept` has one.
+    events.append(kept, events.encode("status", status="queued", attempt=1))
+    assert events.reopen(lost, 41)
+    assert not events.reopen(kept, 41)
+    assert events.append(lost, events.encode("status", status="queued", attempt=2)) == 42
+    assert [events.peek(raw)[0] for raw in events.read_after(lost, 41) or []] == [42]
+    assert events.append(kept, events.encode("status", status="processing", attempt=1)) == 2

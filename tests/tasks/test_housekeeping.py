@@ -9,7 +9,8 @@ from django.utils import timezone
 
 from tasks import events, housekeeping, services
 from tasks.models import Task, TaskStatus
-from tasks.runtime.heartbeat import WORKER_KEY
+from tasks.runtime import executor
+from tasks.runtime.heartbeat import WORKER_ID, WORKER_KEY, held
 from tasks.tasks import task_execute_job
 
 pytestmark = pytest.mark.django_db
@@ -284,3 +285,17 @@ def test_a_log_is_not_closed_while_its_worker_may_still_be_closing_it(alice, dis
 
     assert housekeeping.tasks_reconcile()["closed"] == 0
     assert not events.is_closed(str(task.id))
+
+
+@pytest.mark.django_db(transaction=True)  # the executor hands its connection back to the pool
+def test_a_duplicate_message_of_a_running_task_leaves_it_in_the_heartbeat(alice, dispatched, private_queue):
+    # The reconciler re-sends queued rows after an outage while the hand-back sends them too:
+    # the second message must not take the running attempt out of the worker's heartbeat.
+    task = start(make_task(alice), worker=WORKER_ID)
+    held.add(str(task.id))  # the running attempt
+    try:
+        assert executor.execute(str(task.id)) is None  # the duplicate: the task is taken
+        assert str(task.id) in held.snapshot().split(",")
+    finally:
+        held.discard(str(task.id))
+    assert str(task.id) not in held.snapshot().split(",")
