@@ -11,6 +11,7 @@
   let key = staff ? null : sessionStorage.getItem(KEY);
   let source = null;
   let followed = null;
+  let ended = null;  // the followed task, once its stream said `done`
   let timer = null;
 
   function headers() {
@@ -87,6 +88,7 @@
   function follow(taskId) {
     if (source) source.close();
     followed = taskId;
+    ended = null;
     location.hash = "task=" + taskId;
     $("follow").hidden = false;
     $("follow-id").textContent = taskId;
@@ -105,6 +107,7 @@
         $("output").textContent += event.content;
       } else if (event.type === "done") {
         stream.close();
+        ended = taskId;
         setStatus(event.status);
         $("follow-note").textContent = "done";
         if (event.error) $("follow-note").textContent += ": " + event.error.message;
@@ -124,9 +127,13 @@
     if (!followed) return;
     $("cancel").disabled = true;
     try {
-      const task = await call(tasksUrl + "/" + encodeURIComponent(followed) + "/cancel", "POST");
-      setStatus(task.status);
-      $("follow-note").textContent = "cancel asked";
+      const asked = followed;
+      const task = await call(tasksUrl + "/" + encodeURIComponent(asked) + "/cancel", "POST");
+      // The stream's `done` can come before the cancel's answer: the task's end stays shown.
+      if (followed === asked && ended !== asked) {
+        setStatus(task.status);
+        $("follow-note").textContent = "cancel asked";
+      }
     } catch (error) {
       $("follow-note").textContent = "cancel refused: " + error.message;
     }
