@@ -41,7 +41,14 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 
-from .errors import DATABASE_DOWN, domain_error_response, error_body_for, unavailable_for
+from .errors import (
+    DATABASE_DOWN,
+    UNAVAILABLE_RETRY_AFTER_S,
+    Unavailable,
+    domain_error_response,
+    error_body_for,
+    unavailable_for,
+)
 
 logger = logging.getLogger(__name__)
 Scope = dict[str, Any]
@@ -73,14 +80,29 @@ def max_request_bytes(path: str = "") -> int:
 _limits_cache: dict[str, tuple[float, int]] = {}
 
 
-async def _request_limit(scope: Scope) -> int:
+async def _request_limit(scope: Scope) -> int | Unavailable:
     path = scope.get("path", "")
     if scope.get("method") != "POST" or not any(path in paths for paths, _ in _path_limits):
         return max_request_bytes()
     now = time.monotonic()
     hit = _limits_cache.get(path)
     if hit is None or hit[0] < now:
-        hit = _limits_cache[path] = (now + BODY_LIMIT_CACHE_S, await stream_db(max_request_bytes)(path))
+        try:
+            limit = await stream_db(max_request_bytes)(path)
+        except Exception as exc:
+            # The limit follows the catalog, which lives in the database. With the database
+            # down, the last limit known stands (the request then meets the outage where
+            # every request does, as the contract's 503); with none known, answer that here.
+            down = unavailable_for(exc)
+            if down is None:
+                raise
+            if hit is None:
+                return down
+            limit = hit[1]
+            logger.warning("body limit of %s kept at %d bytes: %r", path, limit, exc)
+            _limits_cache[path] = (now + UNAVAILABLE_RETRY_AFTER_S, limit)
+            return limit
+        hit = _limits_cache[path] = (now + BODY_LIMIT_CACHE_S, limit)
     return hit[1]
 
 
@@ -111,6 +133,15 @@ async def _send_too_large(send: Any, limit: int, path: str = "") -> None:
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_unavailable(send: Any, down: Unavailable, path: str) -> None:
+    body = orjson.dumps(error_body_for(path, down.code, down.message, down.status, down.details))
+    headers = [(name.lower().encode(), value.encode()) for name, value in down.headers.items()]
+    await send({"type": "http.response.start", "status": down.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -294,6 +325,9 @@ class MageAgentASGIHandler(ASGIHandler):
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
         limit = await _request_limit(scope)
+        if isinstance(limit, Unavailable):
+            await _send_unavailable(send, limit, scope.get("path", ""))
+            return
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
             await _send_too_large(send, limit, scope.get("path", ""))

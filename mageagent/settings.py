@@ -87,6 +87,11 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
         # make one, and every request waited this long for its 503 (30 s, psycopg_pool's
         # default, outlasted clients' timeouts); busy connections are lent for milliseconds.
         "timeout": env_float("MAGEAGENT_DB_POOL_TIMEOUT", 5.0, minimum=0.1),
+        # How long the pool keeps retrying a connection it failed to make, its delay doubling
+        # each time. Past it the attempt ends and the next request that finds no connection
+        # starts a new one at once: after a minute's outage, psycopg_pool's default (5 min)
+        # had the next attempt up to 30 s after the database was back, and 503s meanwhile.
+        "reconnect_timeout": env_float("MAGEAGENT_DB_RECONNECT_S", 5.0, minimum=0.1),
     }
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web, worker and beat processes read while one writes.

@@ -95,6 +95,59 @@ def test_a_streamed_body_is_cut_off_where_it_passes_the_limit(small_limits):
     assert read <= small_limits // 1024 + 1 < len(chunks)
 
 
+@pytest.fixture
+def catalog_limit(monkeypatch: Any) -> list[Any]:
+    """A path whose body limit is looked up as the prompt's is (from the database): set
+    the list's item to a size, or to an exception for a database that is down."""
+    from django.db import OperationalError
+
+    from mageagent import handlers
+
+    answer: list[Any] = [OperationalError("connection refused")]
+
+    def limit() -> int:
+        if isinstance(answer[0], Exception):
+            raise answer[0]
+        return int(answer[0])
+
+    monkeypatch.setattr(handlers, "_path_limits", [(("/limited",), limit)])
+    monkeypatch.setattr(handlers, "_limits_cache", {})
+    return answer
+
+
+@pytest.mark.django_db
+def test_a_body_limit_that_needs_the_database_while_it_is_down_is_a_503_before_the_body_is_read(catalog_limit):
+    sent, read = request("/limited", [(b"content-type", b"application/json"), (b"content-length", b"10")],
+                         [b"x" * 10])
+
+    status, body = status_and_body(sent)
+    assert status == 503 and read == 0
+    assert body["error"]["code"] == "unavailable" and body["error"]["details"]["dependency"] == "database"
+    assert dict(sent[0]["headers"])[b"retry-after"] == b"2"
+
+
+@pytest.mark.django_db
+def test_the_last_body_limit_known_stands_while_the_database_is_down(catalog_limit, small_limits, monkeypatch):
+    from django.db import OperationalError
+
+    from mageagent import handlers
+
+    catalog_limit[0] = 10 * small_limits
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(20 * small_limits).encode())]
+    status, body = status_and_body(request("/limited", headers, [b""])[0])
+    assert status == 413 and body["error"]["details"]["max_bytes"] == 10 * small_limits + 64 * 1024
+
+    catalog_limit[0] = OSError("not a dependency")  # an error of another kind is not hidden
+    expired = {path: (0.0, hit) for path, (_, hit) in handlers._limits_cache.items()}
+    monkeypatch.setattr(handlers, "_limits_cache", expired)
+    with pytest.raises(OSError):
+        request("/limited", headers, [b""])
+
+    catalog_limit[0] = OperationalError("connection refused")
+    status, body = status_and_body(request("/limited", headers, [b""])[0])
+    assert status == 413 and body["error"]["details"]["max_bytes"] == 10 * small_limits + 64 * 1024
+
+
 @pytest.mark.django_db
 def test_requests_under_the_limit_reach_their_view(small_limits):
     sent, _ = request("/healthz", [], [b""], method="GET")
