@@ -323,6 +323,11 @@ LOGGING: dict[str, Any] = {
         "django.channels.server": {"level": "WARNING"},
         "LiteLLM": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
+        # Celery's "Task ... received" and "... succeeded in" lines, two per task: the
+        # worker's own "attempt N ended" line says the same with the task's id, company and
+        # model. MAGEAGENT_CELERY_TASK_LOG_LEVEL=INFO brings them back.
+        "celery.worker.strategy": {"level": env_str("MAGEAGENT_CELERY_TASK_LOG_LEVEL", "WARNING")},
+        "celery.app.trace": {"level": env_str("MAGEAGENT_CELERY_TASK_LOG_LEVEL", "WARNING")},
     },
 }
 
