@@ -5,15 +5,19 @@ fewer than FAIR_WINDOW tasks sit in the broker unstarted, it picks the company w
 lowest virtual time, then that company's app with the lowest virtual time, then that app's
 first task (priority order with aging), and charges the company and the app the task's
 expected tokens divided by their weights (start-time fair queueing on two levels). A task's
-actual tokens are charged when it ends. Every change is one Lua script, so many web and
-worker processes pump at once without picking a task twice.
+actual tokens are charged when it ends. A task without max_tokens is expected to answer at
+the length its app's tasks have answered lately (learned as they end; FAIR_DEFAULT_OUTPUT_TOKENS
+until then), so a tenant of short answers is not charged as if each were long while it runs.
+Every change is one Lua script, so many web and worker processes pump at once without picking
+a task twice.
 
 Keys live under the deployment's queue name (test runs sharing a Redis stay apart):
   c           ZSET  companies with waiting tasks, by virtual time
   a:<cid>     ZSET  the company's apps with waiting tasks, by virtual time
   q:<aid>     ZSET  the app's waiting task ids, by enqueue ms - priority * aging
-  m           HASH  waiting id -> "cid aid cost priority"
-  r           HASH  in-flight id (sent until it ends) -> "cid aid cost"
+  m           HASH  waiting id -> "cid aid cost priority prompt"
+  r           HASH  in-flight id (sent until it ends) -> "cid aid cost prompt"
+  ans         HASH  app id -> its tasks' answer length, learned from the ended ones (tokens)
   win         ZSET  ids sent to the broker and not yet taken by a worker, by send ms
   wn          HASH  company id -> how many of its tasks are in `win`
   if:c:<cid>, if:a:<aid>  SET  in-flight ids per company and app (their max_in_flight)
@@ -114,7 +118,7 @@ local function send(cid, aid, id, t, out)
   local priority = t[4]
   if own < redis.call('ZCARD', P .. 'win') - own then priority = '9' end
   redis.call('ZADD', P .. 'win', now, id)
-  redis.call('HSET', P .. 'r', id, cid .. ' ' .. aid .. ' ' .. t[3])
+  redis.call('HSET', P .. 'r', id, cid .. ' ' .. aid .. ' ' .. t[3] .. ' ' .. (t[5] or '-1'))
   redis.call('SADD', P .. 'if:c:' .. cid, id)
   redis.call('SADD', P .. 'if:a:' .. aid, id)
   out[#out + 1] = id
@@ -161,12 +165,17 @@ if op == 'admit' then
   redis.call('HSETNX', P .. 'cfg', 'wa:' .. aid, ARGV[13])
   redis.call('HSETNX', P .. 'cfg', 'la:' .. aid, ARGV[14])
   if ARGV[15] == '1' then leave_window(id) end
+  local prompt = tonumber(ARGV[16]) or -1
+  if ARGV[17] == '1' and prompt >= 0 then
+    local learned = tonumber(redis.call('HGET', P .. 'ans', aid))
+    if learned then cost = prompt + math.ceil(learned) end
+  end
   -- Already waiting, or sent and not yet taken: admitting it again would send it twice.
   if redis.call('HEXISTS', P .. 'm', id) == 0 and not redis.call('ZSCORE', P .. 'win', id) then
     drop_in_flight(id)  -- handed back: it waits again
     activate(P .. 'c', cid, 'c:' .. cid, 'V')
     activate(P .. 'a:' .. cid, aid, 'a:' .. aid, 'V:' .. cid)
-    redis.call('HSET', P .. 'm', id, cid .. ' ' .. aid .. ' ' .. cost .. ' ' .. prio)
+    redis.call('HSET', P .. 'm', id, cid .. ' ' .. aid .. ' ' .. cost .. ' ' .. prio .. ' ' .. prompt)
     redis.call('ZADD', P .. 'q:' .. aid, score, id)
   end
 elseif op == 'started' then
@@ -176,7 +185,16 @@ elseif op == 'finished' then
   drop_waiting(id)
   leave_window(id)
   local t = drop_in_flight(id)
-  if t and actual >= 0 then charge(t[1], t[2], actual - tonumber(t[3])) end
+  if t and actual >= 0 then
+    charge(t[1], t[2], actual - tonumber(t[3]))
+    local prompt = tonumber(t[4]) or -1
+    if prompt >= 0 then
+      -- The app's answer length, a moving average weighing the latest task a fifth.
+      local answer = math.max(actual - prompt, 0)
+      local learned = tonumber(redis.call('HGET', P .. 'ans', t[2]))
+      redis.call('HSET', P .. 'ans', t[2], learned and (learned * 0.8 + answer * 0.2) or answer)
+    end
+  end
 elseif op == 'config' then
   redis.call('HSET', P .. 'cfg', ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 end
@@ -211,21 +229,37 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+@dataclass(frozen=True)
+class FairCost:
+    """A task's expected tokens: its prompt's, and its answer's (its max_tokens when set)."""
+    prompt: int
+    answer: int
+    answer_capped: bool  # the answer is the task's max_tokens; else a guess the app's history replaces
+
+    @property
+    def total(self) -> int:
+        return max(self.prompt, 0) + self.answer
+
+
 def fair_cost(*, prompt: str, system: str | None, messages: list[dict[str, Any]] | None,
-              max_tokens: int | None) -> int:
+              max_tokens: int | None) -> FairCost:
     """A task's expected tokens, cheaply: ~4 characters a prompt token (what routing's
     estimate starts from, without its tokenizer) plus the answer's cap or a typical length."""
     chars = len(prompt) + len(system or "") + sum(len(str(m.get("content") or "")) for m in messages or ())
-    return chars // 4 + (max_tokens or settings.MAGEAGENT["FAIR_DEFAULT_OUTPUT_TOKENS"])
+    return FairCost(chars // 4, max_tokens or settings.MAGEAGENT["FAIR_DEFAULT_OUTPUT_TOKENS"], bool(max_tokens))
 
 
-def fair_admit(*, task_id: str, company_id: int, app_id: int, cost: int, priority: int, since_ms: int,
+def fair_admit(*, task_id: str, company_id: int, app_id: int, cost: int | FairCost, priority: int, since_ms: int,
                config: FairConfig, again: bool = False) -> Picked:
     """Queue a task for its tenant and pump. `again`: it was sent and lost (the reconciler),
-    so its place in the window is given up first."""
+    so its place in the window is given up first. A bare `cost` is charged as it is; a
+    FairCost's guessed answer gives way to the app's learned answer length."""
     score = since_ms - priority * settings.MAGEAGENT["FAIR_PRIORITY_AGING_MS"]
-    return _run("admit", task_id, company_id, app_id, cost, priority, score, config.company_weight,
-                config.company_max_in_flight, config.app_weight, config.app_max_in_flight, int(again))
+    if isinstance(cost, int):
+        cost = FairCost(-1, cost, True)  # -1: no prompt part known, nothing learned from it
+    return _run("admit", task_id, company_id, app_id, cost.total, priority, score, config.company_weight,
+                config.company_max_in_flight, config.app_weight, config.app_max_in_flight, int(again), cost.prompt,
+                int(not cost.answer_capped))
 
 
 def fair_started(*, task_id: str) -> Picked:

@@ -26,7 +26,7 @@ def window(settings, private_queue):
     return set_
 
 
-def admit(task_id: str, app: int, *, cost: int = 100, priority: int = 0, since_ms: int | None = None,
+def admit(task_id: str, app: int, *, cost: int | fair.FairCost = 100, priority: int = 0, since_ms: int | None = None,
           config: fair.FairConfig | None = None) -> list[str]:
     picked = fair.fair_admit(task_id=task_id, company_id=COMPANY_OF[app], app_id=app, cost=cost, priority=priority,
                              since_ms=next(_clock) if since_ms is None else since_ms,
@@ -123,6 +123,37 @@ def test_the_actual_tokens_of_an_ended_task_are_charged_instead_of_its_estimate(
     order = run_in_turn("a2", 6)
 
     assert order[1:] == ["g3", "g4", "g5", "a3", "a4"]
+
+
+def test_a_task_without_max_tokens_is_expected_to_answer_as_long_as_its_apps_tasks_did(window):
+    # A prompt of 10 tokens; the answer a guess (FAIR_DEFAULT_OUTPUT_TOKENS, 500) or a cap.
+    guessed = fair.FairCost(prompt=10, answer=500, answer_capped=False)
+    admit("g-history", GLOBEX_WEB, cost=guessed)
+    fair.fair_started(task_id="g-history")
+    fair.fair_finished(task_id="g-history", tokens=30)  # globex's web app answers in 20 tokens
+
+    first = admit("a0", ACME_WEB, cost=guessed)[0]  # acme has no history: 510 expected
+    for i in range(1, 3):
+        admit(f"a{i}", ACME_WEB, cost=guessed)
+    for i in range(40):
+        admit(f"g{i}", GLOBEX_WEB, cost=guessed)  # 10 + 20 expected
+
+    served = run_in_turn(first, 19)
+
+    # Equal tokens: one of acme's 510-token tasks for each seventeen of globex's 30-token ones.
+    assert [t for t in served if t.startswith("a")] == ["a0", "a1"]
+    assert sum(1 for t in served if t.startswith("g")) == 17
+
+
+def test_the_learned_answer_length_moves_with_each_ended_task(window):
+    guessed = fair.FairCost(prompt=10, answer=500, answer_capped=False)
+    for i, tokens in enumerate([110, 210]):  # answers of 100, then 200 tokens
+        admit(f"h{i}", GLOBEX_WEB, cost=guessed)
+        fair.fair_started(task_id=f"h{i}")
+        fair.fair_finished(task_id=f"h{i}", tokens=tokens)
+    from mageagent.redis import sync_client
+
+    assert float(sync_client().hget(fair.prefix() + "ans", str(GLOBEX_WEB))) == pytest.approx(120.0)
 
 
 def test_an_idle_company_banks_no_credit_while_it_has_nothing_waiting(window):
