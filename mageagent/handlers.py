@@ -128,21 +128,22 @@ def _declared_length(scope: Mapping[str, Any]) -> int | None:
     return None
 
 
-async def _send_too_large(send: Any, limit: int, path: str = "") -> None:
-    body = too_large_body(limit, path)
-    await send({"type": "http.response.start", "status": 413,
+async def _send_error(send: Any, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+    """An error answered before Django sees the request, and the connection closed."""
+    extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            *extra, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_too_large(send: Any, limit: int, path: str = "") -> None:
+    await _send_error(send, 413, too_large_body(limit, path))
 
 
 async def _send_unavailable(send: Any, down: Unavailable, path: str) -> None:
     body = orjson.dumps(error_body_for(path, down.code, down.message, down.status, down.details))
-    headers = [(name.lower().encode(), value.encode()) for name, value in down.headers.items()]
-    await send({"type": "http.response.start", "status": down.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers, (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+    await _send_error(send, down.status, body, down.headers)
 
 
 @cache
