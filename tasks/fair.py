@@ -118,7 +118,7 @@ local function send(cid, aid, id, t, out)
   local priority = t[4]
   if own < redis.call('ZCARD', P .. 'win') - own then priority = '9' end
   redis.call('ZADD', P .. 'win', now, id)
-  redis.call('HSET', P .. 'r', id, cid .. ' ' .. aid .. ' ' .. t[3] .. ' ' .. (t[5] or '-1'))
+  redis.call('HSET', P .. 'r', id, cid .. ' ' .. aid .. ' ' .. t[3] .. ' ' .. (t[5] or ''))
   redis.call('SADD', P .. 'if:c:' .. cid, id)
   redis.call('SADD', P .. 'if:a:' .. aid, id)
   out[#out + 1] = id
@@ -165,10 +165,10 @@ if op == 'admit' then
   redis.call('HSETNX', P .. 'cfg', 'wa:' .. aid, ARGV[13])
   redis.call('HSETNX', P .. 'cfg', 'la:' .. aid, ARGV[14])
   if ARGV[15] == '1' then leave_window(id) end
-  local prompt = tonumber(ARGV[16]) or -1
-  if ARGV[17] == '1' and prompt >= 0 then
+  local prompt = ARGV[16]
+  if ARGV[17] == '1' then
     local learned = tonumber(redis.call('HGET', P .. 'ans', aid))
-    if learned then cost = prompt + math.ceil(learned) end
+    if learned then cost = tonumber(prompt) + math.ceil(learned) end
   end
   -- Already waiting, or sent and not yet taken: admitting it again would send it twice.
   if redis.call('HEXISTS', P .. 'm', id) == 0 and not redis.call('ZSCORE', P .. 'win', id) then
@@ -187,8 +187,8 @@ elseif op == 'finished' then
   local t = drop_in_flight(id)
   if t and actual >= 0 then
     charge(t[1], t[2], actual - tonumber(t[3]))
-    local prompt = tonumber(t[4]) or -1
-    if prompt >= 0 then
+    local prompt = tonumber(t[4])  -- nil in a record written before answers were learned
+    if prompt then
       -- The app's answer length, a moving average weighing the latest task a fifth.
       local answer = math.max(actual - prompt, 0)
       local learned = tonumber(redis.call('HGET', P .. 'ans', t[2]))
@@ -236,10 +236,6 @@ class FairCost:
     answer: int
     answer_capped: bool  # the answer is the task's max_tokens; else a guess the app's history replaces
 
-    @property
-    def total(self) -> int:
-        return max(self.prompt, 0) + self.answer
-
 
 def fair_cost(*, prompt: str, system: str | None, messages: list[dict[str, Any]] | None,
               max_tokens: int | None) -> FairCost:
@@ -249,17 +245,15 @@ def fair_cost(*, prompt: str, system: str | None, messages: list[dict[str, Any]]
     return FairCost(chars // 4, max_tokens or settings.MAGEAGENT["FAIR_DEFAULT_OUTPUT_TOKENS"], bool(max_tokens))
 
 
-def fair_admit(*, task_id: str, company_id: int, app_id: int, cost: int | FairCost, priority: int, since_ms: int,
+def fair_admit(*, task_id: str, company_id: int, app_id: int, cost: FairCost, priority: int, since_ms: int,
                config: FairConfig, again: bool = False) -> Picked:
     """Queue a task for its tenant and pump. `again`: it was sent and lost (the reconciler),
-    so its place in the window is given up first. A bare `cost` is charged as it is; a
-    FairCost's guessed answer gives way to the app's learned answer length."""
+    so its place in the window is given up first. A guessed answer length gives way to the
+    one the app's ended tasks taught."""
     score = since_ms - priority * settings.MAGEAGENT["FAIR_PRIORITY_AGING_MS"]
-    if isinstance(cost, int):
-        cost = FairCost(-1, cost, True)  # -1: no prompt part known, nothing learned from it
-    return _run("admit", task_id, company_id, app_id, cost.total, priority, score, config.company_weight,
-                config.company_max_in_flight, config.app_weight, config.app_max_in_flight, int(again), cost.prompt,
-                int(not cost.answer_capped))
+    return _run("admit", task_id, company_id, app_id, cost.prompt + cost.answer, priority, score,
+                config.company_weight, config.company_max_in_flight, config.app_weight, config.app_max_in_flight,
+                int(again), cost.prompt, int(not cost.answer_capped))
 
 
 def fair_started(*, task_id: str) -> Picked:

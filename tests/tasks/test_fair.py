@@ -15,6 +15,11 @@ COMPANY_OF = {ACME_WEB: ACME, ACME_BATCH: ACME, GLOBEX_WEB: GLOBEX, INITECH_WEB:
 _clock = itertools.count(1_000_000)
 
 
+def fixed(tokens: int) -> fair.FairCost:
+    """A cost charged as it is (as a task's max_tokens is), no prompt part."""
+    return fair.FairCost(prompt=0, answer=tokens, answer_capped=True)
+
+
 @pytest.fixture
 def window(settings, private_queue):
     """Fair keys of this test's own (they live under its queue); returns a setter of the window."""
@@ -28,7 +33,8 @@ def window(settings, private_queue):
 
 def admit(task_id: str, app: int, *, cost: int | fair.FairCost = 100, priority: int = 0, since_ms: int | None = None,
           config: fair.FairConfig | None = None) -> list[str]:
-    picked = fair.fair_admit(task_id=task_id, company_id=COMPANY_OF[app], app_id=app, cost=cost, priority=priority,
+    picked = fair.fair_admit(task_id=task_id, company_id=COMPANY_OF[app], app_id=app,
+                             cost=fixed(cost) if isinstance(cost, int) else cost, priority=priority,
                              since_ms=next(_clock) if since_ms is None else since_ms,
                              config=config or fair.FairConfig())
     return [task_id for task_id, _ in picked]
@@ -153,7 +159,8 @@ def test_the_learned_answer_length_moves_with_each_ended_task(window):
         fair.fair_finished(task_id=f"h{i}", tokens=tokens)
     from mageagent.redis import sync_client
 
-    assert float(sync_client().hget(fair.prefix() + "ans", str(GLOBEX_WEB))) == pytest.approx(120.0)
+    learned = sync_client().hget(fair.prefix() + "ans", str(GLOBEX_WEB))
+    assert learned is not None and float(learned) == pytest.approx(120.0)
 
 
 def test_an_idle_company_banks_no_credit_while_it_has_nothing_waiting(window):
@@ -272,25 +279,25 @@ def test_late_tenants_go_before_the_rest_of_a_flood_whether_another_company_or_a
 
 def test_a_company_with_nothing_in_the_window_goes_to_the_head_of_the_brokers_queue(window):
     window(8)
-    flood = [fair.fair_admit(task_id=f"a{i}", company_id=ACME, app_id=ACME_WEB, cost=100, priority=0,
+    flood = [fair.fair_admit(task_id=f"a{i}", company_id=ACME, app_id=ACME_WEB, cost=fixed(100), priority=0,
                              since_ms=next(_clock), config=fair.FairConfig()) for i in range(3)]
-    late = fair.fair_admit(task_id="g0", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
+    late = fair.fair_admit(task_id="g0", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=fixed(100), priority=0,
                            since_ms=next(_clock), config=fair.FairConfig())
-    second = fair.fair_admit(task_id="g1", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
+    second = fair.fair_admit(task_id="g1", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=fixed(100), priority=0,
                              since_ms=next(_clock), config=fair.FairConfig())
 
     # Sent at their own priority, except globex's while it holds fewer of the window's tasks
     # than acme: the top. Once it holds as many, its next goes at its own priority.
     assert [p for batch in flood for _, p in batch] == [0, 0, 0]
     assert late == [("g0", 9)] and second == [("g1", 9)]
-    third = fair.fair_admit(task_id="g2", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
+    third = fair.fair_admit(task_id="g2", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=fixed(100), priority=0,
                             since_ms=next(_clock), config=fair.FairConfig())
-    fourth = fair.fair_admit(task_id="g3", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=100, priority=0,
+    fourth = fair.fair_admit(task_id="g3", company_id=GLOBEX, app_id=GLOBEX_WEB, cost=fixed(100), priority=0,
                              since_ms=next(_clock), config=fair.FairConfig())
     assert third == [("g2", 9)] and fourth == [("g3", 0)]  # three of globex's against acme's three
     for task_id in ("a0", "a1", "a2"):
         fair.fair_started(task_id=task_id)
-    assert fair.fair_admit(task_id="a3", company_id=ACME, app_id=ACME_WEB, cost=100, priority=0,
+    assert fair.fair_admit(task_id="a3", company_id=ACME, app_id=ACME_WEB, cost=fixed(100), priority=0,
                            since_ms=next(_clock), config=fair.FairConfig()) == [("a3", 9)]
 
 

@@ -138,7 +138,8 @@ def test_a_task_picked_by_a_dispatcher_that_died_before_sending_is_sent_by_the_r
     fair_knobs(LOST_AFTER_S=5.0)
     task = make_task(alice)
     # The pick without the send: what a process killed between the two leaves behind.
-    picked = fair.fair_admit(task_id=str(task.id), company_id=task.company_id, app_id=task.app_id, cost=10,
+    picked = fair.fair_admit(task_id=str(task.id), company_id=task.company_id, app_id=task.app_id,
+                             cost=fair.FairCost(prompt=0, answer=10, answer_capped=True),
                              priority=0, since_ms=0, config=fair.FairConfig())
     assert [t for t, _ in picked] == [str(task.id)] and broker_ids(client, name) == []
     assert housekeeping.tasks_reconcile()["fair_resent"] == 0  # not yet: it may still be on its way
