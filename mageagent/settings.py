@@ -304,6 +304,7 @@ MAGEAGENT: dict[str, Any] = {
 LOG_FORMAT = env_str("MAGEAGENT_LOG_FORMAT", "plain")
 if LOG_FORMAT not in ("plain", "json"):
     raise ConfigError(f"MAGEAGENT_LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
+_celery_task_log_level = env_str("MAGEAGENT_CELERY_TASK_LOG_LEVEL", "WARNING")
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -326,8 +327,8 @@ LOGGING: dict[str, Any] = {
         # Celery's "Task ... received" and "... succeeded in" lines, two per task: the
         # worker's own "attempt N ended" line says the same with the task's id, company and
         # model. MAGEAGENT_CELERY_TASK_LOG_LEVEL=INFO brings them back.
-        "celery.worker.strategy": {"level": env_str("MAGEAGENT_CELERY_TASK_LOG_LEVEL", "WARNING")},
-        "celery.app.trace": {"level": env_str("MAGEAGENT_CELERY_TASK_LOG_LEVEL", "WARNING")},
+        "celery.worker.strategy": {"level": _celery_task_log_level},
+        "celery.app.trace": {"level": _celery_task_log_level},
     },
 }
 
